@@ -1,0 +1,1 @@
+"""Serving side: reads the model repository and serves it. Never imports torch or ``training``."""

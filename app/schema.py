@@ -1,0 +1,148 @@
+"""The model repository format: the contract between training (writer) and serving (reader).
+
+Layout, modelled on Triton's model repository::
+
+    models/<name>/config.json               ModelConfig
+    models/<name>/<version>/<graph>.onnx    one self-contained file per graph
+    models/<name>/<version>/report.json     Report (metrics, parity, sha256, command, seed)
+
+Torch-free on purpose: the exporter imports these models to write the files, the server to read them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CONFIG_FILE = "config.json"
+REPORT_FILE = "report.json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TensorSpec(_Strict):
+    name: str
+    dtype: Literal["float32", "int64", "bool"] = "float32"
+    # -1 marks a dynamic axis (always the batch axis, sometimes sequence axes too).
+    shape: list[int]
+    description: str = ""
+
+
+class GraphSpec(_Strict):
+    """One ONNX graph of a model, e.g. the whole classifier, or a VAE's encoder."""
+
+    file: str = Field(pattern=r"^[A-Za-z0-9_.-]+\.onnx$")
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class ImagePreprocessing(_Strict):
+    """How the server turns an uploaded image into the graph's input tensor.
+
+    Decode -> convert to ``channels`` (1 = grayscale, 3 = RGB) -> resize to height x width ->
+    scale to [0, 1] -> (x - mean) / std per channel -> NCHW float32.
+    """
+
+    kind: Literal["image"] = "image"
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    channels: Literal[1, 3]
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> ImagePreprocessing:
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError("mean and std need one value per channel")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class ImagePostprocessing(_Strict):
+    """How to turn an image-valued output tensor back into pixels: map ``value_range`` to 0..255."""
+
+    kind: Literal["image"] = "image"
+    value_range: tuple[float, float] = (0.0, 1.0)
+    # When the output is in the normalised input space, undo (x * std + mean) first.
+    denormalize: bool = False
+
+
+class GenerationDefaults(_Strict):
+    """Defaults for models that generate from a latent vector (GAN generator, VAE decoder)."""
+
+    latent_dim: int = Field(gt=0)
+    latent_distribution: Literal["normal"] = "normal"
+    num_samples: int = Field(default=8, gt=0)
+
+
+class Batching(_Strict):
+    max_batch_size: int = Field(default=32, gt=0)
+    # Counted from the oldest queued request; an idle pool dispatches a lone request at once.
+    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    max_queue_size: int = Field(default=256, gt=0)
+    timeout_ms: float = Field(default=5000.0, gt=0)
+
+
+class Instances(_Strict):
+    # Measured on the 2-core CPU: one single-threaded session per core beats one 2-thread session.
+    count: int = Field(default=2, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int = Field(default=1, gt=0)
+
+
+class ModelConfig(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    family: str
+    task: Literal["classification", "reconstruction", "generation"]
+    description: str = ""
+    # Pin a version; by default the highest integer version folder is served.
+    version: int | None = None
+    # Role -> graph, e.g. {"model": ...} or {"encoder": ..., "decoder": ...} or {"generator": ...}.
+    graphs: dict[str, GraphSpec]
+    preprocessing: ImagePreprocessing | None = None
+    postprocessing: ImagePostprocessing | None = None
+    labels: list[str] | None = None
+    generation: GenerationDefaults | None = None
+    batching: Batching = Batching()
+    instances: Instances = Instances()
+
+    @model_validator(mode="after")
+    def _task_needs(self) -> ModelConfig:
+        if self.task == "classification" and not self.labels:
+            raise ValueError("a classification model needs labels")
+        if self.task == "generation" and self.generation is None:
+            raise ValueError("a generation model needs generation defaults")
+        return self
+
+
+class Parity(_Strict):
+    """max |onnxruntime - PyTorch eval| over every output of every graph."""
+
+    max_abs_diff: float
+    batch_sizes: list[int]
+    per_graph: dict[str, float] = {}
+    provider: str = "CPUExecutionProvider"
+
+
+class Report(_Strict):
+    metrics: dict[str, float]
+    parity: Parity
+    sha256: dict[str, str]
+    command: str
+    seed: int
+    recipe: str = ""
+    model: str = ""
+    model_config_: dict = Field(default_factory=dict, alias="model_config")
+    train_config: dict = {}
+    training_seconds: float = 0.0
+    epochs_run: int = 0
+    created: str = ""
+    versions: dict[str, str] = {}
+    plots: list[str] = []
+    notes: list[str] = []
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)

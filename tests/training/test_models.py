@@ -1,0 +1,395 @@
+"""Model families: build, forward shapes, config round-trips, validation, and ONNX export parity."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import Tensor, nn
+
+from training.graphs import GraphExport
+from training.layers import (
+    ACTIVATIONS,
+    MultiHeadSelfAttention,
+    SinusoidalPositionalEncoding,
+    TransformerBlock,
+    make_activation,
+)
+from training.models.resnet import BasicBlock
+from training.registry import build_model, list_models, model_config_class
+
+# name -> (forward input shape at batch 3, expected output shape(s))
+EXPECTED: dict[str, tuple[tuple[int, ...], list[tuple[int, ...]]]] = {
+    "mlp": ((3, 64), [(3, 10)]),
+    "lenet5": ((3, 1, 28, 28), [(3, 10)]),
+    "lenet5-relu": ((3, 1, 28, 28), [(3, 10)]),
+    "alexnet": ((3, 3, 32, 32), [(3, 6)]),
+    "resnet": ((3, 3, 32, 32), [(3, 6)]),
+    "resnet8": ((3, 3, 32, 32), [(3, 6)]),
+    "resnet14": ((3, 3, 32, 32), [(3, 6)]),
+    "resnet20": ((3, 3, 32, 32), [(3, 6)]),
+    "vit": ((3, 3, 32, 32), [(3, 6)]),
+    "autoencoder": ((3, 1, 28, 28), [(3, 1, 28, 28), (3, 16)]),
+    "denoising-autoencoder": ((3, 1, 28, 28), [(3, 1, 28, 28), (3, 16)]),
+    "vae": ((3, 1, 28, 28), [(3, 1, 28, 28), (3, 16), (3, 16)]),
+    "dcgan": ((3, 32), [(3, 1, 28, 28)]),
+}
+
+
+def _as_tuple(out: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
+def test_expected_table_covers_every_registered_model() -> None:
+    assert sorted(EXPECTED) == list_models()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_builds_with_defaults_and_forward_shapes(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name)
+    in_shape, out_shapes = EXPECTED[name]
+    outputs = _as_tuple(model(torch.rand(in_shape)))  # train mode: BN and dropout active
+    assert [tuple(o.shape) for o in outputs] == out_shapes
+    assert all(torch.isfinite(o).all() for o in outputs)
+    # Training must reach every parameter the forward uses (the DCGAN forward is the generator only).
+    sum(o.sum() for o in outputs).backward()
+    trained = model.generator if name == "dcgan" else model
+    assert all(p.grad is not None for p in trained.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_graphs_follow_the_naming_conventions(name: str) -> None:
+    model = build_model(name).eval()
+    graphs = model.graphs()
+    expected = {
+        "vae": {"encoder": (["input"], ["mu", "logvar"]), "decoder": (["latent"], ["reconstruction"])},
+        "dcgan": {"generator": (["latent"], ["image"])},
+        "autoencoder": {"model": (["input"], ["reconstruction", "latent"])},
+        "denoising-autoencoder": {"model": (["input"], ["reconstruction", "latent"])},
+    }.get(name, {"model": (["input"], ["logits"])})
+    assert {g.role: (list(g.inputs), g.output_names) for g in graphs} == expected
+    for g in graphs:
+        assert all(t.shape[0] == 4 and t.dtype == torch.float32 for t in g.inputs.values())
+        with torch.no_grad():
+            outputs = _as_tuple(g.module(*g.inputs.values()))
+        assert len(outputs) == len(g.output_names)
+        assert all(o.shape[0] == 4 for o in outputs)
+        if "reconstruction" in g.output_names:
+            recon = outputs[g.output_names.index("reconstruction")]
+            assert recon.min() >= 0 and recon.max() <= 1
+        if "image" in g.output_names:
+            assert outputs[0].min() >= -1 and outputs[0].max() <= 1
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_config_round_trips_through_json(name: str) -> None:
+    model = build_model(name)
+    as_json = json.loads(json.dumps(dataclasses.asdict(model.config)))  # tuples come back as lists
+    rebuilt = build_model(name, **as_json)
+    assert type(rebuilt.config) is model_config_class(name)
+    assert rebuilt.config == model.config
+    rebuilt.load_state_dict(model.state_dict())  # same architecture, strictly
+
+
+def test_variant_defaults_and_overrides() -> None:
+    relu = build_model("lenet5-relu")
+    assert (relu.config.activation, relu.config.pooling) == ("relu", "max")
+    assert isinstance(relu.s2, nn.MaxPool2d) and isinstance(relu.act, nn.ReLU)
+    assert build_model("lenet5-relu", pooling="avg").config.pooling == "avg"
+    assert build_model("resnet20").config.blocks_per_stage == (3, 3, 3)
+    assert build_model("resnet8", blocks_per_stage=[2, 1, 1]).config.blocks_per_stage == (2, 1, 1)
+    assert build_model("mlp", hidden_sizes=[32, 16]).config.hidden_sizes == (32, 16)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_invalid_activation_names_the_field(name: str) -> None:
+    with pytest.raises(ValueError, match=r"activation.*relu.*sigmoid.*tanh.*silu.*gelu"):
+        build_model(name, activation="swish")
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "field"),
+    [
+        ("mlp", {"no_such_field": 1}, "no_such_field"),
+        ("mlp", {"dropout": 1.5}, "dropout"),
+        ("mlp", {"hidden_sizes": (64, 0)}, "hidden_sizes"),
+        ("mlp", {"in_features": 0}, "in_features"),
+        ("mlp", {"batch_norm": "yes"}, "batch_norm"),
+        ("lenet5", {"padding": "full"}, "padding"),
+        ("lenet5", {"pooling": "min"}, "pooling"),
+        ("lenet5", {"image_size": 8, "padding": "valid"}, "image_size"),
+        ("alexnet", {"widths": (32, 64)}, "widths"),
+        ("alexnet", {"image_size": 14}, "image_size"),
+        ("resnet", {"stage_widths": (16, 32)}, "blocks_per_stage"),
+        ("vit", {"image_size": 30}, "patch_size"),
+        ("vit", {"dim": 66}, "heads"),
+        ("vit", {"mlp_ratio": 0}, "mlp_ratio"),
+        ("autoencoder", {"widths": ()}, "widths"),
+        ("vae", {"latent_dim": -1}, "latent_dim"),
+        ("dcgan", {"image_size": 30}, "image_size"),
+    ],
+)
+def test_invalid_fields_raise_value_error_naming_them(name: str, overrides: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        build_model(name, **overrides)
+
+
+def test_make_activation() -> None:
+    assert [type(make_activation(a)).__name__ for a in ACTIVATIONS] == [
+        "ReLU",
+        "Sigmoid",
+        "Tanh",
+        "SiLU",
+        "GELU",
+    ]
+    with pytest.raises(ValueError, match="allowed: relu, sigmoid, tanh, silu, gelu"):
+        make_activation("swish")
+
+
+# ------------------------------------------------------------------------------------------------
+# Family specifics
+
+
+def test_mlp_blocks_residual_and_flatten() -> None:
+    model = build_model("mlp", hidden_sizes=(64, 64, 32), residual=True, batch_norm=True, dropout=0.0)
+    assert [b.residual for b in model.blocks] == [True, True, False]  # 64->32 cannot add its input
+    assert all(isinstance(b.linear, nn.Linear) and isinstance(b.norm, nn.BatchNorm1d) for b in model.blocks)
+    assert model(torch.rand(5, 1, 8, 8)).shape == (5, 10)  # images are flattened to in_features
+    deep = build_model("mlp", hidden_sizes=(64,) * 20, activation="sigmoid")
+    assert len(deep.blocks) == 20 and isinstance(deep.blocks[0].norm, nn.Identity)
+
+
+def test_lenet5_padding_changes_the_feature_geometry() -> None:
+    same = build_model("lenet5", padding="same")
+    valid = build_model("lenet5", padding="valid")
+    assert same.feature_shape == (16, 5, 5)  # the paper's 32x32 geometry, from 28x28 input
+    assert valid.feature_shape == (16, 4, 4)  # 28 -> 24 -> 12 -> 8 -> 4
+    x = torch.rand(2, 1, 28, 28)
+    assert same.features(x).shape == (2, *same.feature_shape)
+    assert valid.features(x).shape == (2, *valid.feature_shape)
+    assert (same.f5.in_features, valid.f5.in_features) == (400, 256)
+    assert build_model("lenet5", image_size=32, padding="valid").feature_shape == (16, 5, 5)
+
+
+def test_alexnet_geometry_follows_image_size() -> None:
+    model = build_model("alexnet")
+    assert model.feature_shape == (64, 3, 3)
+    assert model.fc1.in_features == 64 * 3 * 3
+    assert isinstance(model.pool, nn.MaxPool2d) and model.pool.kernel_size > model.pool.stride  # overlapping
+    assert build_model("alexnet", image_size=64).feature_shape == (64, 7, 7)
+
+
+def test_resnet_without_residual_has_no_shortcut_path() -> None:
+    torch.manual_seed(0)
+    plain = build_model("resnet", residual=False).eval()
+    residual = build_model("resnet", residual=True).eval()
+    plain_blocks = [m for m in plain.modules() if isinstance(m, BasicBlock)]
+    residual_blocks = [m for m in residual.modules() if isinstance(m, BasicBlock)]
+    assert len(plain_blocks) == len(residual_blocks) == 6
+    assert all(b.shortcut is None for b in plain_blocks)
+    assert not any("shortcut" in k for k in plain.state_dict())
+    # Identity inside stages, 1x1 projections where width and stride change (stages 2 and 3).
+    kinds = [type(b.shortcut).__name__ for b in residual_blocks]
+    assert kinds == ["Identity", "Identity", "ConvNormAct", "Identity", "ConvNormAct", "Identity"]
+    # Same conv weights, so the only difference left is the skip connections.
+    missing, unexpected = residual.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all("shortcut" in k for k in missing)
+    x = torch.rand(2, 3, 32, 32)
+    assert not torch.allclose(plain(x), residual(x))
+
+
+def test_resnet_depth_presets() -> None:
+    def depth(name: str) -> int:  # weighted layers: convs outside shortcuts + the head
+        model = build_model(name)
+        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and "shortcut" not in n]
+        return len(convs) + 1
+
+    assert [depth(n) for n in ("resnet8", "resnet14", "resnet20")] == [8, 14, 20]
+
+
+def test_vit_tokens() -> None:
+    model = build_model("vit")
+    assert model.config.num_patches == 64 and model.pos_embed.shape == (1, 65, 64)
+    assert len(model.blocks) == 4 and all(b.pre_norm for b in model.blocks)
+
+
+def test_vae_training_forward_samples_but_submodules_are_deterministic() -> None:
+    torch.manual_seed(0)
+    model = build_model("vae").eval()
+    x = torch.rand(3, 1, 28, 28)
+    recon1, mu1, logvar1 = model(x)
+    recon2, mu2, logvar2 = model(x)
+    assert torch.equal(mu1, mu2) and torch.equal(logvar1, logvar2)
+    assert not torch.equal(recon1, recon2)  # z is sampled
+    z = torch.randn(3, 16)
+    assert torch.equal(model.decoder(z), model.decoder(z))
+    assert model.decoder(z).min() >= 0 and model.decoder(z).max() <= 1
+
+
+def test_autoencoder_sizes_mirror_for_odd_images() -> None:
+    model = build_model("autoencoder", image_size=30, widths=(8, 8, 8))  # 30 -> 15 -> 8 -> 4
+    assert model.encoder.sizes == [30, 15, 8, 4]
+    recon, latent = model(torch.rand(2, 1, 30, 30))
+    assert recon.shape == (2, 1, 30, 30) and latent.shape == (2, 16)
+
+
+def test_dcgan_discriminator_returns_flat_logits() -> None:
+    model = build_model("dcgan")
+    images = model(torch.randn(5, 32))
+    assert images.shape == (5, 1, 28, 28)
+    assert model.discriminator(images).shape == (5,)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.discriminator.modules())
+
+
+# ------------------------------------------------------------------------------------------------
+# Layers used by the later sequence models
+
+
+def test_attention_matches_reference_and_masks() -> None:
+    torch.manual_seed(0)
+    attn = MultiHeadSelfAttention(16, 4).eval()
+    x = torch.randn(2, 5, 16)
+    causal = torch.full((5, 5), float("-inf")).triu(1)[None, None]  # (1, 1, T, T)
+    q, k, v = (p(x).view(2, 5, 4, 4).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    ref = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    ref = attn.out_proj(ref.transpose(1, 2).reshape(2, 5, 16))
+    torch.testing.assert_close(attn(x, causal), ref)
+    # Causality: changing the last token leaves earlier outputs alone.
+    x2 = x.clone()
+    x2[:, -1] += 1.0
+    torch.testing.assert_close(attn(x2, causal)[:, :-1], attn(x, causal)[:, :-1])
+
+
+def test_transformer_block_and_positional_encoding() -> None:
+    x = torch.randn(2, 6, 8)
+    for pre_norm in (True, False):
+        assert TransformerBlock(8, 2, 2.0, 0.0, "gelu", pre_norm=pre_norm)(x).shape == (2, 6, 8)
+    pe = SinusoidalPositionalEncoding(8, max_len=16)
+    assert torch.equal(pe(torch.zeros(1, 3, 8))[0, 0], torch.tensor([0.0, 1.0] * 4))
+    step = pe(x[:, 2:4], torch.arange(2, 4))  # a decoder step that starts at position 2
+    torch.testing.assert_close(step, x[:, 2:4] + pe.pe[2:4])
+    odd = SinusoidalPositionalEncoding(7, max_len=4)
+    assert odd.pe.shape == (4, 7) and math.isclose(odd.pe[1, 0].item(), math.sin(1.0), rel_tol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# ONNX export (dynamo) and onnxruntime parity
+
+
+def _export_and_check(graph: GraphExport, path: Path, batch_sizes: tuple[int, ...] = (1, 7)) -> None:
+    """Export one graph like the exporter does, then compare onnxruntime with PyTorch at new batch sizes."""
+    module = graph.module.eval()
+    names = list(graph.inputs)
+    dims: dict[str, torch.export.Dim] = {}
+    dynamic = {name: {0: "batch", **graph.dynamic_axes.get(name, {})} for name in names}
+    # dynamic_shapes keyed by name must use forward()'s parameter names, not the ONNX input names;
+    # a tuple in argument order sidesteps that.
+    shapes = tuple(
+        {axis: dims.setdefault(sym, torch.export.Dim(sym)) for axis, sym in dynamic[n].items()} for n in names
+    )
+    torch.onnx.export(
+        module,
+        tuple(graph.inputs.values()),
+        str(path),
+        input_names=names,
+        output_names=graph.output_names,
+        dynamic_shapes=shapes,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert [i.name for i in proto.graph.input] == names
+    assert [o.name for o in proto.graph.output] == graph.output_names
+    for i in proto.graph.input:
+        assert i.type.tensor_type.shape.dim[0].dim_param  # batch stayed symbolic
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in batch_sizes:
+        feeds = {}
+        for name, example in graph.inputs.items():
+            shape = [batch if axis == 0 else size for axis, size in enumerate(example.shape)]
+            feeds[name] = torch.rand(shape) if name == "input" else torch.randn(shape)
+        with torch.no_grad():
+            expected = _as_tuple(module(*feeds.values()))
+        got = session.run(graph.output_names, {k: v.numpy() for k, v in feeds.items()})
+        for name, want, have in zip(graph.output_names, expected, got, strict=True):
+            assert have.shape == tuple(want.shape), name
+            np.testing.assert_allclose(
+                have, want.numpy(), rtol=0, atol=1e-4, err_msg=f"{name} at batch {batch}"
+            )
+
+
+def _settle_batch_norm(model: nn.Module, graphs: list[GraphExport]) -> None:
+    """A few train-mode passes so batch-norm running statistics are not the trivial (0, 1)."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            for g in graphs:
+                g.module(*(t * 2 + 0.5 for t in g.inputs.values()))
+    model.eval()
+
+
+# Small overrides keep export quick; together they cover every module class the registry builds.
+EXPORT_CASES = [
+    ("mlp", {"hidden_sizes": (16, 16), "batch_norm": True, "residual": True}),
+    ("lenet5", {}),
+    ("lenet5-relu", {"padding": "valid"}),
+    ("alexnet", {"widths": (8, 8, 8, 8, 8), "fc_hidden": 16}),
+    ("resnet8", {"stage_widths": (8, 16, 16)}),
+    ("vit", {"image_size": 16, "dim": 16, "depth": 1, "heads": 2}),
+    ("autoencoder", {"widths": (8, 8), "latent_dim": 4}),
+    ("vae", {"widths": (8, 8), "latent_dim": 4}),
+    ("dcgan", {"generator_width": 8, "discriminator_width": 8}),
+]
+
+
+def test_export_cases_cover_every_model_class() -> None:
+    covered = {type(build_model(n, **o)) for n, o in EXPORT_CASES}
+    assert {type(build_model(n)) for n in list_models()} <= covered
+
+
+@pytest.mark.parametrize(("name", "overrides"), EXPORT_CASES, ids=[n for n, _ in EXPORT_CASES])
+def test_onnx_export_matches_pytorch(name: str, overrides: dict, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, **overrides)
+    graphs = model.graphs()
+    _settle_batch_norm(model, graphs)
+    for g in graphs:
+        _export_and_check(g, tmp_path / f"{g.role}.onnx")
+
+
+def test_attention_with_mask_exports_with_dynamic_batch_and_length(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    attn = MultiHeadSelfAttention(8, 2)
+    x = torch.randn(4, 5, 8)  # (B, T, dim): B and T both >= 2 so both stay symbolic
+    mask = torch.full((5, 5), -1e9).triu(1)[None, None]  # (1, 1, T, T) additive causal mask, broadcast over B
+    seq = torch.export.Dim("seq")
+    path = tmp_path / "attn.onnx"
+    torch.onnx.export(
+        attn.eval(),
+        (x, mask),
+        str(path),
+        input_names=["x", "mask"],
+        output_names=["y"],
+        dynamic_shapes=({0: torch.export.Dim("batch"), 1: seq}, {2: seq, 3: seq}),
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch, length in ((1, 3), (6, 9)):
+        x = torch.randn(batch, length, 8)
+        m = torch.full((length, length), -1e9).triu(1)[None, None]
+        with torch.no_grad():
+            want = attn(x, m).numpy()
+        (have,) = session.run(["y"], {"x": x.numpy(), "mask": m.numpy()})
+        np.testing.assert_allclose(have, want, rtol=0, atol=1e-5)

@@ -1,0 +1,304 @@
+"""``python -m training``: list, train, export, build the default zoo, verify it, diagnose gradients."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from app.schema import CONFIG_FILE, REPORT_FILE, ModelConfig, Report
+
+EXIT_USAGE = 2
+
+
+def _parse_value(text: str) -> Any:
+    """``--set`` values are JSON when they parse as JSON (numbers, lists, booleans), else strings."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _key_values(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        value = _parse_value(value)
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+_TRAIN_FLAGS = {
+    "epochs": int,
+    "batch_size": int,
+    "lr": float,
+    "optimizer": str,
+    "schedule": str,
+    "weight_decay": float,
+    "grad_clip": float,
+    "early_stopping_patience": int,
+    "max_steps": int,
+    "seed": int,
+    "augment": str,
+    "label_smoothing": float,
+    "warmup_epochs": float,
+}
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (default: the recipe's own values)")
+    for flag, kind in _TRAIN_FLAGS.items():
+        g.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
+    d = p.add_argument_group("data")
+    d.add_argument(
+        "--dataset", help="train on another dataset: digits, digits28, shapes, mnist, cifar10, image-folder"
+    )
+    d.add_argument(
+        "--data-root", help="folder of user data (mnist IDX files, cifar-10 batches, an image folder)"
+    )
+    d.add_argument("--limit", type=int, help="cap the number of training examples (smoke runs)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", type=Path, default=Path("models"), help="model repository (default: models)")
+    o.add_argument(
+        "--runs", type=Path, default=Path("runs"), help="checkpoints, curves, logs (default: runs)"
+    )
+    o.add_argument("--version", type=int, default=1, help="repository version folder (default: 1)")
+
+
+def _run_options(args: argparse.Namespace):
+    from training.pipeline import RunOptions
+
+    overrides = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k, None) is not None}
+    if getattr(args, "no_progress", False):
+        overrides["progress"] = False
+    if args.version < 1:
+        raise ValueError("--version must be >= 1")
+    if args.limit is not None and args.limit < 2:
+        raise ValueError("--limit must be >= 2")
+    return RunOptions(
+        train_overrides=overrides,
+        model_overrides=_key_values(getattr(args, "set", None) or []),
+        dataset=args.dataset,
+        data_root=args.data_root,
+        limit=args.limit,
+        repository=args.out,
+        runs_dir=args.runs,
+        version=args.version,
+        resume=getattr(args, "resume", None),
+    )
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from training.data import list_datasets
+    from training.recipes import list_recipes
+    from training.registry import list_models, model_family
+
+    print("recipes (python -m training train NAME):")
+    for r in list_recipes():
+        bars = "; ".join(str(b) for b in r.quality) or "-"
+        print(f"  {r.name:20s} model={r.model:22s} data={r.dataset:9s} {r.objective:14s} bar: {bars}")
+    print("\nmodels (python -m training train RECIPE --set field=value overrides their config):")
+    for name in list_models():
+        print(f"  {name:22s} family={model_family(name)}")
+    print("\ndatasets:", ", ".join(list_datasets()))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.pipeline import run_recipe, summary_table
+    from training.recipes import get_recipe
+
+    summary = run_recipe(get_recipe(args.recipe), _run_options(args))
+    if summary.path is not None:
+        print(summary_table([summary]))
+        print(f"exported to {summary.path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.pipeline import run_recipe
+    from training.recipes import get_recipe
+    from training.trainer import load_checkpoint
+
+    state = load_checkpoint(args.checkpoint)
+    recipe_name = state.get("recipe") if isinstance(state, dict) else None
+    if not recipe_name:
+        raise ValueError(f"{args.checkpoint} carries no recipe name; was it written by this package?")
+    opts = _run_options(args)
+    opts.dataset = opts.dataset or state.get("dataset")
+    summary = run_recipe(get_recipe(recipe_name), opts, checkpoint=args.checkpoint)
+    print(f"exported {recipe_name} to {summary.path} (parity {summary.parity:.1e})")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from training.pipeline import run_recipe, summary_table
+    from training.recipes import get_recipe, list_recipes
+
+    recipes = [get_recipe(n) for n in args.only.split(",")] if args.only else list_recipes()
+    opts = _run_options(args)
+    summaries = []
+    started = time.perf_counter()
+    for recipe in recipes:
+        if args.skip_existing and (opts.repository / recipe.name / CONFIG_FILE).is_file():
+            print(f"[{recipe.name}] already in {opts.repository}, skipped")
+            continue
+        print(f"[{recipe.name}] training ({recipe.model} on {recipe.dataset})", flush=True)
+        summaries.append(run_recipe(recipe, opts))
+    total = time.perf_counter() - started
+    if summaries:
+        table = summary_table(summaries, total)
+        print(table)
+        (opts.runs_dir / "build_summary.md").write_text(table + "\n")
+    failed = [s.recipe for s in summaries if s.failed_bars]
+    if failed and args.strict:
+        print(f"error: quality bars not reached by {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every model in the repository: files match sha256, parity and quality bars hold."""
+    from training.export import PARITY_TOLERANCE, sha256_of
+    from training.recipes import UnknownRecipeError, get_recipe
+
+    repo: Path = args.repository
+    if not repo.is_dir():
+        raise FileNotFoundError(f"model repository {repo} does not exist")
+    problems = 0
+    print(f"{'model':22s} {'parity':>9s}  quality")
+    for model_dir in sorted(p for p in repo.iterdir() if (p / CONFIG_FILE).is_file()):
+        config = ModelConfig.model_validate_json((model_dir / CONFIG_FILE).read_text())
+        versions = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+        version = config.version or (versions[-1] if versions else None)
+        if version is None:
+            print(f"{config.name:22s} no version folder")
+            problems += 1
+            continue
+        report = Report.model_validate_json((model_dir / str(version) / REPORT_FILE).read_text())
+        issues = [
+            f"sha256 mismatch: {file}"
+            for file, digest in report.sha256.items()
+            if not (model_dir / str(version) / file).is_file()
+            or sha256_of(model_dir / str(version) / file) != digest
+        ]
+        if report.parity.max_abs_diff > PARITY_TOLERANCE:
+            issues.append(f"parity {report.parity.max_abs_diff:.1e} > {PARITY_TOLERANCE:.0e}")
+        try:
+            bars = get_recipe(config.name).quality
+        except UnknownRecipeError:
+            bars = ()
+        results = []
+        for bar in bars:
+            value = report.metrics.get(bar.metric)
+            ok = value is not None and bar.passes(value)
+            results.append(
+                f"{bar.metric}={value if value is None else round(value, 4)} ({bar.op} {bar.threshold:g})"
+                f" {'ok' if ok else 'FAIL'}"
+            )
+            if not ok:
+                issues.append(f"{bar} not reached")
+        print(f"{config.name:22s} {report.parity.max_abs_diff:9.1e}  {'; '.join(results) or '-'}")
+        for issue in issues:
+            print(f"{'':22s} ! {issue}")
+        problems += len(issues)
+    if problems:
+        print(f"error: {problems} problem(s) found", file=sys.stderr)
+        return 1
+    print("all models verified")
+    return 0
+
+
+def cmd_vanishing(args: argparse.Namespace) -> int:
+    from training.diagnostics import vanishing_gradients
+
+    result = vanishing_gradients(
+        depth=args.depth, width=args.width, steps=args.steps, seed=args.seed, out_dir=args.out
+    )
+    for name, variant in result["variants"].items():
+        extra = f", accuracy after {args.steps} steps {variant['accuracy']:.3f}" if args.steps else ""
+        print(f"{name:18s} first/last layer gradient ratio {variant['first_to_last_ratio']:.2e}{extra}")
+    print(f"plot: {args.out / 'vanishing_gradients.png'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train the classic deep-learning families and export them to the ONNX model repository.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="recipes, registered models and datasets").set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("train", help="train one recipe and export it into the repository")
+    p.add_argument("recipe", help="recipe name (see `list`), e.g. lenet5-digits")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="model config override, repeatable")
+    p.add_argument(
+        "--resume", type=Path, help="continue from a checkpoint (runs/<recipe>/checkpoints/last.pt)"
+    )
+    _add_run_flags(p)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("export", help="export a checkpoint (evaluated again on its dataset)")
+    p.add_argument("checkpoint", type=Path)
+    _add_run_flags(p)
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("build", help="train and export the whole default zoo into models/")
+    p.add_argument("--only", help="comma-separated recipe names")
+    p.add_argument(
+        "--skip-existing", action="store_true", help="leave models already in the repository alone"
+    )
+    p.add_argument("--strict", action="store_true", help="exit 1 when a quality bar is not reached")
+    _add_run_flags(p)
+    p.set_defaults(fn=cmd_build)
+
+    p = sub.add_parser("verify", help="check sha256, parity and quality bars of every model in a repository")
+    p.add_argument("repository", type=Path, nargs="?", default=Path("models"))
+    p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser(
+        "vanishing-gradients", help="deep MLP: sigmoid vs ReLU vs ReLU + batch norm + residual"
+    )
+    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument(
+        "--steps", type=int, default=200, help="Adam steps to train each variant (0: gradients only)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/diagnostics"))
+    p.set_defaults(fn=cmd_vanishing)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Every expected failure is one line and a non-zero exit; a traceback means a bug.
+    from training.data import DataError
+    from training.export import ExportError
+    from training.recipes import UnknownRecipeError
+    from training.registry import UnknownModelError
+
+    try:
+        return args.fn(args)
+    except (
+        DataError,
+        ExportError,
+        UnknownRecipeError,
+        UnknownModelError,
+        ValueError,
+        FileNotFoundError,
+        FloatingPointError,
+    ) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,223 @@
+"""Export a trained model into the model repository (``models/<name>/``).
+
+Every graph goes through ``torch.onnx.export`` (dynamo) into one self-contained file, passes the
+full ONNX checker, carries metadata, and is compared with PyTorch eval in onnxruntime on batch sizes
+(and sequence lengths) that differ from the export example. The version folder is written to a
+temporary folder and renamed into place, so a failed export never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import Tensor
+
+from app.schema import CONFIG_FILE, REPORT_FILE, GraphSpec, ModelConfig, Parity, Report, TensorSpec
+from training.graphs import GraphExport
+
+PARITY_BATCH_SIZES = (1, 7, 32)
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The export or its verification failed; the message says which graph and why."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _dynamic_shapes(graph: GraphExport) -> tuple[dict[int, torch.export.Dim], ...]:
+    """Positional (in input order): dynamo keys a dict by forward()'s argument names, not ours."""
+    dims: dict[str, torch.export.Dim] = {}
+    shapes = []
+    for name, tensor in graph.inputs.items():
+        axes = {0: "batch", **graph.dynamic_axes.get(name, {})}
+        for axis, dim_name in axes.items():
+            if tensor.shape[axis] < 2:
+                raise ExportError(
+                    f"graph {graph.role!r}: example size of dynamic axis {axis} of {name!r} is "
+                    f"{tensor.shape[axis]}; dynamo turns sizes < 2 into static dimensions"
+                )
+            dims.setdefault(dim_name, torch.export.Dim(dim_name))
+        shapes.append({axis: dims[dim_name] for axis, dim_name in axes.items()})
+    return tuple(shapes)
+
+
+def _tensor_specs(proto: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input/output specs read back from the exported graph itself: symbolic dims become -1."""
+
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        tensor_type = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+        return TensorSpec(name=value.name, dtype=dtype, shape=shape)
+
+    return [spec(v) for v in proto.graph.input], [spec(v) for v in proto.graph.output]
+
+
+def _as_tuple(out: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _random_like(tensor: Tensor, shape: list[int], generator: torch.Generator) -> Tensor:
+    if tensor.dtype.is_floating_point:
+        return torch.randn(shape, generator=generator, dtype=tensor.dtype)
+    high = int(tensor.max().item()) + 1
+    return torch.randint(0, max(high, 2), shape, generator=generator, dtype=tensor.dtype)
+
+
+def _parity(graph: GraphExport, path: Path, batch_sizes: tuple[int, ...]) -> float:
+    """max |ORT - PyTorch| over outputs, batch sizes and (for sequence axes) two other lengths."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(0)
+    has_extra_axes = any(graph.dynamic_axes.values())
+    extra_offsets = (-1, 3) if has_extra_axes else (0,)
+    worst = 0.0
+    for batch in batch_sizes:
+        for offset in extra_offsets:
+            feeds = {}
+            sizes: dict[str, int] = {}
+            for name, tensor in graph.inputs.items():
+                shape = list(tensor.shape)
+                shape[0] = batch
+                for axis, dim_name in graph.dynamic_axes.get(name, {}).items():
+                    sizes.setdefault(dim_name, max(int(tensor.shape[axis]) + offset, 1))
+                    shape[axis] = sizes[dim_name]
+                feeds[name] = _random_like(tensor, shape, generator)
+            with torch.no_grad():
+                expected = _as_tuple(graph.module(*feeds.values()))
+            got = session.run(graph.output_names, {k: v.numpy() for k, v in feeds.items()})
+            for name, want, have in zip(graph.output_names, expected, got, strict=True):
+                if tuple(want.shape) != have.shape:
+                    raise ExportError(
+                        f"graph {graph.role!r} output {name!r}: onnxruntime shape {have.shape} != "
+                        f"PyTorch shape {tuple(want.shape)} at batch {batch}"
+                    )
+                worst = max(worst, float(np.max(np.abs(want.numpy() - have))) if have.size else 0.0)
+    return worst
+
+
+def export_graph(graph: GraphExport, path: Path, metadata: dict[str, str]) -> tuple[list, list]:
+    """Export one graph to ``path`` (single file), check it fully and stamp metadata."""
+    graph.module.eval()
+    args = tuple(graph.inputs.values())
+    with torch.no_grad():
+        outputs = _as_tuple(graph.module(*args))
+    if len(outputs) != len(graph.output_names):
+        raise ExportError(
+            f"graph {graph.role!r} returns {len(outputs)} tensors but names {len(graph.output_names)} outputs"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph.module,
+            args,
+            input_names=list(graph.inputs),
+            output_names=graph.output_names,
+            dynamic_shapes=_dynamic_shapes(graph),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    proto = program.model_proto
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save_model(proto, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    return _tensor_specs(proto)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    config: ModelConfig
+    report: Report
+
+
+def export_to_repository(
+    graphs: list[GraphExport],
+    *,
+    repository: Path,
+    config_fields: dict,
+    report_fields: dict,
+    version: int = 1,
+    plots: dict[str, Path] | None = None,
+    batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ExportResult:
+    """Write ``repository/<name>/config.json`` and ``repository/<name>/<version>/``.
+
+    ``config_fields`` fills :class:`ModelConfig` (without ``graphs``), ``report_fields`` fills
+    :class:`Report` (without parity and sha256). ``plots`` (file name -> existing PNG) are copied
+    into the version folder. Raises ExportError when parity exceeds ``tolerance``.
+    """
+    name = config_fields["name"]
+    model_dir = Path(repository) / name
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=model_dir.parent))
+    try:
+        metadata = {
+            "name": name,
+            "description": config_fields.get("description", ""),
+            "labels": json.dumps(config_fields.get("labels")),
+            "preprocessing": json.dumps(config_fields.get("preprocessing")),
+        }
+        specs: dict[str, GraphSpec] = {}
+        per_graph: dict[str, float] = {}
+        for graph in graphs:
+            file = f"{graph.role}.onnx"
+            inputs, outputs = export_graph(graph, staging / file, {**metadata, "role": graph.role})
+            specs[graph.role] = GraphSpec(file=file, inputs=inputs, outputs=outputs)
+            per_graph[graph.role] = _parity(graph, staging / file, batch_sizes)
+        worst = max(per_graph.values())
+        if worst > tolerance:
+            raise ExportError(
+                f"ONNX parity {worst:.2e} exceeds {tolerance:.0e} (per graph: {per_graph}); not exported"
+            )
+        config = ModelConfig(**config_fields, graphs=specs)
+        for file_name, source in (plots or {}).items():
+            shutil.copyfile(source, staging / file_name)
+        report = Report(
+            **report_fields,
+            parity=Parity(max_abs_diff=worst, batch_sizes=list(batch_sizes), per_graph=per_graph),
+            sha256={spec.file: sha256_of(staging / spec.file) for spec in specs.values()},
+            plots=sorted(plots or {}),
+            versions={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+        )
+        (staging / REPORT_FILE).write_text(report.model_dump_json(indent=2, by_alias=True) + "\n")
+
+        # Swap the finished version folder into place, then the config; the old version (if any)
+        # stays whole until the new one is complete.
+        model_dir.mkdir(exist_ok=True)
+        final = model_dir / str(version)
+        trash = None
+        if final.exists():
+            trash = model_dir / f".old-{version}-{os.getpid()}"
+            os.replace(final, trash)
+        os.replace(staging, final)
+        config_tmp = model_dir / f".{CONFIG_FILE}.tmp"
+        config_tmp.write_text(config.model_dump_json(indent=2, exclude_none=True) + "\n")
+        os.replace(config_tmp, model_dir / CONFIG_FILE)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+        return ExportResult(path=final, config=config, report=report)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,111 @@
+"""DCGAN (Radford et al., 2015) sized for 28x28 images.
+
+The generator follows the paper (project, then fractionally-strided convs with batch norm, tanh out).
+The discriminator follows the small-data recipe that trains stably on MNIST-sized sets: strided convs
+with LeakyReLU(0.2) and dropout, no batch norm (which couples the real and fake batches), and raw
+logits for ``BCEWithLogitsLoss``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from training.graphs import GraphExport
+from training.layers import check_activation, check_positive_int, make_activation
+from training.registry import register_model
+
+
+@dataclass
+class DCGANConfig:
+    latent_dim: int = 32  # plenty for digits; the paper's 100 is for faces and bedrooms
+    out_channels: int = 1
+    image_size: int = 28  # two 2x upsamplings from image_size / 4 (7 -> 14 -> 28)
+    generator_width: int = 64  # channels before the last upsampling; the projection has twice that
+    discriminator_width: int = 64  # channels of the first conv; the second has twice that
+    activation: str = "relu"  # generator only; the discriminator uses LeakyReLU(0.2) as in the paper
+
+    def __post_init__(self) -> None:
+        for name in ("latent_dim", "out_channels", "image_size", "generator_width", "discriminator_width"):
+            check_positive_int(name, getattr(self, name))
+        if self.image_size % 4 != 0:
+            raise ValueError(
+                f"image_size must be a multiple of 4 (two 2x upsamplings); got {self.image_size}"
+            )
+        check_activation("activation", self.activation)
+
+
+class Generator(nn.Module):
+    """(B, latent_dim) -> (B, C, H, W) in [-1, 1]."""
+
+    def __init__(self, config: DCGANConfig) -> None:
+        super().__init__()
+        w, s = config.generator_width, config.image_size // 4
+        # Biases before batch norm are dead weight: BN subtracts them again.
+        self.project = nn.Linear(config.latent_dim, 2 * w * s * s, bias=False)
+        self.unflatten = nn.Unflatten(1, (2 * w, s, s))
+        self.bn0 = nn.BatchNorm2d(2 * w)
+        # Kernel 4, stride 2, padding 1 doubles H and W exactly without checkerboard-prone overlaps.
+        self.up1 = nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        self.up2 = nn.ConvTranspose2d(w, config.out_channels, 4, stride=2, padding=1)
+        self.act = make_activation(config.activation)
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = self.act(self.bn0(self.unflatten(self.project(z))))  # (B, 2w, 7, 7)
+        x = self.act(self.bn1(self.up1(x)))  # (B, w, 14, 14)
+        return torch.tanh(self.up2(x))  # (B, C, 28, 28) in [-1, 1], matching images scaled to [-1, 1]
+
+
+class Discriminator(nn.Module):
+    """(B, C, H, W) -> logits (B,): real vs generated. Not exported; only the generator is served."""
+
+    def __init__(self, config: DCGANConfig) -> None:
+        super().__init__()
+        w, s = config.discriminator_width, config.image_size // 4
+        self.conv1 = nn.Conv2d(config.out_channels, w, 4, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(w, 2 * w, 4, stride=2, padding=1)
+        self.act = nn.LeakyReLU(0.2)  # keeps gradients flowing to the generator where ReLU would be 0
+        self.dropout = nn.Dropout(0.3)  # stops D from memorising a small training set
+        self.head = nn.Linear(2 * w * s * s, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.dropout(self.act(self.conv1(x)))  # (B, w, 14, 14)
+        x = self.dropout(self.act(self.conv2(x)))  # (B, 2w, 7, 7)
+        return self.head(x.flatten(1)).squeeze(1)  # (B,) logits, no sigmoid: BCEWithLogits is stabler
+
+
+def _dcgan_init(module: nn.Module) -> None:
+    # The paper's init: N(0, 0.02) weights, BN scale N(1, 0.02), zero biases.
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class DCGAN(nn.Module):
+    def __init__(self, config: DCGANConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.generator = Generator(config)
+        self.discriminator = Discriminator(config)
+        self.apply(_dcgan_init)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.generator(z)  # (B, C, H, W)
+
+    def graphs(self) -> list[GraphExport]:
+        latent = torch.randn(4, self.config.latent_dim)  # (B, latent_dim)
+        return [
+            GraphExport("generator", self.generator, {"latent": latent}, ["image"], {"latent": {0: "batch"}})
+        ]
+
+
+@register_model("dcgan", config=DCGANConfig, family="gan")
+def dcgan(**overrides) -> DCGAN:
+    return DCGAN(DCGANConfig(**overrides))

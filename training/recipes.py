@@ -1,0 +1,191 @@
+"""The default model zoo: one recipe per served model (model + data + objective + training defaults).
+
+A recipe's name is the model's name in the repository. Defaults are sized so that the whole image zoo
+trains and exports in about 10 minutes on a 2-core CPU while reaching the quality bars below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from training.trainer import TrainConfig
+
+Objective = Literal["classification", "reconstruction", "denoising", "vae", "gan"]
+
+
+class UnknownRecipeError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class QualityBar:
+    metric: str
+    op: Literal[">=", "<="]
+    threshold: float
+
+    def passes(self, value: float) -> bool:
+        return value >= self.threshold if self.op == ">=" else value <= self.threshold
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.threshold:g}"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    model: str  # registry builder name
+    dataset: str  # training.data dataset name
+    objective: Objective
+    description: str
+    train: TrainConfig
+    model_overrides: dict = field(default_factory=dict)
+    dataset_options: dict = field(default_factory=dict)
+    normalize_inputs: bool = True  # classifiers see (x - mean) / std of the training split
+    noise_std: float = 0.0  # denoising autoencoder: std of the Gaussian noise added to inputs
+    judge: str | None = None  # GAN: repository model (a digits classifier) that scores samples
+    quality: tuple[QualityBar, ...] = ()
+
+    @property
+    def task(self) -> str:
+        return {"classification": "classification", "gan": "generation"}.get(self.objective, "reconstruction")
+
+
+_RECIPES: dict[str, Recipe] = {}
+
+
+def _add(recipe: Recipe) -> None:
+    _RECIPES[recipe.name] = recipe
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return _RECIPES[name]
+    except KeyError:
+        raise UnknownRecipeError(f"unknown recipe {name!r}; known recipes: {', '.join(_RECIPES)}") from None
+
+
+def list_recipes() -> list[Recipe]:
+    """In build order: the digits classifier comes before the GAN it judges."""
+    return list(_RECIPES.values())
+
+
+_add(
+    Recipe(
+        name="mlp-digits",
+        model="mlp",
+        dataset="digits",
+        objective="classification",
+        description="MLP on scikit-learn's 8x8 handwritten digits (64 flattened pixels).",
+        train=TrainConfig(epochs=40, batch_size=64, lr=2e-3, weight_decay=1e-4, early_stopping_patience=10),
+        quality=(QualityBar("test_accuracy", ">=", 0.97),),
+    )
+)
+_add(
+    Recipe(
+        name="lenet5-digits",
+        model="lenet5",
+        dataset="digits28",
+        objective="classification",
+        description="LeNet-5 (1998 flavour: tanh, average-pool subsampling) on the digits resized to 28x28.",
+        train=TrainConfig(epochs=30, batch_size=64, lr=2e-3, augment="shift", early_stopping_patience=10),
+        quality=(QualityBar("test_accuracy", ">=", 0.98),),
+    )
+)
+_SHAPES_TRAIN = dict(batch_size=64, lr=2e-3, augment="shift-flip", early_stopping_patience=6)
+_add(
+    Recipe(
+        name="alexnet-shapes",
+        model="alexnet",
+        dataset="shapes",
+        objective="classification",
+        description="AlexNet-style CNN (ReLU, dropout, overlapping max-pool) on the generated shapes task.",
+        train=TrainConfig(epochs=12, **_SHAPES_TRAIN),
+        quality=(QualityBar("test_accuracy", ">=", 0.95),),
+    )
+)
+_add(
+    Recipe(
+        name="resnet-shapes",
+        model="resnet8",
+        dataset="shapes",
+        objective="classification",
+        description="ResNet (BasicBlocks, batch norm, residual connections) on the generated shapes task.",
+        train=TrainConfig(epochs=10, **_SHAPES_TRAIN),
+        quality=(QualityBar("test_accuracy", ">=", 0.95),),
+    )
+)
+_add(
+    Recipe(
+        name="vit-shapes",
+        model="vit",
+        dataset="shapes",
+        objective="classification",
+        description="Vision Transformer (patch embedding, class token, pre-norm encoder) on the shapes task.",
+        train=TrainConfig(epochs=20, **{**_SHAPES_TRAIN, "lr": 1e-3, "weight_decay": 0.05}),
+        quality=(QualityBar("test_accuracy", ">=", 0.95),),
+    )
+)
+_add(
+    Recipe(
+        name="autoencoder-digits",
+        model="autoencoder",
+        dataset="digits28",
+        objective="reconstruction",
+        description="Convolutional autoencoder on 28x28 digits (16-d latent): reconstruction and latent.",
+        train=TrainConfig(epochs=30, batch_size=64, lr=2e-3, weight_decay=0.0),
+        normalize_inputs=False,
+        quality=(QualityBar("test_mse", "<=", 0.02),),
+    )
+)
+_add(
+    Recipe(
+        name="dae-digits",
+        model="denoising-autoencoder",
+        dataset="digits28",
+        objective="denoising",
+        description="Denoising autoencoder: Gaussian noise (std 0.3) in, clean 28x28 digit out.",
+        train=TrainConfig(epochs=30, batch_size=64, lr=2e-3, weight_decay=0.0),
+        normalize_inputs=False,
+        noise_std=0.3,
+        quality=(QualityBar("test_mse_noisy", "<=", 0.03),),
+    )
+)
+_add(
+    Recipe(
+        name="vae-digits",
+        model="vae",
+        dataset="digits28",
+        objective="vae",
+        description="Variational autoencoder on 28x28 digits; encoder (mu, logvar) and decoder graphs.",
+        train=TrainConfig(epochs=40, batch_size=64, lr=2e-3, weight_decay=0.0),
+        normalize_inputs=False,
+    )
+)
+_add(
+    Recipe(
+        name="dcgan-digits",
+        model="dcgan",
+        dataset="digits28",
+        objective="gan",
+        description="DCGAN generator for 28x28 digits (latent 32 -> image in [-1, 1]).",
+        train=TrainConfig(
+            epochs=60,
+            batch_size=64,
+            lr=2e-4,
+            betas=(0.5, 0.999),
+            weight_decay=0.0,
+            schedule="constant",
+            warmup_epochs=0.0,
+            grad_clip=0.0,
+            augment="shift",
+        ),
+        normalize_inputs=False,
+        judge="lenet5-digits",
+        quality=(
+            QualityBar("judge_mean_max_prob", ">=", 0.8),
+            QualityBar("judge_classes_present", ">=", 10),
+        ),
+    )
+)

@@ -1,0 +1,593 @@
+"""One model-agnostic training loop, plus the adversarial loop the GAN needs.
+
+What a model learns is decided by an :class:`Objective` (cross-entropy, MSE reconstruction, denoising,
+VAE ELBO); the loop owns everything else: optimiser, learning-rate schedule with warm-up, gradient
+clipping, weight decay, augmentation, early stopping, checkpoints that can rebuild and resume the
+model, seeds, a progress bar, per-epoch metrics, per-layer gradient norms, and multi-process training
+under ``torchrun`` (DistributedDataParallel; gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from training.data import DatasetBundle, add_noise, make_augment, normalize
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adamw"  # decoupled weight decay: the sane default for every family here
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only (Nesterov off; plain heavy-ball momentum as in the textbooks)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW; GANs want (0.5, 0.999)
+    weight_decay: float = 1e-4  # L2 regularisation (decoupled for AdamW); not applied to norms/biases
+    schedule: str = "cosine"  # cosine decay to 0, step decay, or constant
+    warmup_epochs: float = 0.5  # linear warm-up keeps the first large-gradient steps from diverging
+    step_size: int = 10  # step schedule: multiply the lr by gamma every step_size epochs
+    gamma: float = 0.1
+    grad_clip: float = 1.0  # max global L2 norm of the gradient; 0 turns clipping off
+    label_smoothing: float = 0.0  # classification only
+    early_stopping_patience: int = 0  # epochs without improvement of the monitored metric; 0 = off
+    augment: str | None = None  # name understood by training.data.make_augment
+    max_steps: int = 0  # stop after this many optimiser steps in total (tiny smoke runs); 0 = no cap
+    grad_norm_every: int = 10  # record per-layer gradient norms every N steps
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 2, "batch_size must be >= 2 (batch norm needs two examples)"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (math.isfinite(self.lr) and self.lr > 0, "lr must be a positive number"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (self.step_size >= 1 and 0 < self.gamma <= 1, "step_size >= 1 and 0 < gamma <= 1"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 turns clipping off)"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (self.early_stopping_patience >= 0, "early_stopping_patience must be >= 0"),
+            (self.max_steps >= 0 and self.grad_norm_every >= 1, "max_steps >= 0, grad_norm_every >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid training config: {message}")
+
+
+# --------------------------------------------------------------------------------------------- objectives
+
+
+class Objective:
+    """Turns a batch into a loss and detached metrics. ``monitor`` picks the early-stopping metric."""
+
+    monitor = "val_loss"
+    higher_is_better = False
+
+    def __init__(self, bundle: DatasetBundle, normalize_inputs: bool) -> None:
+        channels = bundle.input_shape[0] if len(bundle.input_shape) == 3 else 1
+        self.mean = bundle.mean if normalize_inputs else (0.0,) * channels
+        self.std = bundle.std if normalize_inputs else (1.0,) * channels
+
+    def prepare(self, x: Tensor) -> Tensor:
+        return normalize(x, self.mean, self.std)
+
+    def loss(
+        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+
+class Classification(Objective):
+    monitor = "val_accuracy"
+    higher_is_better = True
+
+    def __init__(self, bundle: DatasetBundle, normalize_inputs: bool, label_smoothing: float = 0.0):
+        super().__init__(bundle, normalize_inputs)
+        self.label_smoothing = label_smoothing
+
+    def loss(self, model, x, y, generator):
+        logits = model(self.prepare(x))  # (B, num_classes)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        accuracy = (logits.argmax(-1) == y).float().mean()
+        return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+
+
+class Reconstruction(Objective):
+    """MSE between the reconstruction and the clean input; with ``noise_std`` it is a denoising AE."""
+
+    def __init__(self, bundle: DatasetBundle, noise_std: float = 0.0):
+        super().__init__(bundle, normalize_inputs=False)
+        self.noise_std = noise_std
+
+    def loss(self, model, x, y, generator):
+        source = add_noise(x, self.noise_std, generator) if self.noise_std > 0 else x
+        reconstruction, _latent = model(source)  # (B, C, H, W), (B, Z)
+        loss = F.mse_loss(reconstruction, x)
+        return loss, {"loss": loss.item(), "mse": loss.item()}
+
+
+class VariationalELBO(Objective):
+    """Negative ELBO per example: Bernoulli reconstruction term (BCE, nats) + beta * KL(q(z|x) || N(0, I))."""
+
+    def __init__(self, bundle: DatasetBundle, beta: float = 1.0):
+        super().__init__(bundle, normalize_inputs=False)
+        self.beta = beta
+
+    def loss(self, model, x, y, generator):
+        reconstruction, mu, logvar = model(x)
+        batch = x.shape[0]
+        recon = F.binary_cross_entropy(reconstruction, x, reduction="sum") / batch
+        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / batch
+        loss = recon + self.beta * kl
+        mse = F.mse_loss(reconstruction, x)
+        return loss, {
+            "loss": loss.item(),
+            "recon_nats": recon.item(),
+            "kl_nats": kl.item(),
+            "mse": mse.item(),
+        }
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed() -> DistributedContext:
+    """Join the process group when launched by ``torchrun`` (gloo works on CPU); otherwise single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    # One intra-op thread per process: the processes already use the cores.
+    torch.set_num_threads(1)
+    return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+def iterate_batches(
+    dataset: torch.utils.data.TensorDataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    ctx: DistributedContext | None = None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Batches straight from the in-memory tensors (far faster than a per-item DataLoader).
+
+    Under DDP each rank takes a strided shard of one shared permutation, as DistributedSampler does;
+    the shard is truncated to equal length so every rank runs the same number of steps.
+    """
+    x, y = dataset.tensors
+    n = len(x)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    if ctx is not None and ctx.enabled:
+        per_rank = n // ctx.world_size
+        order = order[ctx.rank :: ctx.world_size][:per_rank]
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        if shuffle and len(idx) < 2:
+            break  # a lone example breaks batch norm and adds nothing
+        yield x[idx], y[idx]
+
+
+def count_batches(n: int, batch_size: int, ctx: DistributedContext | None = None) -> int:
+    """How many batches ``iterate_batches(shuffle=True)`` yields per epoch (it drops a lone last example)."""
+    if ctx is not None and ctx.enabled:
+        n //= ctx.world_size
+    full, rest = divmod(n, batch_size)
+    return max(full + (rest >= 2), 1)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # Weight decay on weights of linear/conv layers only; decaying norms and biases only hurts.
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adam":
+        # Adam's weight_decay is coupled L2 (added to the gradient); AdamW decouples it.
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step multiplier: linear warm-up, then cosine to zero, step decay or constant."""
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    total = max(cfg.epochs * steps_per_epoch, 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "cosine":
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.schedule == "step":
+            return cfg.gamma ** (step // (cfg.step_size * steps_per_epoch))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class GradNormRecorder:
+    """Per-layer gradient L2 norms over training: the vanishing/exploding-gradient diagnostic."""
+
+    def __init__(self, model: nn.Module) -> None:
+        # One entry per layer that owns a weight matrix/kernel, in network order.
+        self.layers = {
+            name: module.weight
+            for name, module in model.named_modules()
+            if isinstance(getattr(module, "weight", None), nn.Parameter) and module.weight.ndim >= 2
+        }
+        self.steps: list[int] = []
+        self.norms: dict[str, list[float]] = {name: [] for name in self.layers}
+
+    def record(self, step: int) -> None:
+        self.steps.append(step)
+        for name, weight in self.layers.items():
+            norm = weight.grad.norm().item() if weight.grad is not None else 0.0
+            self.norms[name].append(norm)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "norms": self.norms}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, objective: Objective, dataset: torch.utils.data.TensorDataset, batch_size: int = 256
+) -> dict[str, float]:
+    """Example-weighted mean of every metric over a split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    count = 0
+    generator = torch.Generator().manual_seed(1234)  # fixed noise for the denoising AE's val metrics
+    for x, y in iterate_batches(dataset, batch_size, shuffle=False):
+        _, metrics = objective.loss(model, x, y, generator)
+        for key, value in metrics.items():
+            totals[key] = totals.get(key, 0.0) + value * len(x)
+        count += len(x)
+    model.train(was_training)
+    return {key: value / max(count, 1) for key, value in totals.items()}
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, **state: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # never leave a half-written checkpoint behind
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # pickle/zip errors have unhelpful types; name the file instead
+        raise ValueError(f"checkpoint {path} is not a readable checkpoint: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]
+    grad_norms: dict[str, Any]
+    epochs_run: int
+    seconds: float
+    best_epoch: int
+    stopped_early: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def fit(
+    model: nn.Module,
+    bundle: DatasetBundle,
+    objective: Objective,
+    cfg: TrainConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    checkpoint_meta: dict[str, Any] | None = None,
+    resume_from: Path | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place; it ends holding the weights of its best validation epoch."""
+    ctx = init_distributed()
+    generator = seed_everything(cfg.seed)
+    augment = make_augment(cfg.augment)
+    steps_per_epoch = count_batches(len(bundle.train), cfg.batch_size, ctx)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
+    history: list[dict[str, float]] = []
+    start_epoch, step = 0, 0
+    best_metric, best_epoch, best_state = None, 0, None
+
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        history, start_epoch, step = state["history"], state["epoch"], state["step"]
+        best_metric, best_epoch, best_state = state["best_metric"], state["best_epoch"], state["best_state"]
+
+    wrapped: nn.Module = DistributedDataParallel(model) if ctx.enabled else model
+    recorder = GradNormRecorder(model)
+    started = time.perf_counter()
+    stale_epochs = 0
+    stopped_early = False
+
+    for epoch in range(start_epoch, cfg.epochs):
+        wrapped.train()
+        totals: dict[str, float] = {}
+        seen = 0
+        batches = iterate_batches(bundle.train, cfg.batch_size, shuffle=True, generator=generator, ctx=ctx)
+        bar = tqdm(
+            batches,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (cfg.progress and ctx.is_main),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for x, y in bar:
+            if augment is not None:
+                x = augment(x, generator)
+            loss, metrics = objective.loss(wrapped, x, y, generator)
+            if not math.isfinite(metrics["loss"]):
+                raise FloatingPointError(
+                    f"loss became {metrics['loss']} at step {step}; "
+                    "lower the learning rate or enable grad_clip"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if step % cfg.grad_norm_every == 0:
+                recorder.record(step)
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value * len(x)
+            seen += len(x)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+
+        train_metrics = {f"train_{k}": v / max(seen, 1) for k, v in totals.items()}
+        if ctx.enabled:  # average the training metrics over the ranks
+            values = torch.tensor(list(train_metrics.values()), dtype=torch.float64)
+            dist.all_reduce(values)
+            train_metrics = dict(zip(train_metrics, (values / ctx.world_size).tolist(), strict=True))
+        val_metrics = {f"val_{k}": v for k, v in evaluate(model, objective, bundle.val).items()}
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_metrics, **val_metrics}
+        history.append(row)
+        if on_epoch is not None and ctx.is_main:
+            on_epoch(row)
+
+        metric = row[objective.monitor]
+        improved = best_metric is None or (
+            metric > best_metric if objective.higher_is_better else metric < best_metric
+        )
+        if improved:
+            best_metric, best_epoch, stale_epochs = metric, epoch + 1, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale_epochs += 1
+
+        if checkpoint_dir is not None and ctx.is_main:
+            save_checkpoint(
+                checkpoint_dir / "last.pt",
+                **(checkpoint_meta or {}),
+                train_config=dataclasses.asdict(cfg),
+                state_dict=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                generator=generator.get_state(),
+                history=history,
+                epoch=epoch + 1,
+                step=step,
+                best_metric=best_metric,
+                best_epoch=best_epoch,
+                best_state=best_state,
+            )
+        if cfg.early_stopping_patience and stale_epochs >= cfg.early_stopping_patience:
+            stopped_early = True
+            break
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(
+        history=history,
+        grad_norms=recorder.to_dict(),
+        epochs_run=len(history),
+        seconds=time.perf_counter() - started,
+        best_epoch=best_epoch,
+        stopped_early=stopped_early,
+    )
+
+
+# --------------------------------------------------------------------------------------------- GAN
+
+
+def fit_gan(
+    model: nn.Module,
+    bundle: DatasetBundle,
+    cfg: TrainConfig,
+    *,
+    real_label: float = 0.9,
+    checkpoint_dir: Path | None = None,
+    checkpoint_meta: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """DCGAN training: the discriminator learns real vs generated, the generator learns to fool it.
+
+    Non-saturating generator loss (maximise log D(G(z))) and one-sided label smoothing (real
+    targets of ``real_label``) are the two standard tricks that keep small GANs from collapsing.
+    Images are scaled to [-1, 1] to match the generator's tanh.
+    """
+    ctx = init_distributed()
+    if ctx.enabled:
+        raise ValueError("GAN training runs in a single process")
+    generator = seed_everything(cfg.seed)
+    augment = make_augment(cfg.augment)
+    g_net, d_net = model.generator, model.discriminator
+    latent_dim = model.config.latent_dim
+    opt_g = make_optimizer(g_net, cfg)
+    opt_d = make_optimizer(d_net, cfg)
+    steps_per_epoch = count_batches(len(bundle.train), cfg.batch_size)
+    sched_g = make_scheduler(opt_g, cfg, steps_per_epoch)
+    sched_d = make_scheduler(opt_d, cfg, steps_per_epoch)
+    recorder = GradNormRecorder(model)
+    history: list[dict[str, float]] = []
+    step = 0
+    started = time.perf_counter()
+    model.train()
+    for epoch in range(cfg.epochs):
+        totals = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}
+        batches = 0
+        bar = tqdm(
+            iterate_batches(bundle.train, cfg.batch_size, shuffle=True, generator=generator),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for x, _ in bar:
+            if augment is not None:
+                x = augment(x, generator)
+            real = x * 2 - 1  # (B, C, H, W) in [-1, 1]
+            b = real.shape[0]
+            z = torch.randn(b, latent_dim, generator=generator)
+            fake = g_net(z)
+
+            # Discriminator: real -> real_label, fake -> 0. The fake is detached: only D learns here.
+            d_real = d_net(real)
+            d_fake = d_net(fake.detach())
+            d_loss = F.binary_cross_entropy_with_logits(
+                d_real, torch.full_like(d_real, real_label)
+            ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(d_net.parameters(), cfg.grad_clip)
+            opt_d.step()
+
+            # Generator: non-saturating loss, gradients flow through D into G.
+            d_on_fake = d_net(fake)
+            g_loss = F.binary_cross_entropy_with_logits(d_on_fake, torch.ones_like(d_on_fake))
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            if step % cfg.grad_norm_every == 0:
+                recorder.record(step)
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(g_net.parameters(), cfg.grad_clip)
+            opt_g.step()
+            sched_g.step()
+            sched_d.step()
+            step += 1
+
+            totals["d_loss"] += d_loss.item()
+            totals["g_loss"] += g_loss.item()
+            totals["d_real"] += torch.sigmoid(d_real).mean().item()
+            totals["d_fake"] += torch.sigmoid(d_fake).mean().item()
+            batches += 1
+            bar.set_postfix(d=f"{d_loss.item():.3f}", g=f"{g_loss.item():.3f}")
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        row = {"epoch": epoch + 1, "lr": opt_g.param_groups[0]["lr"]}
+        row.update({k: v / max(batches, 1) for k, v in totals.items()})
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if checkpoint_dir is not None:
+            save_checkpoint(
+                checkpoint_dir / "last.pt",
+                **(checkpoint_meta or {}),
+                train_config=dataclasses.asdict(cfg),
+                state_dict=model.state_dict(),
+                history=history,
+                epoch=epoch + 1,
+                step=step,
+            )
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+    model.eval()
+    return TrainResult(
+        history=history,
+        grad_norms=recorder.to_dict(),
+        epochs_run=len(history),
+        seconds=time.perf_counter() - started,
+        best_epoch=len(history),
+    )
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
