@@ -37,9 +37,11 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 __all__ = [
+    "SHAPE_LABELS",
     "DataError",
     "DatasetBundle",
     "add_noise",
+    "generate_shapes",
     "list_datasets",
     "load_dataset",
     "make_augment",
@@ -99,7 +101,9 @@ class _Raw:
 _DATASETS: dict[str, _Spec] = {}
 
 
-def _register(name: str, *, options: tuple[str, ...] = (), needs_root: bool = False, summary: str):
+def _register(
+    name: str, *, options: tuple[str, ...] = (), needs_root: bool = False, summary: str
+) -> Callable[[Callable[..., _Raw]], Callable[..., _Raw]]:
     def wrap(fn: Callable[..., _Raw]) -> Callable[..., _Raw]:
         _DATASETS[name] = _Spec(fn, options, needs_root, summary)
         return fn

@@ -13,12 +13,11 @@ the MLP keeps PyTorch's default ``nn.Linear`` init (weight variance 1/(3 fan_in)
 init that ReLU needs); with He init the same relu stack measures ~0.9. The variants deliberately
 keep the default init, as the model does, so the figure shows what a user of the registry gets.
 
-Run it from the command line with ``python -m training.diagnostics --depth 20 --steps 300 --out-dir DIR``.
+Run it from the command line with ``python -m training vanishing-gradients``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -36,21 +35,18 @@ __all__ = ["VARIANTS", "layer_grad_norms", "vanishing_gradients"]
 VARIANTS: dict[str, dict[str, Any]] = {
     "sigmoid": {"activation": "sigmoid", "batch_norm": False, "residual": False},
     "relu": {"activation": "relu", "batch_norm": False, "residual": False},
+    "relu+he-init": {"activation": "relu", "batch_norm": False, "residual": False, "init": "he"},
     "relu+bn+residual": {"activation": "relu", "batch_norm": True, "residual": True},
 }
 
 
 def _digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Digits scaled to [0, 1] (pixel values are 0..16), split 80/20 with a seeded shuffle."""
-    from sklearn.datasets import load_digits
+    """Flattened digits in [0, 1]: train split to train on, test split to score."""
+    from training.data import load_dataset
 
-    data = load_digits()
-    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(data.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    x, y = x[perm], y[perm]
-    n_train = int(0.8 * len(x))
-    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+    bundle = load_dataset("digits", seed=seed)
+    (x_train, y_train), (x_test, y_test) = bundle.train.tensors, bundle.test.tensors
+    return x_train.flatten(1), y_train, x_test.flatten(1), y_test
 
 
 def layer_grad_norms(model: nn.Module) -> list[float]:
@@ -203,24 +199,3 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float | np.floating):
         return float(obj) if math.isfinite(obj) else None
     return obj
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depth", type=int, default=20)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
-    result = vanishing_gradients(args.depth, args.width, args.steps, args.batch_size, args.seed, args.out_dir)
-    for name, v in result["variants"].items():
-        line = f"{name:>18}: first/last {v['first_to_last_ratio']:.2e}"
-        if v["accuracy"] is not None:
-            line += f"  final loss {v['final_loss']:.3f}  test accuracy {v['accuracy']:.3f}"
-        print(line)
-
-
-if __name__ == "__main__":
-    main()

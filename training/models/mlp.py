@@ -17,12 +17,16 @@ from training.graphs import GraphExport
 from training.layers import (
     check_activation,
     check_bool,
+    check_choice,
     check_positive_int,
     check_probability,
     int_tuple,
     make_activation,
 )
 from training.registry import register_model
+
+
+INITS = ("default", "he", "xavier")
 
 
 @dataclass
@@ -34,6 +38,9 @@ class MLPConfig:
     dropout: float = 0.1  # light regularisation; 64-d digits overfit quickly
     batch_norm: bool = False  # off by default so the plain deep-MLP behaviour can be observed
     residual: bool = False  # adds each block's input to its output where the widths match
+    # "default" keeps PyTorch's nn.Linear init (weight variance 1/(3 fan_in)), under which even a deep
+    # relu stack loses gradient; "he" (variance 2/fan_in) is the init relu needs; "xavier" suits tanh.
+    init: str = "default"
 
     def __post_init__(self) -> None:
         check_positive_int("in_features", self.in_features)
@@ -43,6 +50,7 @@ class MLPConfig:
         check_probability("dropout", self.dropout)
         check_bool("batch_norm", self.batch_norm)
         check_bool("residual", self.residual)
+        check_choice("init", self.init, INITS)
 
 
 class MLPBlock(nn.Module):
@@ -80,6 +88,13 @@ class MLP(nn.Module):
             for w_in, w_out in pairwise(widths)
         )
         self.head = nn.Linear(widths[-1], config.num_classes)
+        if config.init != "default":
+            for block in self.blocks:
+                if config.init == "he":
+                    nn.init.kaiming_normal_(block.linear.weight, nonlinearity="relu")
+                else:
+                    nn.init.xavier_normal_(block.linear.weight)
+                nn.init.zeros_(block.linear.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)  # (B, ...) -> (B, in_features): images go in as they are
