@@ -78,7 +78,9 @@ _add(
         dataset="digits",
         objective="classification",
         description="MLP on scikit-learn's 8x8 handwritten digits (64 flattened pixels).",
-        train=TrainConfig(epochs=40, batch_size=64, lr=2e-3, weight_decay=1e-4, early_stopping_patience=10),
+        # Picked on the validation split among five variants: dropout 0.2 + label smoothing 0.1.
+        model_overrides={"dropout": 0.2},
+        train=TrainConfig(epochs=60, batch_size=64, lr=2e-3, weight_decay=1e-3, label_smoothing=0.1),
         quality=(QualityBar("test_accuracy", ">=", 0.97),),
     )
 )

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
 
 from training.graphs import GraphExport
 from training.layers import (
+    ConvNormAct,
     TransformerBlock,
     check_activation,
+    check_choice,
     check_positive_int,
     check_probability,
 )
@@ -29,6 +32,11 @@ class ViTConfig:
     mlp_ratio: float = 2.0  # 4 in the paper; 2 halves the FFN cost at little loss on small data
     dropout: float = 0.1  # ViTs overfit small datasets without it
     activation: str = "gelu"  # the paper's choice
+    # "patch": the paper's linear patch embedding. "conv": stride-2 3x3 conv-BN-ReLU layers down to
+    # the patch grid, then a 1x1 projection (Xiao et al., 2021, "Early convolutions help transformers
+    # see better"): same tokens, but built from local edges, which small data cannot teach a linear
+    # patchifier quickly.
+    stem: str = "patch"
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "in_channels", "num_classes", "dim", "depth", "heads"):
@@ -48,6 +56,13 @@ class ViTConfig:
         self.mlp_ratio = float(self.mlp_ratio)
         check_probability("dropout", self.dropout)
         check_activation("activation", self.activation)
+        check_choice("stem", self.stem, ("patch", "conv"))
+        if self.stem == "conv" and (self.patch_size & (self.patch_size - 1) or self.patch_size < 2):
+            raise ValueError(f"stem 'conv' needs a power-of-two patch_size >= 2; got {self.patch_size}")
+
+    @property
+    def num_downsamples(self) -> int:
+        return self.patch_size.bit_length() - 1
 
     @property
     def num_patches(self) -> int:
@@ -58,10 +73,23 @@ class ViT(nn.Module):
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         self.config = config
-        # A conv with kernel = stride = patch is "split into patches + shared linear projection".
-        self.patch_embed = nn.Conv2d(
-            config.in_channels, config.dim, config.patch_size, stride=config.patch_size
-        )
+        if config.stem == "conv":
+            # log2(P) stride-2 3x3 conv-BN-ReLU layers reach the patch grid, then a 1x1 projection.
+            # A stride-1 conv first, so that edges are found at full resolution, then log2(P)
+            # stride-2 convs down to the patch grid; widths double up to dim.
+            n = config.num_downsamples
+            widths = [config.dim >> n] + [config.dim >> (n - i) for i in range(1, n + 1)]  # dim/4 .. dim
+            self.stem = nn.Sequential(
+                ConvNormAct(config.in_channels, widths[0], 3),
+                *(ConvNormAct(w_in, w_out, 3, stride=2) for w_in, w_out in pairwise(widths)),
+            )
+            self.patch_embed = nn.Conv2d(widths[-1], config.dim, 1)
+        else:
+            self.stem = nn.Identity()
+            # A conv with kernel = stride = patch is "split into patches + shared linear projection".
+            self.patch_embed = nn.Conv2d(
+                config.in_channels, config.dim, config.patch_size, stride=config.patch_size
+            )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, config.dim))
         self.dropout = nn.Dropout(config.dropout)
@@ -76,7 +104,7 @@ class ViT(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.patch_embed(x)  # (B, dim, H / P, W / P)
+        x = self.patch_embed(self.stem(x))  # (B, dim, H / P, W / P)
         x = x.flatten(2).transpose(1, 2)  # (B, N, dim)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, dim)
         x = torch.cat([cls, x], dim=1) + self.pos_embed  # (B, N + 1, dim)
