@@ -7,11 +7,12 @@ that attenuation; batch norm keeps pre-activations in range and residual connect
 gradient an identity path around every block, which flattens the profile. ``vanishing_gradients``
 measures this on the registry's MLP on scikit-learn's bundled digits (no download).
 
-Measured at depth 20, width 64, seed 0 (first/last hidden layer's weight-gradient norm): sigmoid
-1.2e-16 (about x0.14 per layer), relu 6e-7, relu+bn+residual 5.5. Plain ReLU still decays because
-the MLP keeps PyTorch's default ``nn.Linear`` init (weight variance 1/(3 fan_in), a sixth of the He
-init that ReLU needs); with He init the same relu stack measures ~0.9. The variants deliberately
-keep the default init, as the model does, so the figure shows what a user of the registry gets.
+Measured at depth 20, width 64, seed 0 (first/last hidden layer's weight-gradient norm; test
+accuracy after 200 Adam steps): sigmoid 9e-17 (0.10, chance), relu with PyTorch's default
+``nn.Linear`` init 2e-6 (0.10), relu with He init 0.98 (0.92), relu + batch norm + residual 6.6
+(0.97). PyTorch's default init draws weights with variance 1/(3 fan_in), a sixth of what ReLU needs
+(He: 2/fan_in), so even a ReLU stack loses its gradient at depth 20; the ``relu+he-init`` variant
+shows that the initialisation, not only the activation, decides whether a deep plain stack trains.
 
 Run it from the command line with ``python -m training vanishing-gradients``.
 """

@@ -308,6 +308,8 @@ def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = No
             history=history, grad_norms={}, epochs_run=len(history), seconds=0.0, best_epoch=0
         )
     elif recipe.objective == "gan":
+        if opts.resume is not None:
+            raise ValueError("--resume is not supported for GAN recipes; train them again")
         result = fit_gan(
             model,
             bundle,

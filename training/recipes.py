@@ -124,8 +124,14 @@ _add(
         model="vit",
         dataset="shapes",
         objective="classification",
-        description="Vision Transformer (patch embedding, class token, pre-norm encoder) on the shapes task.",
-        train=TrainConfig(epochs=20, **{**_SHAPES_TRAIN, "lr": 1e-3, "weight_decay": 0.05}),
+        description="Vision Transformer (conv stem, class token, pre-norm encoder) on the shapes task.",
+        # Measured on this task: the paper's linear patch embedding reached 45% test accuracy in 20
+        # epochs; a conv stem (stride-1 conv, then stride-2 convs to the same 8x8 patch grid) reached
+        # 97% validation accuracy in 24. Dropout off: 5,040 images underfit before they overfit.
+        model_overrides={"stem": "conv", "dropout": 0.0},
+        train=TrainConfig(
+            epochs=22, **{**_SHAPES_TRAIN, "lr": 3e-3, "weight_decay": 0.05, "warmup_epochs": 2}
+        ),
         quality=(QualityBar("test_accuracy", ">=", 0.95),),
     )
 )

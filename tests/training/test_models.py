@@ -219,6 +219,26 @@ def test_vit_tokens() -> None:
     model = build_model("vit")
     assert model.config.num_patches == 64 and model.pos_embed.shape == (1, 65, 64)
     assert len(model.blocks) == 4 and all(b.pre_norm for b in model.blocks)
+    # The conv stem reaches the same 8x8 patch grid: one stride-1 conv, then log2(4) stride-2 convs.
+    conv = build_model("vit", stem="conv")
+    strides = [block[0].stride[0] for block in conv.stem]
+    assert strides == [1, 2, 2] and conv.pos_embed.shape == (1, 65, 64)
+    with pytest.raises(ValueError, match="power-of-two"):
+        build_model("vit", stem="conv", patch_size=3, image_size=33)
+
+
+def test_mlp_he_init_keeps_relu_activations_alive() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(256, 64)
+    spread = {}
+    for init in ("default", "he"):
+        model = build_model("mlp", hidden_sizes=(64,) * 10, dropout=0.0, init=init).eval()
+        h = x
+        for block in model.blocks:
+            h = block(h)
+        spread[init] = h.std().item()
+    # He init preserves the activation scale through relu layers; PyTorch's default shrinks it.
+    assert spread["he"] > 3 * spread["default"]
 
 
 def test_vae_training_forward_samples_but_submodules_are_deterministic() -> None:
@@ -346,6 +366,7 @@ EXPORT_CASES = [
     ("alexnet", {"widths": (8, 8, 8, 8, 8), "fc_hidden": 16}),
     ("resnet8", {"stage_widths": (8, 16, 16)}),
     ("vit", {"image_size": 16, "dim": 16, "depth": 1, "heads": 2}),
+    ("vit", {"image_size": 16, "dim": 16, "depth": 1, "heads": 2, "stem": "conv"}),
     ("autoencoder", {"widths": (8, 8), "latent_dim": 4}),
     ("vae", {"widths": (8, 8), "latent_dim": 4}),
     ("dcgan", {"generator_width": 8, "discriminator_width": 8}),
@@ -357,7 +378,7 @@ def test_export_cases_cover_every_model_class() -> None:
     assert {type(build_model(n)) for n in list_models()} <= covered
 
 
-@pytest.mark.parametrize(("name", "overrides"), EXPORT_CASES, ids=[n for n, _ in EXPORT_CASES])
+@pytest.mark.parametrize(("name", "overrides"), EXPORT_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(EXPORT_CASES)])
 def test_onnx_export_matches_pytorch(name: str, overrides: dict, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_model(name, **overrides)

@@ -14,7 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from training.graphs import GraphExport
-from training.layers import check_activation, check_positive_int, make_activation
+from training.layers import (
+    check_activation,
+    check_choice,
+    check_positive_int,
+    check_probability,
+    make_activation,
+)
 from training.registry import register_model
 
 
@@ -26,6 +32,11 @@ class DCGANConfig:
     generator_width: int = 64  # channels before the last upsampling; the projection has twice that
     discriminator_width: int = 64  # channels of the first conv; the second has twice that
     activation: str = "relu"  # generator only; the discriminator uses LeakyReLU(0.2) as in the paper
+    # "transposed": the paper's fractionally-strided convs. "nearest": nearest-neighbour upsampling
+    # then a 3x3 conv, which cannot produce the checkerboard artifacts of overlapping transposed
+    # kernels (Odena et al., 2016, "Deconvolution and checkerboard artifacts").
+    upsample: str = "transposed"
+    discriminator_dropout: float = 0.3  # stops D from memorising a small training set
 
     def __post_init__(self) -> None:
         for name in ("latent_dim", "out_channels", "image_size", "generator_width", "discriminator_width"):
@@ -35,6 +46,18 @@ class DCGANConfig:
                 f"image_size must be a multiple of 4 (two 2x upsamplings); got {self.image_size}"
             )
         check_activation("activation", self.activation)
+        check_choice("upsample", self.upsample, ("transposed", "nearest"))
+        check_probability("discriminator_dropout", self.discriminator_dropout)
+
+
+def _upsample(in_channels: int, out_channels: int, mode: str, bias: bool) -> nn.Module:
+    """Double H and W exactly."""
+    if mode == "transposed":  # kernel 4, stride 2, padding 1: an exact 2x without ragged borders
+        return nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=bias)
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias),
+    )
 
 
 class Generator(nn.Module):
@@ -47,10 +70,9 @@ class Generator(nn.Module):
         self.project = nn.Linear(config.latent_dim, 2 * w * s * s, bias=False)
         self.unflatten = nn.Unflatten(1, (2 * w, s, s))
         self.bn0 = nn.BatchNorm2d(2 * w)
-        # Kernel 4, stride 2, padding 1 doubles H and W exactly without checkerboard-prone overlaps.
-        self.up1 = nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1, bias=False)
+        self.up1 = _upsample(2 * w, w, config.upsample, bias=False)
         self.bn1 = nn.BatchNorm2d(w)
-        self.up2 = nn.ConvTranspose2d(w, config.out_channels, 4, stride=2, padding=1)
+        self.up2 = _upsample(w, config.out_channels, config.upsample, bias=True)
         self.act = make_activation(config.activation)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -68,7 +90,7 @@ class Discriminator(nn.Module):
         self.conv1 = nn.Conv2d(config.out_channels, w, 4, stride=2, padding=1)
         self.conv2 = nn.Conv2d(w, 2 * w, 4, stride=2, padding=1)
         self.act = nn.LeakyReLU(0.2)  # keeps gradients flowing to the generator where ReLU would be 0
-        self.dropout = nn.Dropout(0.3)  # stops D from memorising a small training set
+        self.dropout = nn.Dropout(config.discriminator_dropout)
         self.head = nn.Linear(2 * w * s * s, 1)
 
     def forward(self, x: Tensor) -> Tensor:
