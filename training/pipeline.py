@@ -23,7 +23,7 @@ from app.schema import (
 )
 from training import plots
 from training.data import DatasetBundle, add_noise, load_dataset, normalize
-from training.export import ExportResult, export_to_repository
+from training.export import export_to_repository
 from training.recipes import Recipe
 from training.registry import build_model, model_config_class, model_family
 from training.trainer import (
@@ -59,7 +59,6 @@ class RunOptions:
     runs_dir: Path = Path("runs")
     version: int = 1
     resume: Path | None = None
-    export: bool = True
 
 
 @dataclass
@@ -342,6 +341,7 @@ def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = No
             result.grad_norms["norms"],
             out / "grad_norms.png",
             title=f"{recipe.name}: per-layer gradient L2 norm",
+            steps=result.grad_norms["steps"],
         )
         write_json(out / "grad_norms.json", result.grad_norms)
     write_json(out / "history.json", result.history)
@@ -349,36 +349,34 @@ def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = No
         str(bar) for bar in recipe.quality if bar.metric in metrics and not bar.passes(metrics[bar.metric])
     ]
 
-    export: ExportResult | None = None
-    if opts.export:
-        export = export_to_repository(
-            model.graphs(),
-            repository=opts.repository,
-            version=opts.version,
-            config_fields=_config_fields(recipe, model, bundle, objective),
-            report_fields={
-                "metrics": metrics,
-                "command": meta["command"],
-                "seed": train_cfg.seed,
-                "recipe": recipe.name,
-                "model": recipe.model,
-                "model_config": meta["model_config"],
-                "train_config": dataclasses.asdict(train_cfg),
-                "training_seconds": round(result.seconds, 2),
-                "epochs_run": result.epochs_run,
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "notes": [f"dataset: {dataset}: {bundle.description}"]
-                + (["early stopping ended training"] if result.stopped_early else []),
-            },
-            plots=pictures,
-        )
+    export = export_to_repository(
+        model.graphs(),
+        repository=opts.repository,
+        version=opts.version,
+        config_fields=_config_fields(recipe, model, bundle, objective),
+        report_fields={
+            "metrics": metrics,
+            "command": meta["command"],
+            "seed": train_cfg.seed,
+            "recipe": recipe.name,
+            "model": recipe.model,
+            "model_config": meta["model_config"],
+            "train_config": dataclasses.asdict(train_cfg),
+            "training_seconds": round(result.seconds, 2),
+            "epochs_run": result.epochs_run,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "notes": [f"dataset: {dataset}: {bundle.description}"]
+            + (["early stopping ended training"] if result.stopped_early else []),
+        },
+        plots=pictures,
+    )
     return RunSummary(
         recipe=recipe.name,
         metrics=metrics,
-        parity=export.report.parity.max_abs_diff if export else None,
+        parity=export.report.parity.max_abs_diff,
         seconds=result.seconds,
         epochs_run=result.epochs_run,
-        path=export.path if export else None,
+        path=export.path,
         failed_bars=failed,
     )
 

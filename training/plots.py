@@ -183,11 +183,14 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str = "") -
     return _save(fig, path)
 
 
-def plot_grad_norms(grad_norms: dict[str, list[float]], path: Path, title: str = "") -> Path:
+def plot_grad_norms(
+    grad_norms: dict[str, list[float]], path: Path, title: str = "", steps: list[int] | None = None
+) -> Path:
     """Per-layer gradient L2 norm over training steps (log y) and mean norm per layer.
 
     ``grad_norms`` maps layer name -> norm per recorded step, in network order (input side first);
     the bar panel keeps that order so a vanishing (or exploding) gradient shows as a slope.
+    ``steps`` are the optimiser steps the norms were recorded at (default 1, 2, ...).
     """
     names = list(grad_norms)
     fig = Figure(figsize=(12, 4.8))
@@ -200,7 +203,8 @@ def plot_grad_norms(grad_norms: dict[str, list[float]], path: Path, title: str =
         colour = cmap(i / max(len(names) - 1, 1))
         # Zero norms (no gradient that step) cannot sit on a log axis; leave a gap rather than clip
         # to an arbitrary floor that would stretch the axis over empty decades.
-        ax_lines.plot(np.arange(1, y.size + 1), np.where(y > 0, y, np.nan), color=colour, label=name, lw=1.2)
+        x = np.asarray(steps, dtype=float) if steps is not None else np.arange(1, y.size + 1)
+        ax_lines.plot(x, np.where(y > 0, y, np.nan), color=colour, label=name, lw=1.2)
         finite = y[np.isfinite(y)]
         means.append(float(finite.mean()) if finite.size else float("nan"))
     ax_lines.set_yscale("log")

@@ -91,7 +91,8 @@ _add(
         dataset="digits28",
         objective="classification",
         description="LeNet-5 (1998 flavour: tanh, average-pool subsampling) on the digits resized to 28x28.",
-        train=TrainConfig(epochs=30, batch_size=64, lr=2e-3, augment="shift", early_stopping_patience=10),
+        # 60 epochs without early stopping: best validation accuracy (0.996) among five variants.
+        train=TrainConfig(epochs=60, batch_size=64, lr=2e-3, augment="shift"),
         quality=(QualityBar("test_accuracy", ">=", 0.98),),
     )
 )
@@ -178,9 +179,13 @@ _add(
         dataset="digits28",
         objective="gan",
         description="DCGAN generator for 28x28 digits (latent 32 -> image in [-1, 1]).",
+        # Sample quality follows the number of steps, not epochs: ~1,250 training digits give 40
+        # steps per epoch at batch 32. Measured (judge mean max-probability): 600 steps 0.78,
+        # 2,400 steps 0.79-0.80, 4,000 steps 0.81. EMA of the generator, cosine decay, nearest
+        # upsampling and a dropout-free discriminator did not beat that (0.78-0.79).
         train=TrainConfig(
-            epochs=60,
-            batch_size=64,
+            epochs=100,
+            batch_size=32,
             lr=2e-4,
             betas=(0.5, 0.999),
             weight_decay=0.0,

@@ -132,9 +132,17 @@ def test_bad_input_is_one_clear_error_line(args, expected, tmp_path):
 
 
 def test_truncated_mnist_file_is_a_clear_error(tmp_path):
+    import struct
+
     data = tmp_path / "mnist"
     data.mkdir()
-    (data / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x10")  # header cut short
+    n = 16
+    images = struct.pack(">IIII", 0x0803, n, 28, 28) + bytes(n * 28 * 28)
+    labels = struct.pack(">II", 0x0801, n) + bytes(range(10)) + bytes(n - 10)
+    for prefix in ("train", "t10k"):
+        (data / f"{prefix}-images-idx3-ubyte").write_bytes(images)
+        (data / f"{prefix}-labels-idx1-ubyte").write_bytes(labels)
+    (data / "train-images-idx3-ubyte").write_bytes(images[:-100])  # a download cut short
     proc = run_cli(
         "train",
         "lenet5-digits",

@@ -378,7 +378,9 @@ def test_export_cases_cover_every_model_class() -> None:
     assert {type(build_model(n)) for n in list_models()} <= covered
 
 
-@pytest.mark.parametrize(("name", "overrides"), EXPORT_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(EXPORT_CASES)])
+@pytest.mark.parametrize(
+    ("name", "overrides"), EXPORT_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(EXPORT_CASES)]
+)
 def test_onnx_export_matches_pytorch(name: str, overrides: dict, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_model(name, **overrides)
