@@ -33,27 +33,31 @@ def _key_values(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-_TRAIN_FLAGS = {
-    "epochs": int,
-    "batch_size": int,
-    "lr": float,
-    "optimizer": str,
-    "schedule": str,
-    "weight_decay": float,
-    "grad_clip": float,
-    "early_stopping_patience": int,
-    "max_steps": int,
-    "seed": int,
-    "augment": str,
-    "label_smoothing": float,
-    "warmup_epochs": float,
+# flag -> (type, help). Defaults come from the recipe, so argparse's default stays None.
+_TRAIN_FLAGS: dict[str, tuple[type, str]] = {
+    "epochs": (int, "passes over the training split"),
+    "batch_size": (int, "examples per optimiser step (>= 2)"),
+    "lr": (float, "peak learning rate"),
+    "optimizer": (str, "sgd (with momentum), adam or adamw"),
+    "schedule": (str, "after warm-up: cosine, step or constant"),
+    "warmup_epochs": (float, "linear learning-rate warm-up, in epochs"),
+    "weight_decay": (float, "L2 penalty on weights (decoupled for adamw; never on biases or norms)"),
+    "grad_clip": (float, "max global gradient L2 norm; 0 turns clipping off"),
+    "label_smoothing": (float, "classification: spread this much target mass over all classes"),
+    "early_stopping_patience": (
+        int,
+        "stop after this many epochs without a better validation metric; 0 = off",
+    ),
+    "augment": (str, "none, shift (digits) or shift-flip (colour images)"),
+    "max_steps": (int, "stop after this many optimiser steps (smoke runs); 0 = no cap"),
+    "seed": (int, "seeds weights, data order, splits and noise"),
 }
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (default: the recipe's own values)")
-    for flag, kind in _TRAIN_FLAGS.items():
-        g.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)
+    for flag, (kind, text) in _TRAIN_FLAGS.items():
+        g.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None, help=text)
     g.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
     d = p.add_argument_group("data")
     d.add_argument(

@@ -9,6 +9,7 @@ temporary folder and renamed into place, so a failed export never leaves a half-
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -86,19 +87,25 @@ def _parity(graph: GraphExport, path: Path, batch_sizes: tuple[int, ...]) -> flo
     """max |ORT - PyTorch| over outputs, batch sizes and (for sequence axes) two other lengths."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(0)
-    has_extra_axes = any(graph.dynamic_axes.values())
-    extra_offsets = (-1, 3) if has_extra_axes else (0,)
+    # Every symbolic non-batch axis is checked at sizes that differ from the example.
+    examples = {
+        dim_name: int(tensor.shape[axis])
+        for name, tensor in graph.inputs.items()
+        for axis, dim_name in graph.dynamic_axes.get(name, {}).items()
+        if axis != 0
+    }
+    choices = [graph.parity_sizes.get(dim, [max(size - 1, 1), size + 3]) for dim, size in examples.items()]
+    variants = [dict(zip(examples, combo, strict=True)) for combo in itertools.product(*choices)]
     worst = 0.0
     for batch in batch_sizes:
-        for offset in extra_offsets:
+        for sizes in variants:
             feeds = {}
-            sizes: dict[str, int] = {}
             for name, tensor in graph.inputs.items():
                 shape = list(tensor.shape)
                 shape[0] = batch
                 for axis, dim_name in graph.dynamic_axes.get(name, {}).items():
-                    sizes.setdefault(dim_name, max(int(tensor.shape[axis]) + offset, 1))
-                    shape[axis] = sizes[dim_name]
+                    if axis != 0:
+                        shape[axis] = sizes[dim_name]
                 feeds[name] = _random_like(tensor, shape, generator)
             with torch.no_grad():
                 expected = _as_tuple(graph.module(*feeds.values()))
@@ -125,17 +132,31 @@ def export_graph(graph: GraphExport, path: Path, metadata: dict[str, str]) -> tu
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            graph.module,
-            args,
-            input_names=list(graph.inputs),
-            output_names=graph.output_names,
-            dynamic_shapes=_dynamic_shapes(graph),
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-    proto = program.model_proto
+        if graph.exporter == "torchscript":
+            axes = {name: {0: "batch", **graph.dynamic_axes.get(name, {})} for name in graph.inputs}
+            torch.onnx.export(
+                graph.module,
+                args,
+                str(path),
+                input_names=list(graph.inputs),
+                output_names=graph.output_names,
+                dynamic_axes=axes,
+                dynamo=False,
+                opset_version=17,
+            )
+            proto = onnx.load(str(path))
+        else:
+            program = torch.onnx.export(
+                graph.module,
+                args,
+                input_names=list(graph.inputs),
+                output_names=graph.output_names,
+                dynamic_shapes=_dynamic_shapes(graph),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+            proto = program.model_proto
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

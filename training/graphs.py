@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -19,3 +20,8 @@ class GraphExport:
     output_names: list[str]
     # Input name -> {axis: symbolic name}; axis 0 ("batch") is always dynamic and may be omitted.
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    # Sizes to check parity at per symbolic non-batch axis (e.g. {"past": [0, 5]}); by default
+    # the example size -1 and +3. Batch sizes are always 1, 7 and 32.
+    parity_sizes: dict[str, list[int]] = field(default_factory=dict)
+    # "torchscript" for graphs dynamo cannot export with dynamic sizes (packed RNNs, per DESIGN.md).
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
