@@ -62,6 +62,24 @@ class ImagePreprocessing(_Strict):
         return self
 
 
+class TokenizerSpec(_Strict):
+    """Everything needed to rebuild the training tokenizer: special tokens first (pad = id 0)."""
+
+    kind: Literal["char"] = "char"
+    specials: list[str]
+    chars: str
+
+
+class TextPreprocessing(_Strict):
+    """How the server turns text into token ids: the tokenizer, optional bos/eos, and a length cap."""
+
+    kind: Literal["text"] = "text"
+    tokenizer: TokenizerSpec
+    max_length: int = Field(gt=0)  # longest token sequence the graph accepts (incl. bos/eos)
+    add_bos: bool = False
+    add_eos: bool = False
+
+
 class ImagePostprocessing(_Strict):
     """How to turn an image-valued output tensor back into pixels: map ``value_range`` to 0..255."""
 
@@ -72,11 +90,17 @@ class ImagePostprocessing(_Strict):
 
 
 class GenerationDefaults(_Strict):
-    """Defaults for models that generate from a latent vector (GAN generator, VAE decoder)."""
+    """Defaults for generation: from a latent vector (GAN generator, VAE decoder) or of text."""
 
-    latent_dim: int = Field(gt=0)
+    latent_dim: int | None = Field(default=None, gt=0)
     latent_distribution: Literal["normal"] = "normal"
     num_samples: int = Field(default=8, gt=0)
+    # Text: language models sample, seq2seq models decode greedily or with beams.
+    max_new_tokens: int = Field(default=64, gt=0)
+    temperature: float = Field(default=0.8, ge=0)
+    top_k: int | None = Field(default=None, gt=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    num_beams: int = Field(default=1, gt=0)
 
 
 class Batching(_Strict):
@@ -97,13 +121,13 @@ class Instances(_Strict):
 class ModelConfig(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     family: str
-    task: Literal["classification", "reconstruction", "generation"]
+    task: Literal["classification", "reconstruction", "generation", "text_generation", "seq2seq"]
     description: str = ""
     # Pin a version; by default the highest integer version folder is served.
     version: int | None = None
     # Role -> graph, e.g. {"model": ...} or {"encoder": ..., "decoder": ...} or {"generator": ...}.
     graphs: dict[str, GraphSpec]
-    preprocessing: ImagePreprocessing | None = None
+    preprocessing: ImagePreprocessing | TextPreprocessing | None = Field(default=None, discriminator="kind")
     postprocessing: ImagePostprocessing | None = None
     labels: list[str] | None = None
     generation: GenerationDefaults | None = None
@@ -114,8 +138,12 @@ class ModelConfig(_Strict):
     def _task_needs(self) -> ModelConfig:
         if self.task == "classification" and not self.labels:
             raise ValueError("a classification model needs labels")
-        if self.task == "generation" and self.generation is None:
-            raise ValueError("a generation model needs generation defaults")
+        if self.task == "generation" and (self.generation is None or self.generation.latent_dim is None):
+            raise ValueError("a generation model needs generation defaults with latent_dim")
+        if self.task in ("text_generation", "seq2seq") and not isinstance(
+            self.preprocessing, TextPreprocessing
+        ):
+            raise ValueError(f"a {self.task} model needs text preprocessing (its tokenizer)")
         return self
 
 

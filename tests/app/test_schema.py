@@ -32,6 +32,8 @@ def test_valid_config_gets_serving_defaults():
     [
         ({"labels": None}, "needs labels"),
         ({"task": "generation", "labels": None}, "generation defaults"),
+        ({"task": "generation", "generation": {"max_new_tokens": 8}}, "latent_dim"),
+        ({"task": "text_generation", "labels": None}, "text preprocessing"),
         ({"name": "Bad Name"}, "name"),
         ({"surprise": 1}, "surprise"),
         ({"graphs": {"model": {**GRAPH, "file": "../escape.onnx"}}}, "file"),
@@ -47,3 +49,16 @@ def test_preprocessing_needs_one_mean_and_std_per_channel():
         ImagePreprocessing(height=8, width=8, channels=3, mean=[0.5], std=[0.2])
     with pytest.raises(ValidationError, match="positive"):
         ImagePreprocessing(height=8, width=8, channels=1, mean=[0.5], std=[0.0])
+
+
+def test_text_preprocessing_round_trips():
+    text = {
+        "kind": "text",
+        "tokenizer": {"specials": ["<pad>", "<bos>", "<eos>", "<mask>", "<unk>"], "chars": "abc"},
+        "max_length": 32,
+        "add_eos": True,
+    }
+    config = ModelConfig.model_validate(_config(task="text_generation", labels=None, preprocessing=text))
+    assert config.preprocessing.tokenizer.chars == "abc"
+    again = ModelConfig.model_validate_json(config.model_dump_json())
+    assert again == config
