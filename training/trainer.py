@@ -158,6 +158,58 @@ class VariationalELBO(Objective):
         }
 
 
+class _TokenObjective(Objective):
+    """Base for token-id inputs: nothing to normalise; ``pad_id`` marks padding (always id 0 here)."""
+
+    def __init__(self, pad_id: int = 0, label_smoothing: float = 0.0) -> None:
+        self.pad_id = pad_id
+        self.label_smoothing = label_smoothing
+
+    def prepare(self, x: Tensor) -> Tensor:
+        return x
+
+
+class SequenceClassification(_TokenObjective):
+    """Right-padded token ids (B, T) -> label. The model also gets each row's true length, so that
+    padding can never change a row's answer."""
+
+    monitor = "val_accuracy"
+    higher_is_better = True
+
+    def loss(self, model, x, y, generator):
+        lengths = (x != self.pad_id).sum(1)  # (B,)
+        logits = model(x, lengths)  # (B, num_classes)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        accuracy = (logits.argmax(-1) == y).float().mean()
+        return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+
+
+class LanguageModeling(_TokenObjective):
+    """Next-token cross-entropy on (B, T + 1) windows; the loss is in nats per token."""
+
+    def loss(self, model, x, y, generator):
+        logits = model(x[:, :-1])  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+        return loss, {"loss": loss.item()}
+
+
+class SequenceToSequence(_TokenObjective):
+    """Teacher forcing: source (B, S) and target (B, T) = bos ... eos pad; predict target[1:]."""
+
+    def loss(self, model, x, y, generator):
+        logits = model(x, y[:, :-1])  # (B, T - 1, V)
+        target = y[:, 1:]
+        loss = F.cross_entropy(
+            logits.flatten(0, 1),
+            target.flatten(),
+            ignore_index=self.pad_id,
+            label_smoothing=self.label_smoothing,
+        )
+        real = target != self.pad_id
+        accuracy = ((logits.argmax(-1) == target) & real).sum() / real.sum()
+        return loss, {"loss": loss.item(), "token_accuracy": accuracy.item()}
+
+
 # --------------------------------------------------------------------------------------------- helpers
 
 
