@@ -166,6 +166,26 @@ class MultiHeadSelfAttention(nn.Module):
         return self.resid_dropout(self.out_proj(out))
 
 
+class MultiHeadCrossAttention(MultiHeadSelfAttention):
+    """Hand-written multi-head attention whose queries come from ``x`` and keys/values from ``memory``
+    (an encoder-decoder's cross-attention). Same projections and export properties as the
+    self-attention it extends; the source length may differ from the target length."""
+
+    def forward(self, x: Tensor, memory: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        """``x``: (B, T, dim) queries. ``memory``: (B, S, dim). ``mask``: additive, broadcastable to
+        (B, H, T, S), e.g. (B, 1, 1, S) hiding source padding."""
+        B, T, C = x.shape
+        q = self._split_heads(self.q_proj(x))  # (B, H, T, D)
+        k = self._split_heads(self.k_proj(memory))  # (B, H, S, D)
+        v = self._split_heads(self.v_proj(memory))  # (B, H, S, D)
+        scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, T, S)
+        if mask is not None:  # decided by the caller's signature, not by data: export-safe
+            scores = scores + mask
+        weights = self.attn_dropout(torch.softmax(scores, dim=-1))  # (B, H, T, S)
+        out = (weights @ v).transpose(1, 2).reshape(B, T, C)  # (B, T, dim)
+        return self.resid_dropout(self.out_proj(out))
+
+
 class TransformerBlock(nn.Module):
     """Attention + feed-forward with residuals. Pre-norm (GPT-2/ViT) trains stably without warm-up
     tricks; post-norm (the 2017 original, BERT) is kept for faithful reproductions."""

@@ -1,11 +1,15 @@
 """Generated sequence-classification tasks whose label depends on token ORDER (no downloads).
 
-The order task: every sequence holds the four markers ``A``, ``B``, ``C`` and ``D`` exactly once, at
-random positions among filler symbols ``e``..``j``. The label is the pair of answers "does A come
-before B?" and "does C come before D?", four balanced classes. Because every sequence holds the same
-markers once each and the filler is drawn independently of the label, token counts carry no
-information about the label: a bag-of-tokens model stays at chance (25%) by construction, while a
-recurrent model must carry two bits of state across up to ``max_len`` steps.
+The order task: every sequence holds the four markers ``A``, ``B``, ``C`` and ``D`` the same number of
+times (1 to ``max_repeats``), at random positions among filler symbols ``e``..``j``. The label is the
+pair of answers "does the first A come before the first B?" and "does the first C come before the
+first D?", four balanced classes. Every marker occurs equally often and the filler is drawn
+independently of the label, so token counts carry no information about it: a bag-of-tokens model
+stays at chance (25%) by construction. Repeats also rule out the flip-flop shortcut "which marker of
+the pair came last" (~62% here), the one a vanilla RNN finds; the model must latch the first marker
+of each pair and ignore the later ones across up to ``max_len`` steps, which gated cells (LSTM/GRU)
+learn in a few epochs. A backward pass sees the first occurrence last, so bidirectional models have
+it easy.
 
 Token ids follow :mod:`training.text`'s layout (ids 0..4 are the special tokens, pad = 0, symbols from
 5), so the same :class:`~training.text.CharTokenizer` turns a string such as ``"eAgBhDCf"`` into the
@@ -43,12 +47,16 @@ def order_task_tokenizer() -> CharTokenizer:
     return CharTokenizer(chars=list(SYMBOLS))
 
 
-def make_order_task(n: int, seed: int, min_len: int = 8, max_len: int = 40) -> SequenceTask:
+def make_order_task(
+    n: int, seed: int, min_len: int = 8, max_len: int = 40, max_repeats: int = 3
+) -> SequenceTask:
     """``n`` sequences of the order task, deterministic in ``seed``; classes balanced to within one."""
     if n <= 0:
         raise ValueError(f"n must be positive; got {n}")
     if not len(MARKERS) <= min_len <= max_len:
-        raise ValueError(f"need {len(MARKERS)} <= min_len <= max_len; got min_len={min_len}, max_len={max_len}")
+        raise ValueError(f"need {len(MARKERS)} <= min_len <= max_len; got {min_len=}, {max_len=}")
+    if max_repeats < 1:
+        raise ValueError(f"max_repeats must be >= 1; got {max_repeats}")
     rng = np.random.default_rng(seed)
     tokenizer = order_task_tokenizer()
     marker_ids = [tokenizer.token_id(m) for m in MARKERS]
@@ -61,20 +69,22 @@ def make_order_task(n: int, seed: int, min_len: int = 8, max_len: int = 40) -> S
     for i in range(n):
         length = int(lengths[i])
         row = rng.choice(filler_ids, size=length)
-        # Four distinct random positions; each pair takes two of them, ordered as the label says.
-        first_ab, second_ab, first_cd, second_cd = (
-            *np.sort(rng.choice(length, 4, replace=False)[:2]),
-            *np.sort(rng.choice(length, 4, replace=False)[:2]),
-        )
-        del first_cd, second_cd  # drawn independently above would collide; redraw below
-        pos = rng.permutation(length)[:4]
-        ab, cd = np.sort(pos[:2]), np.sort(pos[2:])
+        # Each marker occurs `repeats` times (the same for all four, so counts say nothing). With
+        # repeats > 1 "which came first" is no longer "which came last": a set/reset flip-flop that
+        # tracks the latest marker fails, and the model must latch the first one and ignore the rest.
+        repeats = int(rng.integers(1, min(max_repeats, length // len(MARKERS)) + 1))
+        pos = rng.permutation(length)[: len(MARKERS) * repeats]
+        ab, cd = pos[: 2 * repeats], pos[2 * repeats :]
         b_first, d_first = divmod(int(labels[i]), 2)
         a_id, b_id, c_id, d_id = marker_ids
-        row[ab[0]], row[ab[1]] = (b_id, a_id) if b_first else (a_id, b_id)
-        row[cd[0]], row[cd[1]] = (d_id, c_id) if d_first else (c_id, d_id)
+        for pair, (x_id, y_id), y_first in ((ab, (a_id, b_id), b_first), (cd, (c_id, d_id), d_first)):
+            # The earliest slot goes to the marker the label puts first; the rest are shuffled.
+            first, rest = pair.min(), rng.permutation(np.setdiff1d(pair, pair.min()))
+            leader, other = (y_id, x_id) if y_first else (x_id, y_id)
+            row[first] = leader
+            row[rest[: repeats - 1]] = leader
+            row[rest[repeats - 1 :]] = other
         tokens[i, :length] = row
-        del first_ab, second_ab
     return SequenceTask(
         tokens=torch.from_numpy(tokens),
         lengths=torch.from_numpy(lengths.astype(np.int64)),

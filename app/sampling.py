@@ -1,0 +1,133 @@
+"""Next-token selection from language-model logits: greedy, temperature, top-k, top-p, repetition penalty.
+
+NumPy only (the serving image has no torch). The order of operations is the one of Hugging Face's
+``generate``: repetition penalty -> temperature -> top-k -> top-p -> draw. Temperature 0 means
+greedy (argmax after the repetition penalty; top-k and top-p cannot change an argmax).
+
+Determinism: every row draws exactly one uniform number from its generator per call, so the same
+seed gives the same text. Give one ``np.random.Generator`` per row (a request's own, seeded from
+the request) and a row's text also stays the same whichever other requests share its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 = greedy; < 1 sharpens the distribution, > 1 flattens it
+    top_k: int = 0  # keep the k most likely tokens; 0 = off
+    top_p: float = 1.0  # keep the smallest set of most likely tokens whose probability reaches p; 1 = off
+    # CTRL (Keskar et al., 2019): divide positive logits of already-seen tokens by it, multiply
+    # negative ones; 1 = off, ~1.1-1.3 discourages loops.
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0; got {self.temperature!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int | np.integer) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off); got {self.top_k!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1]; got {self.top_p!r}")
+        if not np.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be a number > 0; got {self.repetition_penalty!r}")
+
+
+def apply_repetition_penalty(
+    logits: np.ndarray, previous_tokens: Sequence[Sequence[int]], penalty: float
+) -> np.ndarray:
+    """(B, V) logits with each row's already-seen tokens penalised (each token once, however often)."""
+    out = np.array(logits, dtype=np.float64)  # a copy: the caller's logits stay as they were
+    if penalty == 1.0:
+        return out
+    for row, seen in zip(out, previous_tokens, strict=True):
+        ids = np.unique(np.asarray(seen, dtype=np.int64))
+        if ids.size:
+            values = row[ids]
+            row[ids] = np.where(values > 0, values / penalty, values * penalty)
+    return out
+
+
+def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
+    """Set all but the k largest logits of each row to -inf (ties at the k-th value are all kept)."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = np.partition(logits, -k, axis=-1)[:, -k, None]  # (B, 1) the k-th largest value
+    return np.where(logits >= kth, logits, -np.inf)
+
+
+def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
+    """Nucleus filter (Holtzman et al., 2019): per row keep the smallest set of most likely tokens
+    whose probability reaches ``p`` (always at least the most likely token); the rest get -inf."""
+    if p >= 1.0:
+        return logits
+    order = np.argsort(-logits, axis=-1, kind="stable")  # (B, V) most likely first
+    sorted_probs = np.take_along_axis(softmax(logits), order, axis=-1)  # (B, V)
+    mass_before = np.cumsum(sorted_probs, axis=-1) - sorted_probs  # probability of the tokens ahead
+    drop_sorted = mass_before >= p  # the tokens ahead already reach p
+    drop = np.empty_like(drop_sorted)
+    np.put_along_axis(drop, order, drop_sorted, axis=-1)
+    return np.where(drop, -np.inf, logits)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64; -inf logits get probability exactly 0."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def next_token_distribution(
+    logits: np.ndarray, params: SamplingParams, previous_tokens: Sequence[Sequence[int]] | None = None
+) -> np.ndarray:
+    """(B, V) probabilities that :func:`select_next_tokens` samples from (temperature > 0)."""
+    z = _penalised(logits, params, previous_tokens) / params.temperature
+    z = top_p_filter(top_k_filter(z, params.top_k), params.top_p)
+    return softmax(z)
+
+
+def select_next_tokens(
+    logits: np.ndarray,
+    params: SamplingParams,
+    rng: np.random.Generator | Sequence[np.random.Generator] | None = None,
+    previous_tokens: Sequence[Sequence[int]] | None = None,
+) -> np.ndarray:
+    """Next token id per row, (B,) int64, from ``logits`` (B, V).
+
+    ``rng``: one generator for the whole batch (rows draw in order) or one per row; not needed for
+    greedy. ``previous_tokens``: per row, the ids seen so far (prompt and output), for the penalty.
+    """
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[1] == 0:
+        raise ValueError(f"logits must have shape (batch, vocab) with vocab >= 1; got {logits.shape}")
+    if params.temperature == 0:
+        return np.argmax(_penalised(logits, params, previous_tokens), axis=-1).astype(np.int64)
+    if rng is None:
+        raise ValueError("sampling with temperature > 0 needs a np.random.Generator")
+    probs = next_token_distribution(logits, params, previous_tokens)  # (B, V)
+    batch = logits.shape[0]
+    if isinstance(rng, np.random.Generator):
+        uniforms = rng.random(batch)  # (B,)
+    else:
+        if len(rng) != batch:
+            raise ValueError(f"got {len(rng)} generators for {batch} rows")
+        uniforms = np.array([g.random() for g in rng])
+    # Inverse CDF: the first token whose cumulative probability exceeds u. Tokens with probability 0
+    # never qualify (their cumulative value equals their predecessor's).
+    cdf = np.cumsum(probs, axis=-1)  # (B, V)
+    targets = uniforms * cdf[:, -1]  # scale by the total: float64 sums can end a hair below 1
+    picks = np.array([np.searchsorted(c, t, side="right") for c, t in zip(cdf, targets, strict=True)])
+    return np.minimum(picks, logits.shape[1] - 1).astype(np.int64)
+
+
+def _penalised(
+    logits: np.ndarray, params: SamplingParams, previous_tokens: Sequence[Sequence[int]] | None
+) -> np.ndarray:
+    if previous_tokens is None or params.repetition_penalty == 1.0:
+        return np.asarray(logits, dtype=np.float64)
+    return apply_repetition_penalty(logits, previous_tokens, params.repetition_penalty)

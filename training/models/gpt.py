@@ -1,0 +1,287 @@
+"""GPT: a decoder-only transformer language model (Radford et al., 2018/2019), nanoGPT-sized for a CPU.
+
+Two graphs leave this file. ``model`` is the training forward, tokens (B, T) -> logits (B, T, V).
+``decoder_step`` is what a server decodes with: it takes the new tokens (B, S) plus each layer's
+key/value cache (B, H, T, D) and returns the next logits plus the grown cache (B, H, T + S, D). The
+same graph prefills a prompt (T = 0, S = prompt length) and decodes one token at a time (S = 1), and
+an ``attention_mask`` over the T + S keys lets prompts of different lengths share a batch by left
+padding. Sampling lives in ``app/sampling.py``: ``forward`` never samples.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from training.graphs import GraphExport
+from training.layers import (
+    FeedForward,
+    MultiHeadSelfAttention,
+    check_activation,
+    check_bool,
+    check_positive_int,
+    check_probability,
+)
+from training.registry import register_model
+
+# Added to the attention scores of hidden keys. Finite on purpose: a query whose keys are all hidden
+# (a left-padding position) then attends uniformly instead of producing NaN (softmax of all -inf),
+# and a NaN there would reach real positions through the next layer's keys and values (0 * NaN = NaN).
+MASK_VALUE = -1e9
+
+
+@dataclass
+class GPTConfig:
+    # The built-in corpus needs 108 ids (5 specials + 103 characters); recipes set this from the
+    # tokenizer, so the default only has to be big enough for a character vocabulary.
+    vocab_size: int = 128
+    # Context window (learned position table). 128 characters span two or three lines of prose: enough
+    # for words and syntax, short enough that attention (O(T^2)) stays cheap on a CPU.
+    block_size: int = 128
+    dim: int = 128  # GPT-2 small uses 768; ~0.8M parameters at 4 layers train in minutes on one core
+    heads: int = 4  # head_dim = 32
+    layers: int = 4
+    # Guards long runs: ~0.4M training characters overfit 0.8M parameters after a few epochs. A
+    # 5-minute CPU run underfits and is better off with 0 (measured: val 1.47 vs 1.76 nats/char).
+    dropout: float = 0.1
+    activation: str = "gelu"  # GPT-2's choice
+    # Share the token embedding with the output projection (GPT-2, nanoGPT, Press & Wolf 2017): the
+    # logit of token v is then the similarity of the final state to v's embedding, and the matrix is
+    # trained from both ends. For a character vocabulary it saves only V * dim weights; the point is
+    # the regularisation, and it keeps the checkpoint layout the same as nanoGPT's.
+    tie_weights: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "dim", "heads", "layers"):
+            check_positive_int(name, getattr(self, name))
+        if self.block_size < 2:
+            raise ValueError(f"block_size must be at least 2; got {self.block_size}")
+        if self.dim % self.heads != 0:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        check_probability("dropout", self.dropout)
+        check_activation("activation", self.activation)
+        check_bool("tie_weights", self.tie_weights)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+
+class CachedSelfAttention(MultiHeadSelfAttention):
+    """The shared hand-written attention plus a key/value-cache path for decoding."""
+
+    def forward_cached(
+        self, x: Tensor, mask: Tensor, past_key: Tensor, past_value: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``x``: (B, S, dim) new positions; ``past_*``: (B, H, T, D); ``mask``: additive, (B, 1, S, T + S).
+        Returns the output (B, S, dim) and the grown cache, (B, H, T + S, D) each."""
+        B, S, C = x.shape
+        q = self._split_heads(self.q_proj(x))  # (B, H, S, D)
+        k = torch.cat([past_key, self._split_heads(self.k_proj(x))], dim=2)  # (B, H, T + S, D)
+        v = torch.cat([past_value, self._split_heads(self.v_proj(x))], dim=2)  # (B, H, T + S, D)
+        scores = (q @ k.transpose(-2, -1)) * self.scale + mask  # (B, H, S, T + S)
+        weights = self.attn_dropout(torch.softmax(scores, dim=-1))  # (B, H, S, T + S)
+        out = (weights @ v).transpose(1, 2).reshape(B, S, C)  # (B, S, dim)
+        return self.resid_dropout(self.out_proj(out)), k, v
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (GPT-2): x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.dim)
+        self.attn = CachedSelfAttention(config.dim, config.heads, config.dropout)
+        self.ln2 = nn.LayerNorm(config.dim)
+        # 4 x dim hidden width, as in every GPT.
+        self.ffn = FeedForward(config.dim, 4 * config.dim, config.activation, config.dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = x + self.attn(self.ln1(x), mask)  # (B, T, dim)
+        return x + self.ffn(self.ln2(x))  # (B, T, dim)
+
+    def forward_cached(
+        self, x: Tensor, mask: Tensor, past_key: Tensor, past_value: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        attended, key, value = self.attn.forward_cached(self.ln1(x), mask, past_key, past_value)
+        x = x + attended  # (B, S, dim)
+        return x + self.ffn(self.ln2(x)), key, value
+
+
+def causal_mask(length: int | torch.SymInt, device: torch.device | None = None) -> Tensor:
+    """Additive (1, 1, T, T) mask: position t sees positions <= t."""
+    pos = torch.arange(length, device=device)  # (T,)
+    hidden = pos[None, :] > pos[:, None]  # (T, T), True above the diagonal
+    return (hidden.float() * MASK_VALUE)[None, None]  # (1, 1, T, T)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        # "embedding" in the names keeps them out of weight decay (training.trainer.make_optimizer).
+        self.token_embedding = nn.Embedding(config.vocab_size, config.dim)
+        self.position_embedding = nn.Embedding(config.block_size, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
+        self.ln_f = nn.LayerNorm(config.dim)  # pre-norm blocks leave the residual stream unnormalised
+        self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.head.weight = self.token_embedding.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * layers), so
+        # that the stream's variance does not grow with depth at init.
+        residual_std = 0.02 / math.sqrt(2 * config.layers)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.out_proj.weight, std=residual_std)
+            nn.init.normal_(block.ffn.fc2.weight, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # GPT-2's N(0, 0.02) everywhere; PyTorch's fan-in default makes the tied logits too large.
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Training forward: ``tokens`` (B, T) int64 with T <= block_size -> logits (B, T, vocab_size)."""
+        T = tokens.shape[1]
+        positions = torch.arange(T, device=tokens.device)  # (T,)
+        x = self.token_embedding(tokens) + self.position_embedding(positions)  # (B, T, dim)
+        x = self.dropout(x)
+        mask = causal_mask(T, tokens.device)  # (1, 1, T, T)
+        for block in self.blocks:
+            x = block(x, mask)  # (B, T, dim)
+        return self.head(self.ln_f(x))  # (B, T, V)
+
+    def forward_cached(
+        self, tokens: Tensor, attention_mask: Tensor, position_ids: Tensor, past: list[Tensor]
+    ) -> tuple[Tensor, list[Tensor]]:
+        """One decoding step over S new tokens with a cache of T positions.
+
+        ``tokens``, ``position_ids``: (B, S) int64. ``attention_mask``: (B, T + S) int64, 1 for a real
+        token and 0 for left padding; the mask's last T + S columns are used, right-aligned with the
+        keys, so any length >= 1 is well defined. ``position_ids`` are clamped to [0, block_size - 1]
+        so that padding positions may carry -1 and no input can index outside the table; a caller
+        must stop (or slide its window) at block_size positions, where the clamp would repeat the
+        last position. ``past``: [key_0, value_0, key_1, ...], (B, H, T, D) each, T = 0 allowed.
+        Returns logits (B, S, V) and the grown cache in the same order, (B, H, T + S, D) each.
+        """
+        S = tokens.shape[1]
+        keys = past[0].shape[2] + S  # T + S
+        total = attention_mask.shape[1]
+        # Gather rather than slice the mask: its length stays an independent dynamic axis, so the
+        # graph never depends on the exporter knowing that it equals T + S.
+        columns = (torch.arange(keys, device=tokens.device) + (total - keys)).clamp(min=0)  # (T + S,)
+        key_real = attention_mask[:, columns] > 0  # (B, T + S)
+        query_pos = torch.arange(S, device=tokens.device) + (keys - S)  # (S,) absolute cache index
+        key_pos = torch.arange(keys, device=tokens.device)  # (T + S,)
+        causal = key_pos[None, :] <= query_pos[:, None]  # (S, T + S)
+        allowed = causal[None] & key_real[:, None, :]  # (B, S, T + S)
+        mask = ((~allowed).float() * MASK_VALUE)[:, None]  # (B, 1, S, T + S)
+
+        positions = position_ids.clamp(0, self.config.block_size - 1)  # (B, S)
+        x = self.token_embedding(tokens) + self.position_embedding(positions)  # (B, S, dim)
+        x = self.dropout(x)
+        present = []
+        for i, block in enumerate(self.blocks):
+            x, key, value = block.forward_cached(x, mask, past[2 * i], past[2 * i + 1])  # (B, S, dim)
+            present += [key, value]  # (B, H, T + S, D) each
+        return self.head(self.ln_f(x)), present  # (B, S, V)
+
+    def empty_cache(self, batch_size: int) -> list[Tensor]:
+        """[key_0, value_0, ...]: (B, H, 0, D) zeros, the cache before a prompt's prefill."""
+        shape = (batch_size, self.config.heads, 0, self.config.head_dim)
+        device = self.token_embedding.weight.device
+        return [torch.zeros(shape, device=device) for _ in range(2 * self.config.layers)]
+
+    def cache_names(self, prefix: str) -> list[str]:
+        """Graph names of the cache tensors: ``{prefix}_key_0``, ``{prefix}_value_0``, ..."""
+        return [f"{prefix}_{kind}_{i}" for i in range(self.config.layers) for kind in ("key", "value")]
+
+    def step_module(self) -> GPTDecoderStep:
+        return GPTDecoderStep(self)
+
+    def graphs(self) -> list[GraphExport]:
+        cfg = self.config
+        generator = torch.Generator().manual_seed(0)
+        # Full sequence. Example sizes >= 2 keep batch and sequence symbolic; parity runs at the two
+        # extremes, 1 and the whole context.
+        length = min(8, cfg.block_size)
+        tokens = torch.randint(0, cfg.vocab_size, (4, length), generator=generator)  # (B, T)
+        model = GraphExport(
+            "model",
+            self,
+            {"tokens": tokens},
+            ["logits"],
+            {"tokens": {0: "batch", 1: "sequence"}},
+            parity_sizes={"sequence": [1, cfg.block_size]},
+        )
+
+        # Decoder step: B = 4, cache T = 3, S = 2 new tokens, rows left-padded by 0..3.
+        batch, past_len, step = 4, 3, 2
+        total = past_len + step
+        attention_mask = (torch.arange(total)[None, :] >= torch.arange(batch)[:, None]).long()  # (B, T + S)
+        position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)[:, -step:]  # (B, S)
+        inputs = {
+            "tokens": torch.randint(0, cfg.vocab_size, (batch, step), generator=generator),
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+        }
+        cache_shape = (batch, cfg.heads, past_len, cfg.head_dim)
+        for name in self.cache_names("past"):
+            inputs[name] = torch.randn(cache_shape, generator=generator)
+        axes = {
+            "tokens": {0: "batch", 1: "step"},
+            "attention_mask": {0: "batch", 1: "total"},
+            "position_ids": {0: "batch", 1: "step"},
+            **{name: {0: "batch", 2: "past"} for name in self.cache_names("past")},
+        }
+        decoder_step = GraphExport(
+            "decoder_step",
+            self.step_module(),
+            inputs,
+            ["logits", *self.cache_names("present")],
+            axes,
+            # The exporter draws each axis independently, so "total" is also checked where it differs
+            # from past + step (the right-aligned gather keeps that defined). T = 0 is the prefill.
+            parity_sizes={"past": [0, 5], "step": [1, 4], "total": [1, 9]},
+        )
+        return [model, decoder_step]
+
+
+class GPTDecoderStep(nn.Module):
+    """Export wrapper: flat tensors in and out, names as in :meth:`GPT.graphs` ("decoder_step").
+
+    Inputs: tokens, attention_mask, position_ids, past_key_0, past_value_0, ...
+    Outputs: logits, present_key_0, present_value_0, ...
+    """
+
+    def __init__(self, gpt: GPT) -> None:
+        super().__init__()
+        self.gpt = gpt
+        # torch.export binds inputs to forward's signature and would see ``*past`` as one nested
+        # input; give this instance's forward one named parameter per cache tensor instead.
+        names = ["tokens", "attention_mask", "position_ids", *gpt.cache_names("past")]
+        forward = functools.partial(GPTDecoderStep._step, self)
+        forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
+        )
+        self.forward = forward
+
+    def _step(
+        self, tokens: Tensor, attention_mask: Tensor, position_ids: Tensor, *past: Tensor
+    ) -> tuple[Tensor, ...]:
+        logits, present = self.gpt.forward_cached(tokens, attention_mask, position_ids, list(past))
+        return (logits, *present)
+
+
+@register_model("gpt", config=GPTConfig, family="gpt")
+def gpt(**overrides) -> GPT:
+    return GPT(GPTConfig(**overrides))
