@@ -68,6 +68,7 @@ class DatasetBundle:
     std: tuple[float, ...]
     description: str
     chance_accuracy: float  # what always answering the train split's majority class scores
+    tokenizer: Any = None  # token-input datasets: the training.text.CharTokenizer of the ids
 
     @property
     def num_classes(self) -> int:

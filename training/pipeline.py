@@ -14,22 +14,30 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from app.sampling import SamplingParams, select_next_tokens
 from app.schema import (
     CONFIG_FILE,
+    REPORT_FILE,
     GenerationDefaults,
     ImagePostprocessing,
     ImagePreprocessing,
     ModelConfig,
+    Report,
+    TextPreprocessing,
 )
 from training import plots
 from training.data import DatasetBundle, add_noise, load_dataset, normalize
 from training.export import export_to_repository
 from training.recipes import Recipe
 from training.registry import build_model, model_config_class, model_family
+from training.sequence_data import SEQUENCE_DATASETS, load_sequence_dataset
 from training.trainer import (
     Classification,
+    LanguageModeling,
     Objective,
     Reconstruction,
+    SequenceClassification,
+    SequenceToSequence,
     TrainConfig,
     TrainResult,
     VariationalELBO,
@@ -77,9 +85,11 @@ def _model_kwargs(recipe: Recipe, bundle: DatasetBundle, overrides: dict[str, An
     fields = {f.name for f in dataclasses.fields(model_config_class(recipe.model))}
     shape = bundle.input_shape
     derived: dict[str, Any] = {}
+    if "vocab_size" in fields and bundle.tokenizer is not None:
+        derived["vocab_size"] = bundle.tokenizer.vocab_size
     if "num_classes" in fields and bundle.labels:
         derived["num_classes"] = len(bundle.labels)
-    if "in_features" in fields:
+    if "in_features" in fields and bundle.tokenizer is None:
         derived["in_features"] = int(np.prod(shape))
     if len(shape) == 3:
         for key in ("in_channels", "out_channels"):
@@ -101,6 +111,12 @@ def _objective(recipe: Recipe, bundle: DatasetBundle, cfg: TrainConfig) -> Objec
         return Reconstruction(bundle, noise_std=recipe.noise_std)
     if recipe.objective == "vae":
         return VariationalELBO(bundle)
+    if recipe.objective == "sequence_classification":
+        return SequenceClassification(label_smoothing=cfg.label_smoothing)
+    if recipe.objective == "language_model":
+        return LanguageModeling()
+    if recipe.objective == "seq2seq":
+        return SequenceToSequence(label_smoothing=cfg.label_smoothing)
     return None  # GAN: its own loop
 
 
@@ -115,7 +131,7 @@ def _command_line() -> str:
 def _classifier_outputs(model, objective: Objective, bundle: DatasetBundle) -> tuple[np.ndarray, np.ndarray]:
     preds, truth = [], []
     for x, y in iterate_batches(bundle.test, 256, shuffle=False):
-        preds.append(model(objective.prepare(x)).argmax(-1).numpy())
+        preds.append(objective.logits(model, x).argmax(-1).numpy())
         truth.append(y.numpy())
     return np.concatenate(truth), np.concatenate(preds)
 
@@ -160,6 +176,73 @@ def _judge_gan(model, recipe: Recipe, repository: Path, seed: int) -> dict[str, 
     }
 
 
+@torch.no_grad()
+def _padding_difference(model, bundle: DatasetBundle, rows: int = 32) -> float:
+    """max |logits of a row in a padded batch - logits of the same row run alone|."""
+    x = bundle.test.tensors[0][:rows]
+    lengths = (x != 0).sum(1)
+    batched = model(x, lengths)
+    worst = 0.0
+    for i in range(len(x)):
+        alone = model(x[i : i + 1, : lengths[i]], lengths[i : i + 1])
+        worst = max(worst, float((alone - batched[i : i + 1]).abs().max()))
+    return worst
+
+
+def _unigram_cross_entropy(bundle: DatasetBundle) -> float:
+    """Nats per token of the best context-free model: train-split token frequencies scored on the
+    held-out windows (add-one smoothing for tokens unseen in training)."""
+    vocab = bundle.tokenizer.vocab_size
+    train = torch.bincount(bundle.train.tensors[0][:, 1:].flatten(), minlength=vocab).double() + 1
+    log_p = (train / train.sum()).log()
+    held_out = bundle.test.tensors[0][:, 1:].flatten()
+    return float(-log_p[held_out].mean())
+
+
+@torch.no_grad()
+def _sample_text(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int) -> list[str]:
+    """A few samples for the report (full-sequence forward, the app's sampling rules)."""
+    params = SamplingParams(temperature=0.8, top_k=20)
+    rng = np.random.default_rng(seed)
+    block = model.config.block_size
+    out = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt)
+        for _ in range(max_new_tokens):
+            logits = model(torch.tensor([ids[-block:]]))[:, -1].numpy()
+            ids.append(int(select_next_tokens(logits, params, rng)[0]))
+        out.append(tokenizer.decode(ids))
+    return out
+
+
+def _seq2seq_exact_match(version_dir: Path, bundle: DatasetBundle) -> dict[str, float]:
+    """Held-out exact match, decoded greedily and with beam 4 over the exported ONNX graphs."""
+    from training.dates import exact_match, translate
+    from training.models.seq2seq import onnx_callables
+
+    tokenizer = bundle.tokenizer
+    src, tgt = bundle.test.tensors
+    sources = [tokenizer.decode(row) for row in src.tolist()]
+    targets = [tokenizer.decode(row[1:]) for row in tgt.tolist()]
+    encode, decode = onnx_callables(version_dir)
+    greedy = translate(encode, decode, sources, tokenizer)
+    beam = translate(encode, decode, sources, tokenizer, beam_size=4)
+    return {
+        "test_exact_match_greedy_onnx": exact_match(greedy, targets),
+        "test_exact_match_beam4_onnx": exact_match(beam, targets),
+    }
+
+
+def _add_metrics(version_dir: Path, metrics: dict[str, float]) -> None:
+    """Add figures measured on the exported graphs to report.json (graphs and hashes unchanged)."""
+    path = version_dir / REPORT_FILE
+    report = Report.model_validate_json(path.read_text())
+    report.metrics.update(metrics)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(report.model_dump_json(indent=2, by_alias=True) + "\n")
+    tmp.replace(path)
+
+
 def _evaluate_and_plot(
     recipe: Recipe,
     model,
@@ -175,15 +258,24 @@ def _evaluate_and_plot(
     generator = torch.Generator().manual_seed(seed)
     if objective is not None:
         metrics.update({f"test_{k}": v for k, v in evaluate(model, objective, bundle.test).items()})
-    x_test = bundle.test.tensors[0][:8]
     with torch.no_grad():
-        if recipe.objective == "classification":
+        if recipe.objective in ("classification", "sequence_classification"):
             truth, preds = _classifier_outputs(model, objective, bundle)
             metrics["chance_accuracy"] = bundle.chance_accuracy
             pictures["confusion_matrix.png"] = plots.plot_confusion_matrix(
                 truth, preds, bundle.labels, out / "confusion_matrix.png", title=f"{recipe.name}: test split"
             )
-        elif recipe.objective in ("reconstruction", "denoising"):
+            if recipe.objective == "sequence_classification":
+                metrics["padding_max_abs_diff"] = _padding_difference(model, bundle)
+            return metrics, pictures
+        if recipe.objective == "language_model":
+            metrics["val_nats_per_token"] = metrics.pop("test_loss")
+            metrics["unigram_nats_per_token"] = _unigram_cross_entropy(bundle)
+            return metrics, pictures
+        if recipe.objective == "seq2seq":
+            return metrics, pictures  # exact match is measured on the exported graphs
+        x_test = bundle.test.tensors[0][:8]
+        if recipe.objective in ("reconstruction", "denoising"):
             rows, titles = [x_test], ["input"]
             if recipe.objective == "denoising":
                 noisy = add_noise(x_test, recipe.noise_std, generator)
@@ -245,6 +337,8 @@ def _config_fields(
         "task": recipe.task,
         "description": recipe.description,
     }
+    if bundle.tokenizer is not None:
+        return _text_config_fields(recipe, model, bundle, fields)
     if recipe.objective != "gan":
         fields["preprocessing"] = ImagePreprocessing(
             height=height, width=width, channels=channels, mean=list(objective.mean), std=list(objective.std)
@@ -261,13 +355,40 @@ def _config_fields(
     return fields
 
 
+def _text_config_fields(
+    recipe: Recipe, model, bundle: DatasetBundle, fields: dict[str, Any]
+) -> dict[str, Any]:
+    config = model.config
+    max_length = (
+        getattr(config, "block_size", None) or getattr(config, "max_len", None) or bundle.input_shape[0]
+    )
+    fields["preprocessing"] = TextPreprocessing(
+        tokenizer=bundle.tokenizer.to_dict(), max_length=max_length, add_eos=recipe.objective == "seq2seq"
+    ).model_dump()
+    if recipe.objective == "sequence_classification":
+        fields["labels"] = bundle.labels
+    elif recipe.objective == "language_model":
+        fields["generation"] = GenerationDefaults(max_new_tokens=200, temperature=0.8, top_k=20).model_dump()
+    elif recipe.objective == "seq2seq":
+        fields["generation"] = GenerationDefaults(
+            max_new_tokens=16, temperature=0.0, num_beams=1
+        ).model_dump()
+    return fields
+
+
 def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = None) -> RunSummary:
     """Train (or load ``checkpoint``), evaluate, plot and export one recipe."""
     ctx = init_distributed()
     train_cfg = TrainConfig(**{**dataclasses.asdict(recipe.train), **opts.train_overrides})
     dataset = opts.dataset or recipe.dataset
     options = dict(recipe.dataset_options) if dataset == recipe.dataset else {}
-    bundle = load_dataset(dataset, seed=train_cfg.seed, root=opts.data_root, limit=opts.limit, **options)
+    if dataset in SEQUENCE_DATASETS:
+        block_size = {**recipe.model_overrides, **opts.model_overrides}.get("block_size", 128)
+        bundle = load_sequence_dataset(
+            dataset, seed=train_cfg.seed, limit=opts.limit, root=opts.data_root, block_size=block_size
+        )
+    else:
+        bundle = load_dataset(dataset, seed=train_cfg.seed, root=opts.data_root, limit=opts.limit, **options)
     state = load_checkpoint(checkpoint) if checkpoint is not None else None
     if state is not None:
         if state.get("model_name") != recipe.model:
@@ -345,9 +466,12 @@ def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = No
         )
         write_json(out / "grad_norms.json", result.grad_norms)
     write_json(out / "history.json", result.history)
-    failed = [
-        str(bar) for bar in recipe.quality if bar.metric in metrics and not bar.passes(metrics[bar.metric])
-    ]
+    notes = [f"dataset: {dataset}: {bundle.description}"]
+    if result.stopped_early:
+        notes.append("early stopping ended training")
+    if recipe.objective == "language_model":
+        samples = _sample_text(model, bundle.tokenizer, ["The ", "If the ", "A list "], 120, train_cfg.seed)
+        notes += [f"sample (temperature 0.8, top-k 20): {text!r}" for text in samples]
 
     export = export_to_repository(
         model.graphs(),
@@ -365,11 +489,19 @@ def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = No
             "training_seconds": round(result.seconds, 2),
             "epochs_run": result.epochs_run,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "notes": [f"dataset: {dataset}: {bundle.description}"]
-            + (["early stopping ended training"] if result.stopped_early else []),
+            "notes": notes,
         },
         plots=pictures,
     )
+    extra: dict[str, float] = {}
+    if recipe.objective == "seq2seq":
+        extra = _seq2seq_exact_match(export.path, bundle)
+    if extra:
+        _add_metrics(export.path, extra)
+        metrics.update(extra)
+    failed = [
+        str(bar) for bar in recipe.quality if bar.metric in metrics and not bar.passes(metrics[bar.metric])
+    ]
     return RunSummary(
         recipe=recipe.name,
         metrics=metrics,
@@ -388,7 +520,8 @@ def summary_table(summaries: list[RunSummary], total_seconds: float | None = Non
         "|---|---|---|---|---|",
     ]
     for s in summaries:
-        keys = [k for k in s.metrics if k.startswith(("test_", "judge_", "chance_", "noisy_"))]
+        prefixes = ("test_", "judge_", "chance_", "noisy_", "val_nats", "unigram_", "padding_")
+        keys = [k for k in s.metrics if k.startswith(prefixes)]
         shown = ", ".join(f"{k}={s.metrics[k]:.4g}" for k in keys if not k.endswith("_loss"))
         parity = f"{s.parity:.1e}" if s.parity is not None else "-"
         bars = "FAIL: " + "; ".join(s.failed_bars) if s.failed_bars else "ok"

@@ -11,7 +11,16 @@ from typing import Literal
 
 from training.trainer import TrainConfig
 
-Objective = Literal["classification", "reconstruction", "denoising", "vae", "gan"]
+Objective = Literal[
+    "classification",
+    "reconstruction",
+    "denoising",
+    "vae",
+    "gan",
+    "sequence_classification",
+    "language_model",
+    "seq2seq",
+]
 
 
 class UnknownRecipeError(KeyError):
@@ -49,7 +58,14 @@ class Recipe:
 
     @property
     def task(self) -> str:
-        return {"classification": "classification", "gan": "generation"}.get(self.objective, "reconstruction")
+        tasks = {
+            "classification": "classification",
+            "sequence_classification": "classification",
+            "gan": "generation",
+            "language_model": "text_generation",
+            "seq2seq": "seq2seq",
+        }
+        return tasks.get(self.objective, "reconstruction")
 
 
 _RECIPES: dict[str, Recipe] = {}
@@ -200,5 +216,80 @@ _add(
             QualityBar("judge_mean_max_prob", ">=", 0.8),
             QualityBar("judge_classes_present", ">=", 10),
         ),
+    )
+)
+
+# ------------------------------------------------------------------------------------- sequences
+
+# Settings measured on the order task (4,000 training sequences): the gated cells reach >= 99.9%
+# held-out accuracy in 4-10 epochs; clipping at 1.0 is the default for all of them.
+_ORDER_TRAIN = dict(epochs=8, batch_size=64, lr=3e-3, weight_decay=0.0, grad_clip=1.0)
+for _name, _model, _what in (
+    ("lstm-order", "lstm", "LSTM"),
+    ("gru-order", "gru", "GRU"),
+    ("bilstm-order", "bilstm", "bidirectional LSTM"),
+    ("bigru-order", "bigru", "bidirectional GRU"),
+):
+    _add(
+        Recipe(
+            name=_name,
+            model=_model,
+            dataset="order-task",
+            objective="sequence_classification",
+            description=f"{_what} classifier on the generated order task (which marker comes first).",
+            train=TrainConfig(**_ORDER_TRAIN),
+            quality=(QualityBar("test_accuracy", ">=", 0.95),),
+        )
+    )
+_add(
+    Recipe(
+        name="rnn-order",
+        model="rnn",
+        dataset="order-task",
+        objective="sequence_classification",
+        description="Vanilla (Elman) RNN on the order task: the baseline the gated cells beat.",
+        # No bar: a tanh RNN cannot carry "which came first" across ~40 steps (measured 0.63-0.65).
+        train=TrainConfig(**{**_ORDER_TRAIN, "epochs": 10}),
+    )
+)
+_add(
+    Recipe(
+        name="seq2seq-dates",
+        model="seq2seq",
+        dataset="dates",
+        objective="seq2seq",
+        description="Transformer encoder-decoder translating human-written dates into ISO 8601.",
+        # Measured: lr 2e-3 for 4 epochs on 20k pairs gives 99.75% held-out exact match (ONNX, greedy).
+        train=TrainConfig(
+            epochs=4,
+            batch_size=64,
+            lr=2e-3,
+            betas=(0.9, 0.98),
+            weight_decay=0.01,
+            label_smoothing=0.1,
+            grad_clip=1.0,
+        ),
+        quality=(QualityBar("test_exact_match_greedy_onnx", ">=", 0.95),),
+    )
+)
+_add(
+    Recipe(
+        name="gpt-corpus",
+        model="gpt",
+        dataset="corpus",
+        objective="language_model",
+        description="Character-level GPT on Python's pydoc topics; full-sequence and KV-cache step graphs.",
+        # Dropout off: ~670 steps underfit long before they overfit (measured 1.47 vs 1.76 nats/char).
+        model_overrides={"dropout": 0.0, "block_size": 128},
+        train=TrainConfig(
+            epochs=6,
+            batch_size=32,
+            lr=3e-3,
+            betas=(0.9, 0.99),
+            weight_decay=0.1,
+            warmup_epochs=0.35,
+            grad_clip=1.0,
+        ),
+        quality=(QualityBar("val_nats_per_token", "<=", 1.6),),
     )
 )

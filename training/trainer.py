@@ -115,8 +115,11 @@ class Classification(Objective):
         super().__init__(bundle, normalize_inputs)
         self.label_smoothing = label_smoothing
 
+    def logits(self, model: nn.Module, x: Tensor) -> Tensor:
+        return model(self.prepare(x))  # (B, num_classes)
+
     def loss(self, model, x, y, generator):
-        logits = model(self.prepare(x))  # (B, num_classes)
+        logits = self.logits(model, x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         accuracy = (logits.argmax(-1) == y).float().mean()
         return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
@@ -176,9 +179,12 @@ class SequenceClassification(_TokenObjective):
     monitor = "val_accuracy"
     higher_is_better = True
 
-    def loss(self, model, x, y, generator):
+    def logits(self, model: nn.Module, x: Tensor) -> Tensor:
         lengths = (x != self.pad_id).sum(1)  # (B,)
-        logits = model(x, lengths)  # (B, num_classes)
+        return model(x, lengths)  # (B, num_classes)
+
+    def loss(self, model, x, y, generator):
+        logits = self.logits(model, x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         accuracy = (logits.argmax(-1) == y).float().mean()
         return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
@@ -208,6 +214,51 @@ class SequenceToSequence(_TokenObjective):
         real = target != self.pad_id
         accuracy = ((logits.argmax(-1) == target) & real).sum() / real.sum()
         return loss, {"loss": loss.item(), "token_accuracy": accuracy.item()}
+
+
+class MaskedSequenceClassification(_TokenObjective):
+    """Right-padded token ids (B, T) -> label, for models called as ``model(input_ids, attention_mask)``
+    (BERT): the mask is 1 at every non-pad position."""
+
+    monitor = "val_accuracy"
+    higher_is_better = True
+
+    def logits(self, model: nn.Module, x: Tensor) -> Tensor:
+        return model(x, (x != self.pad_id).long())  # (B, num_classes)
+
+    def loss(self, model, x, y, generator):
+        logits = self.logits(model, x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        accuracy = (logits.argmax(-1) == y).float().mean()
+        return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+
+
+class MaskedLanguageModeling(_TokenObjective):
+    """BERT pre-training: 15% of the ordinary tokens are chosen per batch (80% <mask>, 10% random, 10%
+    kept) from ``generator`` and predicted by ``model.mlm_logits``; the loss is nats per chosen token.
+    Evaluation uses the trainer's fixed generator, so validation masks are the same every epoch.
+    Calls the model's ``mlm_logits`` directly, so under DistributedDataParallel it trains the local
+    module without gradient averaging: use it single-process."""
+
+    def __init__(self, vocab_size: int, mask_id: int = 3, pad_id: int = 0, mask_prob: float = 0.15) -> None:
+        super().__init__(pad_id)
+        self.vocab_size = vocab_size
+        self.mask_id = mask_id
+        self.mask_prob = mask_prob
+
+    def loss(self, model, x, y, generator):
+        from training.bert_data import IGNORE_INDEX, mask_tokens  # local: bert_data imports data, not us
+
+        inputs, labels = mask_tokens(
+            x, generator=generator, mask_id=self.mask_id, vocab_size=self.vocab_size, prob=self.mask_prob
+        )  # (B, T) each
+        module = model.module if isinstance(model, DistributedDataParallel) else model
+        logits = module.mlm_logits(inputs, (x != self.pad_id).long())  # (B, T, V)
+        chosen = labels != IGNORE_INDEX  # (B, T)
+        count = chosen.sum().clamp(min=1)  # a batch with nothing chosen gives 0, not NaN
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / count
+        accuracy = ((logits.argmax(-1) == labels) & chosen).sum() / count
+        return loss, {"loss": loss.item(), "masked_accuracy": accuracy.item()}
 
 
 # --------------------------------------------------------------------------------------------- helpers

@@ -49,6 +49,20 @@ def test_build_exports_every_recipe(zoo):
         "confusion_matrix.png"
         in json.loads((zoo / "models" / "lenet5-digits" / "1" / "report.json").read_text())["plots"]
     )
+    # Token-input models carry their tokenizer; padding never changes a row's answer.
+    lstm = ModelConfig.model_validate_json((zoo / "models" / "lstm-order" / "config.json").read_text())
+    assert (
+        lstm.preprocessing.kind == "text" and lstm.labels and lstm.graphs["model"].inputs[1].name == "lengths"
+    )
+    lstm_report = json.loads((zoo / "models" / "lstm-order" / "1" / "report.json").read_text())
+    assert lstm_report["metrics"]["padding_max_abs_diff"] <= 1e-4
+    s2s = json.loads((zoo / "models" / "seq2seq-dates" / "1" / "report.json").read_text())
+    assert {"test_exact_match_greedy_onnx", "test_exact_match_beam4_onnx"} <= set(s2s["metrics"])
+    gpt = ModelConfig.model_validate_json((zoo / "models" / "gpt-corpus" / "config.json").read_text())
+    assert set(gpt.graphs) == {"model", "decoder_step"} and gpt.task == "text_generation"
+    gpt_report = json.loads((zoo / "models" / "gpt-corpus" / "1" / "report.json").read_text())
+    assert gpt_report["metrics"]["unigram_nats_per_token"] > 2.0
+    assert any(note.startswith("sample") for note in gpt_report["notes"])
 
 
 def test_verify_checks_bars_and_hashes(zoo, tmp_path):
