@@ -219,6 +219,44 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Generate text with an exported language model, through its ONNX KV-cache step graph."""
+    import onnxruntime as ort
+
+    from app.generation import generate
+    from app.sampling import SamplingParams
+    from training.text import CharTokenizer
+
+    model_dir: Path = args.model
+    if not (model_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{model_dir} is not a model folder (no {CONFIG_FILE})")
+    config = ModelConfig.model_validate_json((model_dir / CONFIG_FILE).read_text())
+    if config.task != "text_generation" or "decoder_step" not in config.graphs:
+        raise ValueError(
+            f"{config.name} is a {config.task} model, not a language model with a decoder_step graph"
+        )
+    version = config.version or max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+    graph = config.graphs["decoder_step"]
+    session = ort.InferenceSession(
+        str(model_dir / str(version) / graph.file), providers=["CPUExecutionProvider"]
+    )
+    tokenizer = CharTokenizer.from_dict(config.preprocessing.tokenizer.model_dump())
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    for i in range(args.num_samples):
+        result = generate(
+            session,
+            graph,
+            tokenizer.encode(args.prompt),
+            max_new_tokens=args.max_new_tokens,
+            params=params,
+            seed=args.seed + i,
+            block_size=config.preprocessing.max_length,
+        )
+        print(f"--- sample {i + 1} (finish: {result.finish_reason})")
+        print(args.prompt + tokenizer.decode(result.token_ids, stop_at_eos=False))
+    return 0
+
+
 def cmd_vanishing(args: argparse.Namespace) -> int:
     from training.diagnostics import vanishing_gradients
 
@@ -267,6 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check sha256, parity and quality bars of every model in a repository")
     p.add_argument("repository", type=Path, nargs="?", default=Path("models"))
     p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser("sample", help="generate text with an exported language model (ONNX, KV cache)")
+    p.add_argument("model", type=Path, nargs="?", default=Path("models/gpt-corpus"), help="model folder")
+    p.add_argument("--prompt", default="The ", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=20, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same text")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.set_defaults(fn=cmd_sample)
 
     p = sub.add_parser(
         "vanishing-gradients", help="deep MLP: sigmoid vs ReLU vs ReLU + batch norm + residual"
