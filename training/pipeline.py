@@ -233,6 +233,42 @@ def _seq2seq_exact_match(version_dir: Path, bundle: DatasetBundle) -> dict[str, 
     }
 
 
+@torch.no_grad()
+def _kv_cache_difference(
+    model, version_dir: Path, bundle: DatasetBundle, steps: int = 64, prefill: int = 16
+) -> float:
+    """max |logits of the ONNX decoder_step graph fed one token at a time with its own KV cache -
+    logits of the PyTorch full-sequence forward|, from an empty cache and after a prefill."""
+    config = ModelConfig.model_validate_json((version_dir.parent / CONFIG_FILE).read_text())
+    graph = config.graphs["decoder_step"]
+    session = ort.InferenceSession(str(version_dir / graph.file), providers=["CPUExecutionProvider"])
+    past_specs = [spec for spec in graph.inputs if spec.name.startswith("past_")]
+    names = [spec.name for spec in past_specs]
+    tokens = bundle.test.tensors[0][0, : prefill + steps]  # (prefill + steps,) real held-out text
+    full = model(tokens[None]).numpy()[0]  # (T, V)
+    worst = 0.0
+    for start in (1, prefill):  # empty cache (prompt of one token), then a prefill of `prefill`
+        past = {spec.name: np.zeros((1, spec.shape[1], 0, spec.shape[3]), np.float32) for spec in past_specs}
+        pos, chunk = 0, tokens[:start]
+        while pos + len(chunk) <= min(start + steps, len(tokens)):
+            feeds = {
+                "tokens": chunk[None].numpy(),
+                "attention_mask": np.ones((1, pos + len(chunk)), np.int64),
+                "position_ids": np.arange(pos, pos + len(chunk), dtype=np.int64)[None],
+                **past,
+            }
+            logits, *presents = session.run(
+                ["logits", *(n.replace("past_", "present_") for n in names)], feeds
+            )
+            worst = max(worst, float(np.abs(logits[0] - full[pos : pos + len(chunk)]).max()))
+            past = dict(zip(names, presents, strict=True))
+            pos += len(chunk)
+            chunk = tokens[pos : pos + 1]
+            if len(chunk) == 0:
+                break
+    return worst
+
+
 def _add_metrics(version_dir: Path, metrics: dict[str, float]) -> None:
     """Add figures measured on the exported graphs to report.json (graphs and hashes unchanged)."""
     path = version_dir / REPORT_FILE
@@ -496,6 +532,8 @@ def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = No
     extra: dict[str, float] = {}
     if recipe.objective == "seq2seq":
         extra = _seq2seq_exact_match(export.path, bundle)
+    if recipe.objective == "language_model":
+        extra = {"kv_cache_max_abs_diff": _kv_cache_difference(model, export.path, bundle)}
     if extra:
         _add_metrics(export.path, extra)
         metrics.update(extra)
@@ -520,7 +558,7 @@ def summary_table(summaries: list[RunSummary], total_seconds: float | None = Non
         "|---|---|---|---|---|",
     ]
     for s in summaries:
-        prefixes = ("test_", "judge_", "chance_", "noisy_", "val_nats", "unigram_", "padding_")
+        prefixes = ("test_", "judge_", "chance_", "noisy_", "val_nats", "unigram_", "padding_", "kv_cache")
         keys = [k for k in s.metrics if k.startswith(prefixes)]
         shown = ", ".join(f"{k}={s.metrics[k]:.4g}" for k in keys if not k.endswith("_loss"))
         parity = f"{s.parity:.1e}" if s.parity is not None else "-"

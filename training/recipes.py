@@ -254,6 +254,16 @@ _add(
 )
 _add(
     Recipe(
+        name="rnn-order-noclip",
+        model="rnn",
+        dataset="order-task",
+        objective="sequence_classification",
+        description="The vanilla RNN again without gradient clipping: see its grad_norms.png and curves.png.",
+        train=TrainConfig(**{**_ORDER_TRAIN, "epochs": 10, "grad_clip": 0.0}),
+    )
+)
+_add(
+    Recipe(
         name="seq2seq-dates",
         model="seq2seq",
         dataset="dates",

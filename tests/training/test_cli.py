@@ -62,6 +62,7 @@ def test_build_exports_every_recipe(zoo):
     assert set(gpt.graphs) == {"model", "decoder_step"} and gpt.task == "text_generation"
     gpt_report = json.loads((zoo / "models" / "gpt-corpus" / "1" / "report.json").read_text())
     assert gpt_report["metrics"]["unigram_nats_per_token"] > 2.0
+    assert gpt_report["metrics"]["kv_cache_max_abs_diff"] <= 1e-4  # ONNX step graph vs full forward
     assert any(note.startswith("sample") for note in gpt_report["notes"])
 
 
