@@ -154,14 +154,18 @@ class MultiHeadSelfAttention(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``x``: (B, T, dim). ``mask``: additive, broadcastable (B or 1, 1 or H, T, T); use 0 to keep
         a position and a large negative number (or -inf) to hide it."""
+        return self.attend(x, x, mask)
+
+    def attend(self, x: Tensor, memory: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Queries from ``x`` (B, T, dim), keys and values from ``memory`` (B, S, dim)."""
         B, T, C = x.shape
         q = self._split_heads(self.q_proj(x))  # (B, H, T, D)
-        k = self._split_heads(self.k_proj(x))  # (B, H, T, D)
-        v = self._split_heads(self.v_proj(x))  # (B, H, T, D)
-        scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, T, T)
+        k = self._split_heads(self.k_proj(memory))  # (B, H, S, D)
+        v = self._split_heads(self.v_proj(memory))  # (B, H, S, D)
+        scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, T, S)
         if mask is not None:  # decided by the caller's signature, not by data: export-safe
             scores = scores + mask
-        weights = self.attn_dropout(torch.softmax(scores, dim=-1))  # (B, H, T, T)
+        weights = self.attn_dropout(torch.softmax(scores, dim=-1))  # (B, H, T, S)
         out = (weights @ v).transpose(1, 2).reshape(B, T, C)  # (B, T, dim)
         return self.resid_dropout(self.out_proj(out))
 
@@ -174,16 +178,7 @@ class MultiHeadCrossAttention(MultiHeadSelfAttention):
     def forward(self, x: Tensor, memory: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """``x``: (B, T, dim) queries. ``memory``: (B, S, dim). ``mask``: additive, broadcastable to
         (B, H, T, S), e.g. (B, 1, 1, S) hiding source padding."""
-        B, T, C = x.shape
-        q = self._split_heads(self.q_proj(x))  # (B, H, T, D)
-        k = self._split_heads(self.k_proj(memory))  # (B, H, S, D)
-        v = self._split_heads(self.v_proj(memory))  # (B, H, S, D)
-        scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, T, S)
-        if mask is not None:  # decided by the caller's signature, not by data: export-safe
-            scores = scores + mask
-        weights = self.attn_dropout(torch.softmax(scores, dim=-1))  # (B, H, T, S)
-        out = (weights @ v).transpose(1, 2).reshape(B, T, C)  # (B, T, dim)
-        return self.resid_dropout(self.out_proj(out))
+        return self.attend(x, memory, mask)
 
 
 class TransformerBlock(nn.Module):

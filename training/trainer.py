@@ -107,6 +107,14 @@ class Objective:
         raise NotImplementedError
 
 
+def _classification_loss(
+    logits: Tensor, y: Tensor, label_smoothing: float
+) -> tuple[Tensor, dict[str, float]]:
+    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    accuracy = (logits.argmax(-1) == y).float().mean()
+    return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+
+
 class Classification(Objective):
     monitor = "val_accuracy"
     higher_is_better = True
@@ -119,10 +127,7 @@ class Classification(Objective):
         return model(self.prepare(x))  # (B, num_classes)
 
     def loss(self, model, x, y, generator):
-        logits = self.logits(model, x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        accuracy = (logits.argmax(-1) == y).float().mean()
-        return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+        return _classification_loss(self.logits(model, x), y, self.label_smoothing)
 
 
 class Reconstruction(Objective):
@@ -184,10 +189,7 @@ class SequenceClassification(_TokenObjective):
         return model(x, lengths)  # (B, num_classes)
 
     def loss(self, model, x, y, generator):
-        logits = self.logits(model, x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        accuracy = (logits.argmax(-1) == y).float().mean()
-        return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+        return _classification_loss(self.logits(model, x), y, self.label_smoothing)
 
 
 class LanguageModeling(_TokenObjective):
@@ -216,21 +218,12 @@ class SequenceToSequence(_TokenObjective):
         return loss, {"loss": loss.item(), "token_accuracy": accuracy.item()}
 
 
-class MaskedSequenceClassification(_TokenObjective):
+class MaskedSequenceClassification(SequenceClassification):
     """Right-padded token ids (B, T) -> label, for models called as ``model(input_ids, attention_mask)``
     (BERT): the mask is 1 at every non-pad position."""
 
-    monitor = "val_accuracy"
-    higher_is_better = True
-
     def logits(self, model: nn.Module, x: Tensor) -> Tensor:
         return model(x, (x != self.pad_id).long())  # (B, num_classes)
-
-    def loss(self, model, x, y, generator):
-        logits = self.logits(model, x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        accuracy = (logits.argmax(-1) == y).float().mean()
-        return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
 
 
 class MaskedLanguageModeling(_TokenObjective):
