@@ -21,11 +21,30 @@ class GeneratedText:
     finish_reason: str  # "length", "eos" or "context" (the model's block size was reached)
 
 
-def _cache_shapes(graph: GraphSpec) -> list[tuple[str, int, int]]:
-    """(input name, heads, head_dim) of every past key/value input, from the graph's own spec."""
-    return [
-        (spec.name, spec.shape[1], spec.shape[3]) for spec in graph.inputs if spec.name.startswith("past_")
-    ]
+def empty_cache(graph: GraphSpec, batch: int = 1) -> dict[str, np.ndarray]:
+    """T = 0 past key/value inputs, shaped from the graph's own spec (B, heads, 0, head_dim)."""
+    return {
+        spec.name: np.zeros((batch, spec.shape[1], 0, spec.shape[3]), np.float32)
+        for spec in graph.inputs
+        if spec.name.startswith("past_")
+    }
+
+
+def step_feeds(tokens: np.ndarray, cached: int, past: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inputs of one ``decoder_step`` call for unpadded rows: ``tokens`` (B, S) follow ``cached``
+    tokens already in ``past``."""
+    batch, new = tokens.shape
+    positions = np.arange(cached, cached + new, dtype=np.int64)
+    return {
+        "tokens": tokens.astype(np.int64, copy=False),
+        "attention_mask": np.ones((batch, cached + new), dtype=np.int64),
+        "position_ids": np.tile(positions, (batch, 1)),
+        **past,
+    }
+
+
+def present_names(past: dict[str, np.ndarray]) -> list[str]:
+    return [name.replace("past_", "present_") for name in past]
 
 
 def generate(
@@ -45,20 +64,14 @@ def generate(
     if len(prompt_ids) >= block_size:
         raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the model's context is {block_size}")
     rng = np.random.default_rng(seed)
-    past = {name: np.zeros((1, heads, 0, dim), np.float32) for name, heads, dim in _cache_shapes(graph)}
-    present_names = [name.replace("past_", "present_") for name in past]
+    past = empty_cache(graph)
+    outputs = ["logits", *present_names(past)]
     step = np.array([prompt_ids], dtype=np.int64)  # (1, S): the whole prompt on the first call
     seen = list(prompt_ids)
     new: list[int] = []
     while True:
-        length = len(seen) - step.shape[1]  # tokens already in the cache
-        feeds = {
-            "tokens": step,
-            "attention_mask": np.ones((1, length + step.shape[1]), dtype=np.int64),
-            "position_ids": np.arange(length, length + step.shape[1], dtype=np.int64)[None],
-            **past,
-        }
-        logits, *presents = session.run(["logits", *present_names], feeds)
+        cached = len(seen) - step.shape[1]  # tokens already in the cache
+        logits, *presents = session.run(outputs, step_feeds(step, cached, past))
         token = int(select_next_tokens(logits[:, -1], params, rng, [seen])[0])
         new.append(token)
         seen.append(token)

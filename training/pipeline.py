@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from app.generation import empty_cache, present_names, step_feeds
 from app.sampling import SamplingParams, select_next_tokens
 from app.schema import (
     CONFIG_FILE,
@@ -242,30 +243,19 @@ def _kv_cache_difference(
     config = ModelConfig.model_validate_json((version_dir.parent / CONFIG_FILE).read_text())
     graph = config.graphs["decoder_step"]
     session = ort.InferenceSession(str(version_dir / graph.file), providers=["CPUExecutionProvider"])
-    past_specs = [spec for spec in graph.inputs if spec.name.startswith("past_")]
-    names = [spec.name for spec in past_specs]
-    tokens = bundle.test.tensors[0][0, : prefill + steps]  # (prefill + steps,) real held-out text
-    full = model(tokens[None]).numpy()[0]  # (T, V)
+    tokens = bundle.test.tensors[0][0, : prefill + steps].numpy()  # (prefill + steps,) held-out text
+    full = model(torch.from_numpy(tokens)[None]).numpy()[0]  # (T, V)
     worst = 0.0
     for start in (1, prefill):  # empty cache (prompt of one token), then a prefill of `prefill`
-        past = {spec.name: np.zeros((1, spec.shape[1], 0, spec.shape[3]), np.float32) for spec in past_specs}
+        past = empty_cache(graph)
+        outputs = ["logits", *present_names(past)]
         pos, chunk = 0, tokens[:start]
-        while pos + len(chunk) <= min(start + steps, len(tokens)):
-            feeds = {
-                "tokens": chunk[None].numpy(),
-                "attention_mask": np.ones((1, pos + len(chunk)), np.int64),
-                "position_ids": np.arange(pos, pos + len(chunk), dtype=np.int64)[None],
-                **past,
-            }
-            logits, *presents = session.run(
-                ["logits", *(n.replace("past_", "present_") for n in names)], feeds
-            )
+        while len(chunk):
+            logits, *presents = session.run(outputs, step_feeds(chunk[None], pos, past))
             worst = max(worst, float(np.abs(logits[0] - full[pos : pos + len(chunk)]).max()))
-            past = dict(zip(names, presents, strict=True))
+            past = dict(zip(past, presents, strict=True))
             pos += len(chunk)
-            chunk = tokens[pos : pos + 1]
-            if len(chunk) == 0:
-                break
+            chunk = tokens[pos : pos + 1] if pos < start + steps else tokens[:0]
     return worst
 
 
