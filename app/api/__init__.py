@@ -1,0 +1,1 @@
+"""HTTP routes: parse and validate, call the data plane or the registry, shape the response."""

@@ -1,0 +1,28 @@
+"""FastAPI dependencies: the app's registry and data plane, created in the lifespan."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.dataplane import DataPlane
+from app.registry import Registry
+
+
+def get_registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+def get_dataplane(request: Request) -> DataPlane:
+    return request.app.state.dataplane
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
+
+
+def mark_model(request: Request, name: str, registry: Registry) -> None:
+    """Label this request's metrics with the model, once the name is known to the registry."""
+    if name in registry.names():
+        request.state.model = name

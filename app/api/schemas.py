@@ -1,0 +1,117 @@
+"""Request and response bodies of the project's own JSON API (the V2 protocol has its own module)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DIGIT_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAKUlEQVR4nGNgYGD4z8DAwMDEwMDAwMDw//9/BgYGBgYm"
+    "BgYGBgYGBgYGAHa7Bv0jyLV2AAAAAElFTkSuQmCC"
+)
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"model": "lenet5-digits", "inputs": DIGIT_PNG, "top_k": 3},
+                {"model": "lstm-order", "inputs": ["xxaxxbxx", "bxxxa"]},
+                {"model": "mlp-digits", "inputs": [[0.0] * 64]},
+                {
+                    "model": "autoencoder-digits",
+                    "inputs": DIGIT_PNG,
+                    "return_latent": True,
+                    "image_format": "png",
+                },
+            ]
+        },
+    )
+
+    model: str = Field(description="Model name (see GET /models).")
+    version: int | None = Field(default=None, ge=0, description="Model version; default: the served one.")
+    inputs: str | list[Any] = Field(
+        description=(
+            "One item or a list of items. An item is a base64 PNG/JPEG (image models), a string of text "
+            "(text models) or a nested list of numbers in the graph's input shape without the batch axis."
+        )
+    )
+    top_k: int | None = Field(
+        default=None, ge=1, description="Classifiers: return the k most likely classes."
+    )
+    return_latent: bool = Field(default=False, description="Autoencoders: also return the latent code.")
+    return_reconstruction: bool = Field(default=False, description="VAE: also decode the posterior mean.")
+    image_format: Literal["list", "png"] = Field(
+        default="list", description="Image outputs as nested lists (C, H, W) or base64 PNG."
+    )
+
+
+class ClassProbability(BaseModel):
+    label: str
+    index: int
+    probability: float
+
+
+class PredictOutput(BaseModel):
+    """One per input item; which fields appear depends on the model's task."""
+
+    label: str | None = Field(default=None, description="Classifiers: the most likely class.")
+    index: int | None = None
+    probability: float | None = None
+    probabilities: list[float] | None = Field(default=None, description="Softmax over all labels (no top_k).")
+    top_k: list[ClassProbability] | None = None
+    reconstruction: list | str | None = Field(default=None, description="Autoencoders: (C, H, W) or PNG.")
+    latent: list[float] | None = None
+    mu: list[float] | None = Field(default=None, description="VAE encoder: posterior mean.")
+    logvar: list[float] | None = Field(default=None, description="VAE encoder: posterior log-variance.")
+
+
+class PredictResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "lenet5-digits",
+                    "version": 1,
+                    "task": "classification",
+                    "outputs": [
+                        {
+                            "label": "7",
+                            "index": 7,
+                            "probability": 0.97,
+                            "top_k": [
+                                {"label": "7", "index": 7, "probability": 0.97},
+                                {"label": "1", "index": 1, "probability": 0.02},
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    model: str
+    version: int
+    task: str
+    outputs: list[PredictOutput]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(examples=["unknown model 'nope'; known models: lenet5-digits, mlp-digits"])
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": description}
+    for code, description in (
+        (400, "The body or an item cannot be decoded (JSON, base64, image, binary framing)."),
+        (404, "Unknown model or version."),
+        (413, "The body is larger than the server accepts."),
+        (422, "The request does not fit the model (shape, dtype, length, NaN, unknown field)."),
+        (429, "The model's queue is full; retry after the Retry-After header's seconds."),
+        (500, "Inference failed for this request's batch."),
+        (503, "The model failed to load (see GET /models/{name} for the reason)."),
+        (504, "The request's deadline passed before its batch started."),
+    )
+}

@@ -1,0 +1,143 @@
+"""KServe V2 / Open Inference Protocol routes under /v2 (what tritonclient and KServe speak)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+
+from app import __version__
+from app.api.deps import DataPlaneDep, RegistryDep, mark_model
+from app.api.responses import JSONResponse
+from app.api.schemas import ERROR_RESPONSES
+from app.registry import Registry, check_version
+from app.v2 import V2_DTYPES
+
+router = APIRouter(prefix="/v2", tags=["v2"])
+
+# The body is read raw (it may be binary), so its schema is documented by hand.
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": ["FP32", "FP64", "INT64", "INT32", "BOOL"]},
+        "data": {"type": "array", "items": {}},
+        "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer"}}},
+    },
+}
+INFER_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "JSON, or with the binary tensor extension a JSON header of Inference-Header-Content-Length "
+            "bytes followed by the raw little-endian tensor bytes."
+        ),
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "inputs": {"type": "array", "items": _TENSOR, "minItems": 1},
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+                            },
+                        },
+                    },
+                },
+                "example": {
+                    "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}],
+                    "outputs": [{"name": "logits"}],
+                },
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _tensor_metadata(specs) -> list[dict[str, Any]]:
+    return [{"name": s.name, "datatype": V2_DTYPES[s.dtype], "shape": s.shape} for s in specs]
+
+
+def _model_metadata(registry: Registry, name: str, version: str | None) -> dict[str, Any]:
+    mv = registry.find(name, check_version(version))
+    body: dict[str, Any] = {
+        "name": mv.name,
+        "versions": [str(v) for v in sorted(registry.versions(name))],
+        "platform": "onnxruntime_onnx",
+    }
+    if mv.config is not None:
+        graph = mv.config.graphs[mv.primary_role]
+        body["inputs"] = _tensor_metadata(graph.inputs)
+        body["outputs"] = _tensor_metadata(graph.outputs)
+    return body
+
+
+@router.get("")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "onnx-serve", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/health/live")
+async def server_live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", responses={400: {"description": "Not ready."}})
+async def server_ready(registry: RegistryDep) -> JSONResponse:
+    return JSONResponse({"ready": registry.ready}, status_code=200 if registry.ready else 400)
+
+
+@router.get("/models/{name}", responses=ERROR_RESPONSES)
+@router.get("/models/{name}/versions/{version}", responses=ERROR_RESPONSES)
+async def model_metadata(name: str, registry: RegistryDep, request: Request, version: str | None = None):
+    mark_model(request, name, registry)
+    return JSONResponse(_model_metadata(registry, name, version))
+
+
+@router.get("/models/{name}/ready", responses={**ERROR_RESPONSES, 400: {"description": "Not ready."}})
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    responses={**ERROR_RESPONSES, 400: {"description": "Not ready."}},
+)
+async def model_ready(name: str, registry: RegistryDep, request: Request, version: str | None = None):
+    """200 when the model version is ready, 400 (the protocol's "false") when it failed to load."""
+    mark_model(request, name, registry)
+    mv = registry.find(name, check_version(version))
+    return JSONResponse({"name": name, "ready": mv.ready}, status_code=200 if mv.ready else 400)
+
+
+@router.post("/models/{name}/infer", responses=ERROR_RESPONSES, openapi_extra=INFER_OPENAPI)
+@router.post(
+    "/models/{name}/versions/{version}/infer", responses=ERROR_RESPONSES, openapi_extra=INFER_OPENAPI
+)
+async def infer(
+    name: str,
+    request: Request,
+    dataplane: DataPlaneDep,
+    registry: RegistryDep,
+    inference_header_content_length: Annotated[str | None, Header()] = None,
+    version: str | None = None,
+) -> Response:
+    """Run the model's graph on V2 tensors (JSON data or the binary extension)."""
+    mark_model(request, name, registry)
+    raw = await request.body()
+    content, header_length = await dataplane.infer_v2(
+        name, check_version(version), raw, inference_header_content_length
+    )
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(header_length)},
+    )

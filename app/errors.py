@@ -1,0 +1,57 @@
+"""One typed error hierarchy for everything a request can hit; one handler turns it into a response.
+
+Every error answers ``{"error": "<message>"}`` (the shape the KServe V2 protocol and tritonclient
+expect), with the status code of its class.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    status_code = 500
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidInput(ServingError):
+    """The request is well-formed JSON but its content does not fit the model (shape, dtype, size)."""
+
+    status_code = 422
+
+
+class BadRequest(ServingError):
+    """The request cannot be parsed at all (bad binary framing, undecodable image, bad header)."""
+
+    status_code = 400
+
+
+class ModelNotFound(ServingError):
+    status_code = 404
+
+
+class ModelNotReady(ServingError):
+    """The model exists in the repository but failed to load (its reason is in /models)."""
+
+    status_code = 503
+
+
+class QueueFull(ServingError):
+    status_code = 429
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after_s)))})
+
+
+class DeadlineExceeded(ServingError):
+    status_code = 504
+
+
+class InferenceFailed(ServingError):
+    status_code = 500
+
+
+class PayloadTooLarge(ServingError):
+    status_code = 413

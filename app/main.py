@@ -1,0 +1,91 @@
+"""The ASGI app: ``uvicorn app.main:app`` serves the repository in ``models/`` (or SERVE_MODEL_REPOSITORY)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+
+from app import __version__
+from app.api import models, predict, v2
+from app.api.responses import JSONResponse
+from app.dataplane import DataPlane
+from app.errors import ServingError
+from app.middleware import BodyLimit, RequestMetrics
+from app.registry import Registry
+from app.settings import Settings
+
+log = logging.getLogger("app")
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = Registry(settings)
+        app.state.registry = registry
+        app.state.dataplane = DataPlane(registry, settings)
+        await asyncio.to_thread(registry.load_all)
+        registry.start()
+        try:
+            yield
+        finally:
+            await registry.stop()
+
+    app = FastAPI(
+        title="onnx-serve",
+        version=__version__,
+        summary="Dynamic-batching ONNX inference for the classic deep-learning families.",
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+    app.include_router(predict.router)
+    app.include_router(models.router)
+    app.include_router(v2.router)
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text exposition of every serve_* metric (and the process's own)."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(ServingError)
+    async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.message)
+        return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(exc)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,281 @@
+"""Dynamic batching in front of a pool of onnxruntime sessions (one runner per model graph).
+
+One background task owns the queue. It waits for an idle session, takes the oldest request, and adds
+every compatible request queued behind it up to ``max_batch_size`` rows. When the whole pool is idle
+it dispatches at once (a lone request never waits for company); when other batches are in flight it
+waits for more requests until the batch is full or ``max_queue_delay_ms`` has passed since the oldest
+one arrived. Batches run in worker threads, so the event loop never blocks on onnxruntime, and while
+they run the next batch fills up. An error in a batch fails that batch's callers only.
+
+Rows of different lengths share a batch when the graph takes ``lengths`` or an ``attention_mask``
+(it knows which positions are padding): they are right-padded with 0 to the longest and each caller
+gets its own rows back, cropped to its own length. Other graphs batch only requests whose non-batch
+shapes agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app import metrics
+from app.errors import DeadlineExceeded, InferenceFailed, QueueFull, ServingError
+from app.schema import Batching, GraphSpec
+from app.session import Session
+
+log = logging.getLogger(__name__)
+
+PADDING_AWARE_INPUTS = ("lengths", "attention_mask")
+
+
+@dataclass(eq=False)
+class _Request:
+    feeds: dict[str, np.ndarray]  # each (rows, ...)
+    rows: int
+    key: tuple | None  # requests batch together only when their keys are equal
+    lengths: dict[str, int]  # input name -> this request's size of its padded axis 1
+    enqueued: float
+    deadline: float
+    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    started: bool = False
+
+
+def pad_to(array: np.ndarray, length: int) -> np.ndarray:
+    """Right-pad axis 1 with zeros to ``length``."""
+    if array.shape[1] == length:
+        return array
+    widths = [(0, 0)] * array.ndim
+    widths[1] = (0, length - array.shape[1])
+    return np.pad(array, widths)
+
+
+class Runner:
+    """Batches requests for one graph and runs them on ``sessions`` (the model's instances)."""
+
+    def __init__(self, name: str, graph: GraphSpec, sessions: list[Session], batching: Batching) -> None:
+        self.name = name
+        self.graph = graph
+        self.sessions = sessions
+        self.batching = batching
+        names = {spec.name for spec in graph.inputs}
+        # Axis 1 of these inputs may differ between requests of one batch (padded to the longest).
+        self.padded_inputs = (
+            {spec.name for spec in graph.inputs if len(spec.shape) >= 2 and spec.shape[1] < 0}
+            if names & set(PADDING_AWARE_INPUTS)
+            else set()
+        )
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._idle: asyncio.Queue[Session] = asyncio.Queue()
+        for session in sessions:
+            self._idle.put_nowait(session)
+        self._in_flight: set[asyncio.Task] = set()
+        self._executor = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=f"ort-{name}")
+        self._task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        for request in self._queue:
+            if not request.future.done():
+                request.future.set_exception(InferenceFailed(f"model {self.name!r} is shutting down"))
+        self._queue.clear()
+        self._executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------------------------ submitting
+
+    async def infer(self, feeds: dict[str, np.ndarray], timeout_s: float | None = None) -> list[np.ndarray]:
+        """Run ``feeds`` (every input with the same leading batch size, at most max_batch_size) and
+        return this request's rows of every output, in the graph's output order."""
+        rows = len(next(iter(feeds.values())))
+        if len(self._queue) >= self.batching.max_queue_size:
+            metrics.REJECTED.labels(self.name, "queue_full").inc()
+            raise QueueFull(f"model {self.name!r} has {len(self._queue)} requests queued; retry later")
+        now = time.perf_counter()
+        timeout_s = self.batching.timeout_ms / 1000 if timeout_s is None else timeout_s
+        request = _Request(
+            feeds=feeds,
+            rows=rows,
+            key=self._key(feeds),
+            lengths={name: feeds[name].shape[1] for name in self.padded_inputs},
+            enqueued=now,
+            deadline=now + timeout_s,
+        )
+        self._queue.append(request)
+        metrics.QUEUE_DEPTH.labels(self.name).set(len(self._queue))
+        self._arrived.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(request.future), timeout_s)
+        except TimeoutError:
+            if request.started:  # already running: its answer is moments away
+                return await request.future
+            request.future.cancel()  # the batcher drops cancelled requests
+            metrics.REJECTED.labels(self.name, "deadline").inc()
+            raise DeadlineExceeded(
+                f"model {self.name!r}: no batch started within the {timeout_s * 1000:.0f} ms deadline"
+            ) from None
+
+    def _key(self, feeds: dict[str, np.ndarray]) -> tuple | None:
+        if self.padded_inputs:
+            shapes = tuple(
+                v.shape[2:] if k in self.padded_inputs else v.shape[1:] for k, v in sorted(feeds.items())
+            )
+        else:
+            shapes = tuple(v.shape[1:] for _, v in sorted(feeds.items()))
+        return shapes
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    # ------------------------------------------------------------------------------ batching loop
+
+    async def _loop(self) -> None:
+        while True:
+            session = await self._idle.get()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._idle.put_nowait(session)
+                raise
+            task = asyncio.get_running_loop().create_task(self._execute(session, batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    def _pop_live(self) -> _Request | None:
+        """The oldest request still waiting (drops cancelled ones, fails expired ones)."""
+        now = time.perf_counter()
+        while self._queue:
+            request = self._queue.popleft()
+            if request.future.done():
+                continue
+            if request.deadline <= now:
+                request.future.set_exception(
+                    DeadlineExceeded(f"model {self.name!r}: deadline passed in queue")
+                )
+                metrics.REJECTED.labels(self.name, "deadline").inc()
+                continue
+            return request
+        return None
+
+    async def _next_batch(self) -> list[_Request]:
+        while True:
+            first = self._pop_live()
+            if first is not None:
+                break
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch, rows = [first], first.rows
+        limit = self.batching.max_batch_size
+        pool_idle = not self._in_flight  # nothing else running: dispatch at once
+        close_at = first.enqueued + self.batching.max_queue_delay_ms / 1000
+        while rows < limit:
+            rows += self._take_compatible(batch, limit - rows)
+            if rows >= limit or pool_idle:
+                break
+            remaining = close_at - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                rows += self._take_compatible(batch, limit - rows)
+                break
+        metrics.QUEUE_DEPTH.labels(self.name).set(len(self._queue))
+        return batch
+
+    def _take_compatible(self, batch: list[_Request], room: int) -> int:
+        """Move queued requests with the first one's key into ``batch`` while they fit; FIFO order is
+        kept for the rest."""
+        key = batch[0].key
+        taken, kept = 0, collections.deque()
+        now = time.perf_counter()
+        while self._queue:
+            request = self._queue.popleft()
+            if request.future.done():
+                continue
+            if request.deadline <= now:
+                request.future.set_exception(
+                    DeadlineExceeded(f"model {self.name!r}: deadline passed in queue")
+                )
+                metrics.REJECTED.labels(self.name, "deadline").inc()
+                continue
+            if request.key == key and request.rows <= room - taken:
+                batch.append(request)
+                taken += request.rows
+            else:
+                kept.append(request)
+                if taken >= room:
+                    break
+        kept.extend(self._queue)
+        self._queue = kept
+        return taken
+
+    # ------------------------------------------------------------------------------ execution
+
+    async def _execute(self, session: Session, batch: list[_Request]) -> None:
+        started = time.perf_counter()
+        for request in batch:
+            request.started = True
+            metrics.QUEUE_TIME.labels(self.name).observe(started - request.enqueued)
+        metrics.BATCH_SIZE.labels(self.name).observe(sum(r.rows for r in batch))
+        metrics.IN_FLIGHT.labels(self.name).inc()
+        try:
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self._executor, self._run_batch, session, batch)
+        except ServingError as exc:
+            results = [exc] * len(batch)
+        except Exception as exc:  # any onnxruntime failure fails this batch only
+            log.exception("model %s: batch of %d requests failed", self.name, len(batch))
+            results = [InferenceFailed(f"model {self.name!r}: inference failed: {exc}")] * len(batch)
+        finally:
+            metrics.IN_FLIGHT.labels(self.name).dec()
+            self._idle.put_nowait(session)
+        for request, result in zip(batch, results, strict=True):
+            if request.future.done():
+                continue
+            if isinstance(result, Exception):
+                request.future.set_exception(result)
+            else:
+                request.future.set_result(result)
+
+    def _run_batch(self, session: Session, batch: list[_Request]) -> list[list[np.ndarray]]:
+        """Worker thread: concatenate (padding where allowed), run, split rows back per request."""
+        started = time.perf_counter()
+        feeds = {}
+        for name in batch[0].feeds:
+            parts = [r.feeds[name] for r in batch]
+            if name in self.padded_inputs:
+                longest = max(p.shape[1] for p in parts)
+                parts = [pad_to(p, longest) for p in parts]
+            feeds[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        outputs = session.run(feeds)
+        metrics.COMPUTE_TIME.labels(self.name).observe(time.perf_counter() - started)
+        # Outputs with a dynamic axis 1 follow the padded inputs' axis 1: crop them per request.
+        crop = [len(spec.shape) >= 2 and spec.shape[1] < 0 for spec in self.graph.outputs]
+        own_length = next(iter(self.padded_inputs), None)
+        results, offset = [], 0
+        for request in batch:
+            rows = []
+            for output, cropped in zip(outputs, crop, strict=True):
+                part = output[offset : offset + request.rows]
+                if cropped and own_length is not None:
+                    part = part[:, : request.lengths[own_length]]
+                rows.append(part)
+            results.append(rows)
+            offset += request.rows
+        return results

@@ -1,0 +1,105 @@
+"""The onnxruntime wrapper: providers, session options, the provider actually in use, warm-up.
+
+``device="auto"`` asks for CUDA when this onnxruntime build offers it and keeps whatever the session
+really got: onnxruntime-gpu lists CUDAExecutionProvider even where the CUDA libraries are missing and
+then silently runs on the CPU, so the provider is read back from the session, and a CUDA request that
+ended on the CPU is logged as a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from app.schema import GraphSpec
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+NUMPY_DTYPES = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    device: str = "auto"  # auto | cpu | cuda
+    # Measured on the 2-core CPU (DESIGN.md): one single-threaded session per core beats one session
+    # with both threads, and onnxruntime's default (all cores, spinning) starves the HTTP layer.
+    intra_op_threads: int = 1
+
+
+def requested_providers(device: str) -> list[str]:
+    available = ort.get_available_providers()
+    if device == "cpu" or CUDA not in available:
+        return [CPU]
+    return [CUDA, CPU]
+
+
+class Session:
+    """One onnxruntime session of one graph. ``run`` is blocking: call it from a worker thread."""
+
+    def __init__(self, path: Path, graph: GraphSpec, options: SessionOptions, label: str = "") -> None:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # ~2.7x for convnets here
+        so.intra_op_num_threads = options.intra_op_threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Spinning threads burn the core the event loop and the other instances need.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.log_severity_level = 3
+        providers = requested_providers(options.device)
+        if options.device == "cuda" and CUDA not in providers:
+            log.warning("%s: device=cuda asked, but this onnxruntime has no CUDA provider; using CPU", label)
+        self.graph = graph
+        self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        self.provider = self.session.get_providers()[0]
+        if CUDA in providers and self.provider != CUDA:
+            log.warning("%s: CUDA was requested but the session fell back to %s", label, self.provider)
+        self.output_names = [o.name for o in graph.outputs]
+        self._check_signature(label)
+        self._binding = self.session.io_binding() if self.provider == CUDA else None
+
+    def _check_signature(self, label: str) -> None:
+        actual = {i.name for i in self.session.get_inputs()}
+        declared = {i.name for i in self.graph.inputs}
+        if actual != declared:
+            raise ValueError(
+                f"{label}: config.json declares inputs {sorted(declared)}, graph has {sorted(actual)}"
+            )
+        outputs = {o.name for o in self.session.get_outputs()}
+        if not set(self.output_names) <= outputs:
+            raise ValueError(
+                f"{label}: config.json declares outputs {self.output_names}, graph has {sorted(outputs)}"
+            )
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self._binding is None:
+            return self.session.run(self.output_names, feeds)
+        # GPU: bind inputs and let onnxruntime allocate outputs on the device, copying back once per
+        # batch. Clearing the binding after each run releases the outputs, which keeps device memory
+        # bounded by the largest batch instead of growing with every shape seen.
+        binding = self._binding
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name in self.output_names:
+            binding.bind_output(name, "cuda")
+        self.session.run_with_iobinding(binding)
+        outputs = binding.copy_outputs_to_cpu()
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        return outputs
+
+    def warmup(self) -> None:
+        """One run at batch 2 with every dynamic axis at 2 (a KV cache's past length at 0, so that
+        ``attention_mask`` (B, T + S) agrees with it): pays lazy initialisation up front."""
+        feeds = {}
+        for spec in self.graph.inputs:
+            shape = [2 if d < 0 else d for d in spec.shape]
+            if spec.name.startswith("past_"):
+                shape[2] = 0
+            feeds[spec.name] = np.ones(shape, dtype=NUMPY_DTYPES[spec.dtype])
+        self.run(feeds)

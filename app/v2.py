@@ -1,0 +1,176 @@
+"""KServe V2 / Open Inference Protocol tensors: JSON ``data`` and the binary tensor extension.
+
+Binary requests carry a JSON header of ``Inference-Header-Content-Length`` bytes followed by the raw
+little-endian bytes of every input whose ``parameters.binary_data_size`` is set, in input order.
+Outputs go back as binary when the request asks (``parameters.binary_data`` on an output, or
+``parameters.binary_data_output`` on the request), as JSON ``data`` otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from app.errors import BadRequest, InvalidInput
+from app.schema import GraphSpec
+
+V2_DTYPES = {"float32": "FP32", "int64": "INT64", "bool": "BOOL"}
+NUMPY_OF_V2 = {
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "BOOL": np.bool_,
+}
+# Safe casts a client may rely on (tritonclient users often send INT32 ids or FP64 arrays).
+CASTS = {("INT32", "INT64"), ("FP64", "FP32")}
+
+
+def parse_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    """Split a request into its JSON header and the binary tail."""
+    if header_length is None:
+        json_part, binary = body, b""
+    else:
+        try:
+            length = int(header_length)
+        except ValueError:
+            raise BadRequest(
+                f"Inference-Header-Content-Length must be an integer; got {header_length!r}"
+            ) from None
+        if not 0 <= length <= len(body):
+            raise BadRequest(
+                f"Inference-Header-Content-Length is {length} but the body has {len(body)} bytes"
+            )
+        json_part, binary = body[:length], body[length:]
+    try:
+        header = orjson.loads(json_part)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise BadRequest("request body must be a JSON object")
+    return header, binary
+
+
+def _shape(value: Any, where: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+        raise InvalidInput(f"{where}.shape must be a list of integers")
+    if any(d < 0 for d in value):
+        raise InvalidInput(f"{where}.shape must not be negative")
+    return value
+
+
+def decode_inputs(header: dict, binary: bytes, graph: GraphSpec) -> dict[str, np.ndarray]:
+    """The request's inputs as arrays of the graph's dtypes, checked against its specs."""
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput("inputs must be a non-empty list of tensors")
+    specs = {spec.name: spec for spec in graph.inputs}
+    feeds: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, tensor in enumerate(inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(tensor, dict):
+            raise InvalidInput(f"{where} must be an object")
+        name = tensor.get("name")
+        if name not in specs:
+            raise InvalidInput(f"{where}: unknown input {name!r}; the model takes {sorted(specs)}")
+        if name in feeds:
+            raise InvalidInput(f"{where}: input {name!r} given twice")
+        where = f"input {name!r}"
+        spec = specs[name]
+        shape = _shape(tensor.get("shape"), where)
+        datatype = tensor.get("datatype")
+        expected = V2_DTYPES[spec.dtype]
+        if datatype != expected and (datatype, expected) not in CASTS:
+            raise InvalidInput(f"{where}: datatype {datatype!r}; the model takes {expected}")
+        dtype = np.dtype(NUMPY_OF_V2[datatype]).newbyteorder("<")
+        count = int(np.prod(shape))
+        params = tensor.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidInput(f"{where}.parameters must be an object")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise BadRequest(f"{where}: binary_data_size {size!r} runs past the end of the body")
+            if size != count * dtype.itemsize:
+                raise InvalidInput(f"{where}: {size} bytes do not hold shape {shape} of {datatype}")
+            array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
+            offset += size
+        else:
+            if "data" not in tensor:
+                raise InvalidInput(f"{where}: no data (and no binary_data_size)")
+            try:
+                array = np.asarray(tensor["data"], dtype=dtype)
+            except (ValueError, TypeError, OverflowError):
+                raise InvalidInput(f"{where}: data is not a list of {datatype} values") from None
+            if array.size != count:
+                raise InvalidInput(f"{where}: {array.size} values do not fill shape {shape}")
+            array = array.reshape(shape)
+        if len(shape) != len(spec.shape) or any(
+            d >= 0 and s != d for s, d in zip(shape, spec.shape, strict=True)
+        ):
+            raise InvalidInput(f"{where}: shape {shape} does not match the model's {spec.shape} (-1 = any)")
+        if shape[0] == 0:
+            raise InvalidInput(f"{where}: batch size is 0")
+        array = array.astype(NUMPY_OF_V2[expected], copy=False)
+        if spec.dtype == "float32" and not np.isfinite(array).all():
+            raise InvalidInput(f"{where}: contains NaN or infinity")
+        feeds[name] = array
+    missing = set(specs) - set(feeds)
+    if missing:
+        raise InvalidInput(f"missing inputs {sorted(missing)}")
+    if offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+    batch = {a.shape[0] for a in feeds.values()}
+    if len(batch) > 1:
+        raise InvalidInput(f"inputs disagree on the batch size: {sorted(batch)}")
+    return feeds
+
+
+def requested_outputs(header: dict, graph: GraphSpec) -> list[tuple[str, bool]]:
+    """(output name, as binary) in response order."""
+    params = header.get("parameters") or {}
+    all_binary = bool(isinstance(params, dict) and params.get("binary_data_output", False))
+    outputs = header.get("outputs")
+    names = [o.name for o in graph.outputs]
+    if outputs is None:
+        return [(name, all_binary) for name in names]
+    if not isinstance(outputs, list):
+        raise InvalidInput("outputs must be a list")
+    chosen = []
+    for i, out in enumerate(outputs):
+        if not isinstance(out, dict) or out.get("name") not in names:
+            raise InvalidInput(f"outputs[{i}]: unknown output; the model gives {names}")
+        out_params = out.get("parameters") or {}
+        binary = out_params.get("binary_data", all_binary) if isinstance(out_params, dict) else all_binary
+        chosen.append((out["name"], bool(binary)))
+    return chosen
+
+
+def encode_response(
+    model: str, version: int, request_id: Any, results: dict[str, np.ndarray], chosen: list[tuple[str, bool]]
+) -> tuple[bytes, int | None]:
+    """Response body and, when any output is binary, the JSON header's length."""
+    outputs, blobs = [], []
+    for name, binary in chosen:
+        array = results[name]
+        if str(array.dtype) not in V2_DTYPES:  # graphs here give float32/int64/bool; anything else as FP32
+            array = array.astype(np.float32)
+        datatype = V2_DTYPES[str(array.dtype)]
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = array.flatten().tolist()
+        outputs.append(entry)
+    body: dict[str, Any] = {"model_name": model, "model_version": str(version), "outputs": outputs}
+    if request_id is not None:
+        body["id"] = request_id
+    head = orjson.dumps(body)
+    if not blobs:
+        return head, None
+    return head + b"".join(blobs), len(head)
