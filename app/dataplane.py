@@ -104,6 +104,8 @@ class DataPlane:
         header, binary = v2.parse_body(body, header_length)
         runner = mv.runner()
         feeds = v2.decode_inputs(header, binary, runner.graph)
+        if mv.tokenizer is not None:
+            v2.check_token_inputs(feeds, mv.tokenizer.vocab_size)
         chosen = v2.requested_outputs(header, runner.graph)
         results = await run_rows(runner, feeds)
         return v2.encode_response(mv.name, mv.version, header.get("id"), results, chosen)

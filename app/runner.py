@@ -78,6 +78,8 @@ class Runner:
         self._in_flight: set[asyncio.Task] = set()
         self._executor = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=f"ort-{name}")
         self._task: asyncio.Task | None = None
+        self.batches_run = 0  # counters for /models and tests: how much batching actually happened
+        self.requests_run = 0
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -233,6 +235,8 @@ class Runner:
             request.started = True
             metrics.QUEUE_TIME.labels(self.name).observe(started - request.enqueued)
         metrics.BATCH_SIZE.labels(self.name).observe(sum(r.rows for r in batch))
+        self.batches_run += 1
+        self.requests_run += len(batch)
         metrics.IN_FLIGHT.labels(self.name).inc()
         try:
             loop = asyncio.get_running_loop()

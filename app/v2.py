@@ -129,6 +129,26 @@ def decode_inputs(header: dict, binary: bytes, graph: GraphSpec) -> dict[str, np
     return feeds
 
 
+def check_token_inputs(feeds: dict[str, np.ndarray], vocab_size: int) -> None:
+    """Text graphs index embedding tables: an id outside the vocabulary, a length outside the row or a
+    mask that is not 0/1 would fail inside onnxruntime (or worse, silently read the wrong row)."""
+    width = None
+    for name, array in feeds.items():
+        if array.dtype != np.int64 or array.ndim != 2 or name in ("attention_mask", "position_ids"):
+            continue
+        width = array.shape[1]
+        if array.size and (array.min() < 0 or array.max() >= vocab_size):
+            raise InvalidInput(
+                f"input {name!r}: token ids must be in [0, {vocab_size}); got {array.min()}..{array.max()}"
+            )
+    mask = feeds.get("attention_mask")
+    if mask is not None and not np.isin(mask, (0, 1)).all():
+        raise InvalidInput("input 'attention_mask' must hold only 0 and 1")
+    lengths = feeds.get("lengths")
+    if lengths is not None and width is not None and (lengths.min() < 1 or lengths.max() > width):
+        raise InvalidInput(f"input 'lengths' must be in [1, {width}] (the token rows' width)")
+
+
 def requested_outputs(header: dict, graph: GraphSpec) -> list[tuple[str, bool]]:
     """(output name, as binary) in response order."""
     params = header.get("parameters") or {}

@@ -6,9 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# An 8x8 PNG of a handwritten 7 (scikit-learn's digits), for the OpenAPI examples.
 DIGIT_PNG = (
-    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAKUlEQVR4nGNgYGD4z8DAwMDEwMDAwMDw//9/BgYGBgYm"
-    "BgYGBgYGBgYGAHa7Bv0jyLV2AAAAAElFTkSuQmCC"
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAARUlEQVR4nCXGQRVAMAAA0M9znwZE0IAGNLEGIsggAU2myUjAYaf/K9Z2"
+    "GZ6+xhOv+wVbChrjJFoOujPnEfjm4p5DSZrhB4Y6EAlqM+StAAAAAElFTkSuQmCC"
 )
 
 

@@ -1,0 +1,190 @@
+"""POST /predict, /models and health against a real server, checked against plain onnxruntime runs of
+the same files."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from tests.app.conftest import reference_session
+
+
+def png_b64(pixels: np.ndarray, fmt: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_digits()
+    return data.images, data.target
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_health_and_model_list(client) -> None:
+    assert client.get("/health/live").json() == {"status": "live"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json()["models"]["mlp-digits"] == "ready"
+    names = {m["name"] for m in client.get("/models").json()["models"]}
+    assert {"mlp-digits", "lenet5-digits", "lstm-order"} <= names
+
+
+def test_model_metadata_carries_report_figures(client) -> None:
+    meta = client.get("/models/lenet5-digits").json()
+    assert meta["task"] == "classification"
+    assert meta["provider"] == "CPUExecutionProvider"
+    assert meta["graphs"]["model"]["inputs"][0]["shape"] == [-1, 1, 28, 28]
+    assert len(meta["labels"]) == 10
+    assert meta["metrics"]["test_accuracy"] > 0.9
+    assert meta["parity"]["max_abs_diff"] < 1e-4
+    assert meta["batching"]["max_batch_size"] >= 1
+    assert client.get("/models/lenet5-digits", params={"version": 7}).status_code == 404
+
+
+def test_image_classifier_from_png_matches_onnxruntime(client, repository, digits) -> None:
+    images, targets = digits
+    pixels = [(images[i] / 16 * 255).round().astype(np.uint8) for i in range(6)]
+    response = client.post("/predict", json={"model": "mlp-digits", "inputs": [png_b64(p) for p in pixels]})
+    assert response.status_code == 200, response.text
+    outputs = response.json()["outputs"]
+    # The same preprocessing by hand: [0, 1] scale, the config's mean/std, flattened to 64.
+    pre = json.loads((repository / "mlp-digits" / "config.json").read_text())["preprocessing"]
+    x = (np.stack(pixels).astype(np.float32) / 255 - pre["mean"][0]) / pre["std"][0]
+    logits = reference_session(repository, "mlp-digits").run(None, {"input": x.reshape(6, 64)})[0]
+    expected = softmax(logits.astype(np.float64))
+    for out, probs in zip(outputs, expected, strict=True):
+        assert out["index"] == int(probs.argmax()) and out["label"] == str(probs.argmax())
+        np.testing.assert_allclose(out["probabilities"], probs, atol=1e-5)
+    accuracy = np.mean([o["index"] == t for o, t in zip(outputs, targets[:6], strict=True)])
+    assert accuracy >= 5 / 6
+
+
+def test_top_k_and_jpeg_and_resize(client, digits) -> None:
+    images, _ = digits
+    big = np.kron((images[3] / 16 * 255).astype(np.uint8), np.ones((4, 4), np.uint8))  # 32x32, resized to 28
+    rgb = np.stack([big] * 3, -1)
+    body = {"model": "lenet5-digits", "inputs": png_b64(rgb, "JPEG"), "top_k": 3}
+    out = client.post("/predict", json=body).json()["outputs"][0]
+    assert [c["probability"] for c in out["top_k"]] == sorted(
+        (c["probability"] for c in out["top_k"]), reverse=True
+    )
+    assert out["top_k"][0]["label"] == out["label"] and len(out["top_k"]) == 3
+    assert "probabilities" not in out
+
+
+def test_numeric_tensor_single_and_list(client, repository) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 64)).astype(np.float32)
+    single = client.post("/predict", json={"model": "mlp-digits", "inputs": x[0].tolist()}).json()["outputs"]
+    many = client.post("/predict", json={"model": "mlp-digits", "inputs": x.tolist()}).json()["outputs"]
+    assert len(single) == 1 and len(many) == 3
+    logits = reference_session(repository, "mlp-digits").run(None, {"input": x})[0]
+    assert [o["index"] for o in many] == logits.argmax(-1).tolist()
+    assert single[0]["probabilities"] == many[0]["probabilities"]
+
+
+def test_text_classifier_pads_and_matches_alone(client, repository) -> None:
+    texts = ["xxaxxbxxcxd", "ab", "the quick brown fox jumps over"]
+    batch = client.post("/predict", json={"model": "lstm-order", "inputs": texts}).json()["outputs"]
+    for text, out in zip(texts, batch, strict=True):
+        alone = client.post("/predict", json={"model": "lstm-order", "inputs": text}).json()["outputs"][0]
+        np.testing.assert_allclose(out["probabilities"], alone["probabilities"], atol=1e-5)
+    config = json.loads((repository / "lstm-order" / "config.json").read_text())
+    chars = config["preprocessing"]["tokenizer"]["chars"]
+    specials = len(config["preprocessing"]["tokenizer"]["specials"])
+    ids = np.array([[chars.index(c) + specials if c in chars else 4 for c in texts[0]]], np.int64)
+    logits = reference_session(repository, "lstm-order").run(
+        None, {"tokens": ids, "lengths": np.array([ids.shape[1]], np.int64)}
+    )[0]
+    np.testing.assert_allclose(batch[0]["probabilities"], softmax(logits.astype(np.float64))[0], atol=1e-5)
+
+
+def test_autoencoder_and_vae_outputs(client, digits) -> None:
+    images, _ = digits
+    item = png_b64((images[0] / 16 * 255).astype(np.uint8))
+    plain = client.post("/predict", json={"model": "autoencoder-digits", "inputs": item}).json()["outputs"][0]
+    assert set(plain) == {"reconstruction"}
+    assert np.asarray(plain["reconstruction"]).shape == (1, 28, 28)
+    extra = client.post(
+        "/predict",
+        json={"model": "autoencoder-digits", "inputs": item, "return_latent": True, "image_format": "png"},
+    ).json()["outputs"][0]
+    assert len(extra["latent"]) == 16
+    decoded = Image.open(io.BytesIO(base64.b64decode(extra["reconstruction"])))
+    assert decoded.size == (28, 28)
+    vae = client.post(
+        "/predict", json={"model": "vae-digits", "inputs": [item, item], "return_reconstruction": True}
+    ).json()["outputs"]
+    assert len(vae) == 2 and len(vae[0]["mu"]) == 16 and len(vae[0]["logvar"]) == 16
+    assert np.asarray(vae[0]["reconstruction"]).shape == (1, 28, 28)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"model": "nope", "inputs": [0.0]}, 404, "unknown model 'nope'"),
+        ({"model": "mlp-digits", "version": 9, "inputs": [0.0] * 64}, 404, "no version 9"),
+        ({"model": "mlp-digits", "inputs": [1.0, 2.0]}, 422, "shape (2,)"),
+        ({"model": "mlp-digits", "inputs": [[1.0] * 64, [1.0] * 63]}, 422, "inputs[1]"),
+        ({"model": "mlp-digits", "inputs": [[["a"] * 64]]}, 422, "inputs"),
+        ({"model": "mlp-digits", "inputs": []}, 422, "inputs is empty"),
+        ({"model": "mlp-digits", "inputs": "!!notbase64!!"}, 400, "inputs[0]: not valid base64"),
+        ({"model": "mlp-digits", "inputs": base64.b64encode(b"GIF89a....").decode()}, 400, "cannot decode"),
+        ({"model": "lstm-order", "inputs": "x" * 500}, 422, "at most 40"),
+        ({"model": "lstm-order", "inputs": ""}, 422, "empty text"),
+        ({"model": "lstm-order", "inputs": [[1, 2]]}, 422, "string"),
+        ({"model": "gpt-corpus", "inputs": "hello"}, 422, "POST /generate"),
+        ({"model": "mlp-digits", "inputs": [0.0] * 64, "top_k": 11}, 422, "top_k"),
+        ({"model": "mlp-digits", "inputs": [0.0] * 64, "top_k": 0}, 422, "top_k"),
+        ({"model": "mlp-digits", "inputs": [0.0] * 64, "surprise": 1}, 422, "surprise"),
+        ({"inputs": [0.0] * 64}, 422, "body.model"),
+    ],
+)
+def test_bad_requests_get_clear_4xx(client, body, status, fragment) -> None:
+    response = client.post("/predict", json=body)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["error"]
+
+
+def test_nan_infinity_and_malformed_json(client) -> None:
+    nan_body = '{"model": "mlp-digits", "inputs": [NaN' + ", 0.0" * 63 + "]}"
+    response = client.post("/predict", content=nan_body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "NaN" in response.json()["error"]
+    broken = client.post("/predict", content=b'{"model": ', headers={"content-type": "application/json"})
+    assert broken.status_code == 422 and "error" in broken.json()
+    huge = client.post("/predict", json={"model": "mlp-digits", "inputs": [[1e39] * 64]})
+    assert huge.status_code == 422 and "float32" in huge.json()["error"]
+
+
+def test_oversized_body_is_413(server) -> None:
+    limit = server.app.state.dataplane.settings.max_body_bytes
+    with server.client() as c:
+        response = c.post(
+            "/predict", content=b"x" * (limit + 1), headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 413 and "larger than" in response.json()["error"]
+
+
+def test_unknown_route_and_method_answer_json(client) -> None:
+    assert client.get("/nope").json() == {"error": "Not Found"}
+    assert client.get("/predict").status_code == 405
+
+
+def test_openapi_documents_predict_examples(client) -> None:
+    spec = client.get("/openapi.json").json()
+    predict = spec["paths"]["/predict"]["post"]
+    assert {"200", "404", "422", "429", "504"} <= set(predict["responses"])
+    schema = spec["components"]["schemas"]["PredictRequest"]
+    assert schema["examples"][0]["model"] == "lenet5-digits"

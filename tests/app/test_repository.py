@@ -1,0 +1,95 @@
+"""Broken and tampered models disable themselves, never the server; versions are served as asked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from app.settings import Settings
+from tests.app.conftest import ZOO, LiveServer, copy_models
+
+
+@pytest.fixture(scope="module")
+def broken_server(tmp_path_factory):
+    root = copy_models(tmp_path_factory.mktemp("broken"), ("mlp-digits", "lstm-order"))
+    # Truncated graph: fails the sha256 check (the next test turns the check off: onnxruntime refuses it).
+    shutil.copytree(ZOO / "mlp-digits", root / "truncated")
+    graph = root / "truncated" / "1" / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    _rename(root / "truncated", "truncated")
+    # Tampered: one byte flipped.
+    shutil.copytree(ZOO / "mlp-digits", root / "tampered")
+    data = bytearray((root / "tampered" / "1" / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (root / "tampered" / "1" / "model.onnx").write_bytes(bytes(data))
+    _rename(root / "tampered", "tampered")
+    # Invalid config.json.
+    shutil.copytree(ZOO / "mlp-digits", root / "badconfig")
+    (root / "badconfig" / "config.json").write_text('{"name": "badconfig", "task": "juggling"}')
+    # A second version of lstm-order: version 2 is served by default, version 1 on request.
+    shutil.copytree(root / "lstm-order" / "1", root / "lstm-order" / "2")
+    with LiveServer(Settings(model_repository=root)) as live:
+        yield live
+
+
+def _rename(folder, name: str) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["name"] = name
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_broken_models_are_listed_with_reasons(broken_server) -> None:
+    with broken_server.client() as c:
+        ready = c.get("/health/ready")
+        assert ready.status_code == 200
+        states = ready.json()["models"]
+        assert states == {
+            "badconfig": "failed",
+            "lstm-order": "ready",
+            "mlp-digits": "ready",
+            "tampered": "failed",
+            "truncated": "failed",
+        }
+        reasons = {m["name"]: m["reason"] for m in c.get("/models").json()["models"]}
+        assert "sha256 does not match" in reasons["tampered"]
+        assert "sha256 does not match" in reasons["truncated"]
+        assert "ValidationError" in reasons["badconfig"]
+        response = c.post("/predict", json={"model": "tampered", "inputs": [0.0] * 64})
+        assert response.status_code == 503 and "not ready" in response.json()["error"]
+        assert c.get("/v2/models/tampered/ready").status_code == 400
+        ok = c.post("/predict", json={"model": "mlp-digits", "inputs": [0.0] * 64})
+        assert ok.status_code == 200
+
+
+def test_truncated_graph_without_sha_check_fails_in_onnxruntime(tmp_path) -> None:
+    root = copy_models(tmp_path, ("mlp-digits",))
+    shutil.copytree(ZOO / "mlp-digits", root / "truncated")
+    _rename(root / "truncated", "truncated")
+    graph = root / "truncated" / "1" / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    with LiveServer(Settings(model_repository=root, verify_sha256=False)) as live, live.client() as c:
+        models = {m["name"]: m for m in c.get("/models").json()["models"]}
+        assert models["truncated"]["state"] == "failed" and models["mlp-digits"]["state"] == "ready"
+        assert (
+            "onnxruntime" in models["truncated"]["reason"].lower() or "Fail" in models["truncated"]["reason"]
+        )
+
+
+def test_versions(broken_server) -> None:
+    with broken_server.client() as c:
+        meta = c.get("/models/lstm-order").json()
+        assert meta["version"] == 2 and meta["versions"] == [1, 2]
+        one = c.post("/predict", json={"model": "lstm-order", "version": 1, "inputs": "abc"})
+        assert one.status_code == 200 and one.json()["version"] == 1
+        assert c.post("/predict", json={"model": "lstm-order", "inputs": "abc"}).json()["version"] == 2
+        assert c.get("/v2/models/lstm-order/versions/1/ready").status_code == 200
+        assert c.get("/v2/models/lstm-order/versions/abc").status_code == 422
+
+
+def test_empty_repository_serves_nothing_but_stays_up(tmp_path) -> None:
+    with LiveServer(Settings(model_repository=tmp_path / "missing")) as live, live.client() as c:
+        assert c.get("/health/live").status_code == 200
+        assert c.get("/health/ready").status_code == 503
+        assert c.post("/predict", json={"model": "x", "inputs": [1.0]}).status_code == 404

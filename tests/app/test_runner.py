@@ -1,0 +1,141 @@
+"""The dynamic batcher on real onnxruntime sessions: answers per caller, padding, idle dispatch,
+queue limits, deadlines and failures confined to their batch."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from app.errors import DeadlineExceeded, InferenceFailed, QueueFull
+from app.runner import Runner
+from app.schema import Batching, ModelConfig
+from app.session import Session, SessionOptions
+from tests.app.conftest import ZOO, reference_session
+
+
+def make_runner(name: str, instances: int = 2, **batching) -> Runner:
+    config = ModelConfig.model_validate_json((ZOO / name / "config.json").read_text())
+    graph = config.graphs["model"]
+    sessions = [
+        Session(ZOO / name / "1" / graph.file, graph, SessionOptions("cpu", 1)) for _ in range(instances)
+    ]
+    return Runner(name, graph, sessions, Batching(**batching))
+
+
+async def _with_runner(runner: Runner, body):
+    runner.start()
+    try:
+        return await body(runner)
+    finally:
+        await runner.stop()
+
+
+def test_concurrent_callers_get_their_own_rows() -> None:
+    rng = np.random.default_rng(0)
+    requests = [rng.normal(size=(int(rng.integers(1, 5)), 64)).astype(np.float32) for _ in range(120)]
+    runner = make_runner("mlp-digits", max_batch_size=16, max_queue_delay_ms=5)
+
+    async def body(r: Runner):
+        return await asyncio.gather(*(r.infer({"input": x}) for x in requests))
+
+    results = asyncio.run(_with_runner(runner, body))
+    session = reference_session(ZOO, "mlp-digits")
+    for x, (logits,) in zip(requests, results, strict=True):
+        np.testing.assert_allclose(logits, session.run(None, {"input": x})[0], atol=1e-5)
+    assert runner.requests_run == len(requests)
+    assert runner.batches_run < len(requests) / 2  # callers really shared batches
+
+
+def test_sequences_of_different_lengths_share_a_batch_and_match_alone() -> None:
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(5, 15, size=(1, int(n))).astype(np.int64) for n in rng.integers(2, 40, size=40)]
+    runner = make_runner("lstm-order", instances=1, max_batch_size=32, max_queue_delay_ms=20)
+
+    async def body(r: Runner):
+        return await asyncio.gather(
+            *(r.infer({"tokens": t, "lengths": np.array([t.shape[1]], np.int64)}) for t in rows)
+        )
+
+    results = asyncio.run(_with_runner(runner, body))
+    session = reference_session(ZOO, "lstm-order")
+    for tokens, (logits,) in zip(rows, results, strict=True):
+        alone = session.run(None, {"tokens": tokens, "lengths": np.array([tokens.shape[1]], np.int64)})[0]
+        np.testing.assert_allclose(logits, alone, atol=1e-5)
+    assert runner.batches_run < len(rows)
+
+
+def test_idle_pool_dispatches_a_lone_request_at_once() -> None:
+    # With a 2 s batching window, waiting for company would take 2 s; an idle pool must not wait.
+    runner = make_runner("mlp-digits", max_queue_delay_ms=2000)
+
+    async def body(r: Runner):
+        started = time.perf_counter()
+        await r.infer({"input": np.zeros((1, 64), np.float32)})
+        return time.perf_counter() - started
+
+    assert asyncio.run(_with_runner(runner, body)) < 1.0
+
+
+def test_full_queue_rejects_while_admitted_requests_complete() -> None:
+    runner = make_runner("lenet5-digits", instances=1, max_batch_size=1, max_queue_size=4)
+    x = np.zeros((1, 1, 28, 28), np.float32)
+
+    async def body(r: Runner):
+        return await asyncio.gather(*(r.infer({"input": x}) for _ in range(40)), return_exceptions=True)
+
+    results = asyncio.run(_with_runner(runner, body))
+    rejected = [e for e in results if isinstance(e, QueueFull)]
+    served = [e for e in results if isinstance(e, list)]
+    assert rejected and served and len(rejected) + len(served) == 40
+    assert rejected[0].headers["Retry-After"] == "1"
+
+
+def test_deadline_passes_in_queue() -> None:
+    runner = make_runner("lenet5-digits", instances=1, max_batch_size=1, timeout_ms=1)
+    x = np.zeros((1, 1, 28, 28), np.float32)
+
+    async def body(r: Runner):
+        return await asyncio.gather(*(r.infer({"input": x}) for _ in range(30)), return_exceptions=True)
+
+    results = asyncio.run(_with_runner(runner, body))
+    assert any(isinstance(e, DeadlineExceeded) for e in results)
+    assert all(isinstance(e, list | DeadlineExceeded) for e in results)
+
+
+def test_failing_batch_fails_only_its_callers() -> None:
+    # A token id outside the embedding table makes onnxruntime's Gather raise: a real inference error.
+    runner = make_runner("lstm-order", instances=1, max_batch_size=1)
+    good = {"tokens": np.array([[5, 6, 7]], np.int64), "lengths": np.array([3], np.int64)}
+    bad = {"tokens": np.array([[5, 10_000, 7]], np.int64), "lengths": np.array([3], np.int64)}
+
+    async def body(r: Runner):
+        first = await asyncio.gather(r.infer(good), r.infer(bad), r.infer(good), return_exceptions=True)
+        after = await r.infer(good)  # the runner keeps serving
+        return first, after
+
+    (before, failed, later), after = asyncio.run(_with_runner(runner, body))
+    assert isinstance(failed, InferenceFailed) and "inference failed" in failed.message
+    np.testing.assert_allclose(before[0], later[0])
+    np.testing.assert_allclose(before[0], after[0])
+
+
+@pytest.mark.parametrize("instances", [1, 3])
+def test_stop_is_clean_with_requests_in_flight(instances) -> None:
+    runner = make_runner("mlp-digits", instances=instances)
+
+    async def body(r: Runner):
+        tasks = [asyncio.ensure_future(r.infer({"input": np.zeros((2, 64), np.float32)})) for _ in range(10)]
+        await asyncio.sleep(0)
+        return tasks
+
+    async def run():
+        runner.start()
+        tasks = await body(runner)
+        await runner.stop()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(run())
+    assert all(isinstance(r, list | InferenceFailed) for r in results)
