@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 
 from app.api.deps import RegistryDep, mark_model
 from app.api.responses import JSONResponse
-from app.api.schemas import ERROR_RESPONSES
+from app.api.schemas import ERROR_RESPONSES, LiveResponse, ModelDetails, ModelList, ReadyResponse
 from app.registry import ModelVersion, Registry, check_version
 
 router = APIRouter()
@@ -48,14 +48,14 @@ def describe(mv: ModelVersion, registry: Registry, full: bool) -> dict[str, Any]
     return info
 
 
-@router.get("/models", tags=["models"])
+@router.get("/models", tags=["models"], response_model=ModelList)
 async def list_models(registry: RegistryDep) -> JSONResponse:
     """Every model in the repository with its served version, state and provider."""
     models = [describe(registry.find(name), registry, full=False) for name in registry.names()]
     return JSONResponse({"models": models})
 
 
-@router.get("/models/{name}", tags=["models"], responses=ERROR_RESPONSES)
+@router.get("/models/{name}", tags=["models"], response_model=ModelDetails, responses=ERROR_RESPONSES)
 async def model_metadata(
     name: str, registry: RegistryDep, request: Request, version: int | None = None
 ) -> JSONResponse:
@@ -64,13 +64,18 @@ async def model_metadata(
     return JSONResponse(describe(registry.find(name, check_version(version)), registry, full=True))
 
 
-@router.get("/health/live", tags=["health"])
+@router.get("/health/live", tags=["health"], response_model=LiveResponse)
 async def live() -> dict[str, str]:
     """The process is up and answering."""
     return {"status": "live"}
 
 
-@router.get("/health/ready", tags=["health"], responses={503: {"description": "Not ready yet."}})
+@router.get(
+    "/health/ready",
+    tags=["health"],
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "Not ready yet."}},
+)
 async def ready(registry: RegistryDep) -> JSONResponse:
     """Loading finished and at least one model is ready; lists every model's state."""
     states = (

@@ -116,3 +116,103 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (504, "The request's deadline passed before its batch started."),
     )
 }
+
+
+# ------------------------------------------------------------------------------------ metadata, health
+
+
+class LiveResponse(BaseModel):
+    status: Literal["live"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "not ready"]
+    models: dict[str, Literal["ready", "failed"]] = Field(description="Every model's state.")
+
+
+class ModelSummary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    version: int
+    versions: list[int]
+    state: Literal["ready", "failed"]
+    ready: bool
+    reason: str | None = Field(description="Why the model failed to load (null when ready).")
+    provider: str | None = Field(
+        description="onnxruntime execution provider in use, e.g. CPUExecutionProvider."
+    )
+    load_seconds: float
+    family: str | None = None
+    task: str | None = None
+    description: str | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class ModelDetails(ModelSummary):
+    """The summary plus graphs, labels, pre-processing, batching, instances and report figures."""
+
+    graphs: dict[str, Any] | None = None
+    labels: list[str] | None = None
+    preprocessing: dict[str, Any] | None = None
+    generation: dict[str, Any] | None = None
+    batching: dict[str, Any] | None = None
+    instances: dict[str, Any] | None = None
+    queue_depth: dict[str, int] | None = None
+    metrics: dict[str, float] | None = None
+    parity: dict[str, Any] | None = None
+    trained_by: str | None = None
+
+
+# ------------------------------------------------------------------------------------------- KServe V2
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata] = []
+    outputs: list[V2TensorMetadata] = []
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2OutputTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[V2OutputTensor]

@@ -9,7 +9,15 @@ from fastapi import APIRouter, Header, Request, Response
 from app import __version__
 from app.api.deps import DataPlaneDep, RegistryDep, mark_model
 from app.api.responses import JSONResponse
-from app.api.schemas import ERROR_RESPONSES
+from app.api.schemas import (
+    ERROR_RESPONSES,
+    V2InferResponse,
+    V2Live,
+    V2ModelMetadata,
+    V2ModelReady,
+    V2Ready,
+    V2ServerMetadata,
+)
 from app.registry import Registry, check_version
 from app.v2 import V2_DTYPES
 
@@ -82,33 +90,35 @@ def _model_metadata(registry: Registry, name: str, version: str | None) -> dict[
     return body
 
 
-@router.get("")
+@router.get("", response_model=V2ServerMetadata)
 async def server_metadata() -> dict[str, Any]:
     return {"name": "onnx-serve", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
-@router.get("/health/live")
+@router.get("/health/live", response_model=V2Live)
 async def server_live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", responses={400: {"description": "Not ready."}})
+@router.get(
+    "/health/ready", response_model=V2Ready, responses={400: {"model": V2Ready, "description": "Not ready."}}
+)
 async def server_ready(registry: RegistryDep) -> JSONResponse:
     return JSONResponse({"ready": registry.ready}, status_code=200 if registry.ready else 400)
 
 
-@router.get("/models/{name}", responses=ERROR_RESPONSES)
-@router.get("/models/{name}/versions/{version}", responses=ERROR_RESPONSES)
+@router.get("/models/{name}", response_model=V2ModelMetadata, responses=ERROR_RESPONSES)
+@router.get("/models/{name}/versions/{version}", response_model=V2ModelMetadata, responses=ERROR_RESPONSES)
 async def model_metadata(name: str, registry: RegistryDep, request: Request, version: str | None = None):
     mark_model(request, name, registry)
     return JSONResponse(_model_metadata(registry, name, version))
 
 
-@router.get("/models/{name}/ready", responses={**ERROR_RESPONSES, 400: {"description": "Not ready."}})
-@router.get(
-    "/models/{name}/versions/{version}/ready",
-    responses={**ERROR_RESPONSES, 400: {"description": "Not ready."}},
-)
+_NOT_READY = {**ERROR_RESPONSES, 400: {"model": V2ModelReady, "description": "Not ready."}}
+
+
+@router.get("/models/{name}/ready", response_model=V2ModelReady, responses=_NOT_READY)
+@router.get("/models/{name}/versions/{version}/ready", response_model=V2ModelReady, responses=_NOT_READY)
 async def model_ready(name: str, registry: RegistryDep, request: Request, version: str | None = None):
     """200 when the model version is ready, 400 (the protocol's "false") when it failed to load."""
     mark_model(request, name, registry)
@@ -116,9 +126,19 @@ async def model_ready(name: str, registry: RegistryDep, request: Request, versio
     return JSONResponse({"name": name, "ready": mv.ready}, status_code=200 if mv.ready else 400)
 
 
-@router.post("/models/{name}/infer", responses=ERROR_RESPONSES, openapi_extra=INFER_OPENAPI)
+_INFER_RESPONSES = {
+    **ERROR_RESPONSES,
+    200: {
+        "model": V2InferResponse,
+        "description": "JSON, or with binary outputs a JSON header followed by the tensor bytes.",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+}
+
+
+@router.post("/models/{name}/infer", responses=_INFER_RESPONSES, openapi_extra=INFER_OPENAPI)
 @router.post(
-    "/models/{name}/versions/{version}/infer", responses=ERROR_RESPONSES, openapi_extra=INFER_OPENAPI
+    "/models/{name}/versions/{version}/infer", responses=_INFER_RESPONSES, openapi_extra=INFER_OPENAPI
 )
 async def infer(
     name: str,
