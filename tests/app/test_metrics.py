@@ -53,5 +53,7 @@ def test_promtool_accepts_the_exposition(client) -> None:
     assert promtool, "promtool is missing: the test command installs Debian's prometheus package"
     client.post("/predict", json={"model": "mlp-digits", "inputs": [0.0] * 64})
     text = client.get("/metrics").text
-    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
