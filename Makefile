@@ -2,19 +2,28 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+HOST ?= 0.0.0.0
+PORT ?= 8000
+MODELS ?= models
+# Debian's prometheus package brings promtool, which the metrics test runs.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test build verify lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Main job: install, build the default model zoo if it is missing, (later: start the service).
+# Main job: install the server, build the default model zoo only if the repository is empty (the zoo is
+# committed, so a fresh clone skips training), then serve it.
 run: $(PY)
-	$(PY) -m pip install -q -e '.[train,serve]'
-	$(PY) -m training build --skip-existing
+	$(PY) -m pip install -q -e '.[serve]'
+	@ls $(MODELS)/*/config.json >/dev/null 2>&1 || { \
+		$(PY) -m pip install -q -e '.[train,serve]' && $(PY) -m training build --skip-existing --out $(MODELS); }
+	SERVE_MODEL_REPOSITORY=$(MODELS) $(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
 
 # Whole test suite, with lint, after installing what tests need.
 test: $(PY)
+	@command -v promtool >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q prometheus; }
 	$(PY) -m pip install -q -e '.[train,serve,dev]'
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
