@@ -18,7 +18,7 @@ from app.api import models, predict, v2
 from app.api.responses import JSONResponse
 from app.dataplane import DataPlane
 from app.errors import ServingError
-from app.middleware import BodyLimit, RequestMetrics
+from app.frontend import Frontend
 from app.registry import Registry
 from app.settings import Settings
 
@@ -33,7 +33,8 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> Frontend:
+    """The FastAPI app (routes, lifespan, error handlers) behind the front door (app/frontend.py)."""
     settings = settings or Settings()
     # uvicorn configures only its own loggers; give ours a handler unless logging is already set up.
     if not log.handlers and not logging.getLogger().handlers:
@@ -89,9 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetrics)
-    return app
+    return Frontend(app, settings.max_body_bytes, settings.direct_dispatch)
 
 
 app = create_app()

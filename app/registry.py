@@ -12,6 +12,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from app import metrics
@@ -46,7 +47,7 @@ class ModelVersion:
     def ready(self) -> bool:
         return self.state == READY
 
-    @property
+    @cached_property
     def primary_role(self) -> str:
         assert self.config is not None
         return next((r for r in PRIMARY_ROLES if r in self.config.graphs), next(iter(self.config.graphs)))
@@ -192,6 +193,9 @@ class Registry:
 
     def all_versions(self) -> list[ModelVersion]:
         return [mv for versions in self._models.values() for mv in versions.values()]
+
+    def has(self, name: str) -> bool:
+        return name in self._models
 
     def names(self) -> list[str]:
         return sorted(self._models)

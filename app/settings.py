@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     max_queue_size: int | None = Field(default=None, gt=0)
     timeout_ms: float | None = Field(default=None, gt=0)
 
+    # POST /predict and /v2/.../infer skip FastAPI's layers (app/frontend.py); false routes them through
+    # FastAPI like every other endpoint (same handlers, ~2x slower per request on one core).
+    direct_dispatch: bool = True
+
     # Request limits: bodies are parsed into memory, so cap them before they are.
     max_items_per_request: int = Field(default=256, gt=0)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)

@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the app's registry and data plane, created in the lifespan."""
+"""FastAPI dependencies: the app's registry and data plane, created in the lifespan. ``async def`` on
+purpose: FastAPI runs plain ``def`` dependencies in its thread pool, two thread hops per request."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from app.dataplane import DataPlane
 from app.registry import Registry
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-def get_dataplane(request: Request) -> DataPlane:
+async def get_dataplane(request: Request) -> DataPlane:
     return request.app.state.dataplane
 
 
@@ -24,5 +25,5 @@ DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 
 def mark_model(request: Request, name: str, registry: Registry) -> None:
     """Label this request's metrics with the model, once the name is known to the registry."""
-    if name in registry.names():
+    if registry.has(name):
         request.state.model = name

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from app.api.deps import DataPlaneDep, RegistryDep, mark_model
 from app.api.responses import JSONResponse
 from app.api.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse
+from app.dataplane import DataPlane
 from app.errors import BadRequest, InvalidInput
 
 router = APIRouter(tags=["inference"])
@@ -33,12 +36,10 @@ def parse_predict(raw: bytes) -> PredictRequest:
         raise InvalidInput("; ".join(parts)) from None
 
 
-@router.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=_BODY)
-async def predict(request: Request, dataplane: DataPlaneDep, registry: RegistryDep) -> JSONResponse:
-    """Classify or reconstruct one item or a list of items; the items are batched with other callers'."""
-    body = parse_predict(await request.body())
-    mark_model(request, body.model, registry)
-    result = await dataplane.predict(
+async def run_predict(dataplane: DataPlane, body: PredictRequest) -> dict[str, Any]:
+    """The endpoint minus HTTP, shared by the route below and the front door's direct dispatch
+    (app/frontend.py)."""
+    return await dataplane.predict(
         body.model,
         body.version,
         body.inputs,
@@ -47,5 +48,12 @@ async def predict(request: Request, dataplane: DataPlaneDep, registry: RegistryD
         return_reconstruction=body.return_reconstruction,
         image_format=body.image_format,
     )
+
+
+@router.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=_BODY)
+async def predict(request: Request, dataplane: DataPlaneDep, registry: RegistryDep) -> JSONResponse:
+    """Classify or reconstruct one item or a list of items; the items are batched with other callers'."""
+    body = parse_predict(await request.body())
+    mark_model(request, body.model, registry)
     # Built from plain dicts and lists: skipping response-model validation saves time per request.
-    return JSONResponse(result)
+    return JSONResponse(await run_predict(dataplane, body))
