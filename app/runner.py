@@ -76,6 +76,9 @@ class Runner:
         for session in sessions:
             self._idle.put_nowait(session)
         self._in_flight: set[asyncio.Task] = set()
+        # Sessions running a batch. Not len(_in_flight): a finished task leaves that set one loop
+        # iteration after its session is back, which made a lone request wait for company.
+        self._busy = 0
         self._executor = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=f"ort-{name}")
         self._task: asyncio.Task | None = None
         self.batches_run = 0  # counters for /models and tests: how much batching actually happened
@@ -166,6 +169,7 @@ class Runner:
             except BaseException:
                 self._idle.put_nowait(session)
                 raise
+            self._busy += 1
             task = asyncio.get_running_loop().create_task(self._execute(session, batch))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
@@ -195,7 +199,7 @@ class Runner:
             await self._arrived.wait()
         batch, rows = [first], first.rows
         limit = self.batching.max_batch_size
-        pool_idle = not self._in_flight  # nothing else running: dispatch at once
+        pool_idle = self._busy == 0  # nothing else running: dispatch at once
         close_at = first.enqueued + self.batching.max_queue_delay_ms / 1000
         while rows < limit:
             rows += self._take_compatible(batch, limit - rows)
@@ -261,6 +265,7 @@ class Runner:
             results = [InferenceFailed(f"model {self.name!r}: inference failed: {exc}")] * len(batch)
         finally:
             self._in_flight_gauge.dec()
+            self._busy -= 1
             self._idle.put_nowait(session)
         for request, result in zip(batch, results, strict=True):
             if request.future.done():
