@@ -50,6 +50,12 @@ class BERTConfig:
     num_segments: int = 2
     num_classes: int = 2
     activation: str = "gelu"  # BERT's choice
+    # A fixed distance penalty on attention scores, -slope_h * |i - j| with slopes 1/2, 1/4, ... per head
+    # (ALiBi, Press et al. 2022), on top of the learned positions. Measured on the corpus (character MLM,
+    # 4 epochs): without it validation loss sat at 2.9 nats (unigram-like) because attention has to
+    # discover from absolute positions that neighbouring characters matter; with it, 2.0 nats. It
+    # depends only on |i - j|, so a padded row still equals the same row alone.
+    distance_bias: bool = True
     # Pre-norm (x + f(ln(x)), then a final LayerNorm) rather than BERT's post-norm: it trains stably
     # from scratch without long learning-rate warm-up, which matters for minutes-long CPU runs. Set
     # False for a faithful post-norm reproduction (the embedding LayerNorm is kept either way).
@@ -73,12 +79,19 @@ class BERTConfig:
         check_probability("dropout", self.dropout)
         check_activation("activation", self.activation)
         check_bool("pre_norm", self.pre_norm)
+        check_bool("distance_bias", self.distance_bias)
 
 
 def padding_mask(attention_mask: Tensor) -> Tensor:
     """(B, T) int, 1 real / 0 padding -> additive (B, 1, 1, T): 0 for real keys, MASK_VALUE for padding."""
     hidden = (attention_mask == 0).float()  # (B, T)
     return (hidden * MASK_VALUE)[:, None, None, :]  # (B, 1, 1, T), broadcast over heads and queries
+
+
+def distance_penalty(positions: Tensor, slopes: Tensor) -> Tensor:
+    """Additive (1, H, T, T): -slope_h * |i - j| for ``positions`` (T,) and per-head ``slopes`` (H,)."""
+    distance = (positions[None, :] - positions[:, None]).abs().float()  # (T, T)
+    return -(slopes[:, None, None] * distance)[None]  # (1, H, T, T)
 
 
 class MLMHead(nn.Module):
@@ -116,6 +129,9 @@ class BERT(nn.Module):
         # Pre-norm blocks leave the residual stream unnormalised; post-norm blocks end normalised.
         self.final_norm = nn.LayerNorm(config.dim) if config.pre_norm else nn.Identity()
         self.mlm_head = MLMHead(config, self.token_embedding)
+        # ALiBi's geometric slopes 2^-1 ... 2^-H: some heads stay local, others see the whole row.
+        slopes = torch.tensor([2.0 ** -(h + 1) for h in range(config.heads)])
+        self.register_buffer("slopes", slopes, persistent=False)  # (H,), a function of the config
         # Pooler (dense + tanh on the first token) then the classifier, as in BERT.
         self.pooler = nn.Linear(config.dim, config.dim)
         self.classifier = nn.Linear(config.dim, config.num_classes)
@@ -143,6 +159,8 @@ class BERT(nn.Module):
             x = x + self.segment_embedding(token_type_ids)  # (B, T, dim)
         x = self.dropout(self.embedding_norm(x))
         mask = padding_mask(attention_mask)  # (B, 1, 1, T)
+        if self.config.distance_bias:  # fixed by the config: export sees one path
+            mask = mask + distance_penalty(positions, self.slopes)  # (B, H, T, T)
         for block in self.blocks:
             x = block(x, mask)  # (B, T, dim)
         return self.final_norm(x)  # (B, T, dim)
