@@ -27,6 +27,7 @@ from app.schema import (
     TextPreprocessing,
 )
 from training import plots
+from training.bert_data import mlm_bundle
 from training.data import DatasetBundle, add_noise, load_dataset, normalize
 from training.export import export_to_repository
 from training.recipes import Recipe
@@ -35,6 +36,8 @@ from training.sequence_data import SEQUENCE_DATASETS, load_sequence_dataset
 from training.trainer import (
     Classification,
     LanguageModeling,
+    MaskedLanguageModeling,
+    MaskedSequenceClassification,
     Objective,
     Reconstruction,
     SequenceClassification,
@@ -114,6 +117,8 @@ def _objective(recipe: Recipe, bundle: DatasetBundle, cfg: TrainConfig) -> Objec
         return VariationalELBO(bundle)
     if recipe.objective == "sequence_classification":
         return SequenceClassification(label_smoothing=cfg.label_smoothing)
+    if recipe.objective == "masked_sequence_classification":
+        return MaskedSequenceClassification(label_smoothing=cfg.label_smoothing)
     if recipe.objective == "language_model":
         return LanguageModeling()
     if recipe.objective == "seq2seq":
@@ -178,14 +183,14 @@ def _judge_gan(model, recipe: Recipe, repository: Path, seed: int) -> dict[str, 
 
 
 @torch.no_grad()
-def _padding_difference(model, bundle: DatasetBundle, rows: int = 32) -> float:
+def _padding_difference(model, objective: Objective, bundle: DatasetBundle, rows: int = 32) -> float:
     """max |logits of a row in a padded batch - logits of the same row run alone|."""
     x = bundle.test.tensors[0][:rows]
     lengths = (x != 0).sum(1)
-    batched = model(x, lengths)
+    batched = objective.logits(model, x)
     worst = 0.0
     for i in range(len(x)):
-        alone = model(x[i : i + 1, : lengths[i]], lengths[i : i + 1])
+        alone = objective.logits(model, x[i : i + 1, : lengths[i]])
         worst = max(worst, float((alone - batched[i : i + 1]).abs().max()))
     return worst
 
@@ -259,6 +264,59 @@ def _kv_cache_difference(
     return worst
 
 
+def _epoch_logger(label: str):
+    def log_epoch(row: dict[str, float]) -> None:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
+        print(f"[{label}] epoch {int(row['epoch'])}: {shown}", flush=True)
+
+    return log_epoch
+
+
+def _pretrain(
+    recipe: Recipe,
+    model,
+    bundle: DatasetBundle,
+    train_cfg: TrainConfig,
+    limit: int | None,
+    out: Path,
+) -> tuple[dict[str, float], dict[str, Path]]:
+    """Masked-LM pre-training of ``model`` in place on the corpus windows (BERT), before fine-tuning.
+    The run's seed, progress and step cap apply to it too; returns its figures and its curves."""
+    cfg = dataclasses.replace(
+        recipe.pretrain, seed=train_cfg.seed, progress=train_cfg.progress, max_steps=train_cfg.max_steps
+    )
+    tokenizer = bundle.tokenizer
+    windows = mlm_bundle(max_len=model.config.max_len, seed=train_cfg.seed, limit=limit, tokenizer=tokenizer)
+    objective = MaskedLanguageModeling(
+        tokenizer.vocab_size, mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id
+    )
+    result = fit(model, windows, objective, cfg, on_epoch=_epoch_logger(f"{recipe.name} pre-training"))
+    last = result.history[-1]
+    metrics = {
+        "pretrain_mlm_val_nats": last["val_loss"],
+        "pretrain_mlm_val_masked_accuracy": last["val_masked_accuracy"],
+        "pretrain_seconds": round(result.seconds, 2),
+    }
+    curves = plots.plot_history(
+        result.history, out / "pretrain_curves.png", title=f"{recipe.name}: masked-LM pre-training"
+    )
+    return metrics, {"pretrain_curves.png": curves}
+
+
+def _accuracy_without_pretraining(
+    recipe: Recipe,
+    model_kwargs: dict[str, Any],
+    bundle: DatasetBundle,
+    objective: Objective,
+    cfg: TrainConfig,
+) -> float:
+    """Test accuracy of the same model fine-tuned from random weights with the same settings."""
+    seed_everything(cfg.seed)
+    scratch = build_model(recipe.model, **model_kwargs)
+    fit(scratch, bundle, objective, dataclasses.replace(cfg, progress=False))
+    return evaluate(scratch, objective, bundle.test)["accuracy"]
+
+
 def _add_metrics(version_dir: Path, metrics: dict[str, float]) -> None:
     """Add figures measured on the exported graphs to report.json (graphs and hashes unchanged)."""
     path = version_dir / REPORT_FILE
@@ -285,14 +343,18 @@ def _evaluate_and_plot(
     if objective is not None:
         metrics.update({f"test_{k}": v for k, v in evaluate(model, objective, bundle.test).items()})
     with torch.no_grad():
-        if recipe.objective in ("classification", "sequence_classification"):
+        if recipe.objective in (
+            "classification",
+            "sequence_classification",
+            "masked_sequence_classification",
+        ):
             truth, preds = _classifier_outputs(model, objective, bundle)
             metrics["chance_accuracy"] = bundle.chance_accuracy
             pictures["confusion_matrix.png"] = plots.plot_confusion_matrix(
                 truth, preds, bundle.labels, out / "confusion_matrix.png", title=f"{recipe.name}: test split"
             )
-            if recipe.objective == "sequence_classification":
-                metrics["padding_max_abs_diff"] = _padding_difference(model, bundle)
+            if recipe.objective != "classification":
+                metrics["padding_max_abs_diff"] = _padding_difference(model, objective, bundle)
             return metrics, pictures
         if recipe.objective == "language_model":
             metrics["val_nats_per_token"] = metrics.pop("test_loss")
@@ -389,9 +451,12 @@ def _text_config_fields(
         getattr(config, "block_size", None) or getattr(config, "max_len", None) or bundle.input_shape[0]
     )
     fields["preprocessing"] = TextPreprocessing(
-        tokenizer=bundle.tokenizer.to_dict(), max_length=max_length, add_eos=recipe.objective == "seq2seq"
+        tokenizer=bundle.tokenizer.to_dict(),
+        max_length=max_length,
+        add_bos=recipe.objective == "masked_sequence_classification",  # BERT classifies from its bos/[CLS]
+        add_eos=recipe.objective == "seq2seq",
     ).model_dump()
-    if recipe.objective == "sequence_classification":
+    if recipe.task == "classification":
         fields["labels"] = bundle.labels
     elif recipe.objective == "language_model":
         fields["generation"] = GenerationDefaults(max_new_tokens=200, temperature=0.8, top_k=20).model_dump()
@@ -409,7 +474,8 @@ def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = No
     dataset = opts.dataset or recipe.dataset
     options = dict(recipe.dataset_options) if dataset == recipe.dataset else {}
     if dataset in SEQUENCE_DATASETS:
-        block_size = {**recipe.model_overrides, **opts.model_overrides}.get("block_size", 128)
+        overrides = {**recipe.model_overrides, **opts.model_overrides}
+        block_size = overrides.get("block_size") or overrides.get("max_len") or 128
         bundle = load_sequence_dataset(
             dataset, seed=train_cfg.seed, limit=opts.limit, root=opts.data_root, block_size=block_size
         )
@@ -438,9 +504,8 @@ def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = No
         "command": _command_line(),
     }
 
-    def log_epoch(row: dict[str, float]) -> None:
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
-        print(f"[{recipe.name}] epoch {int(row['epoch'])}: {shown}", flush=True)
+    pretrained: tuple[dict[str, float], dict[str, Path]] | None = None
+    log_epoch = _epoch_logger(recipe.name)
 
     if state is not None:
         try:
@@ -465,6 +530,8 @@ def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = No
             on_epoch=log_epoch,
         )
     else:
+        if recipe.pretrain is not None and opts.resume is None:
+            pretrained = _pretrain(recipe, model, bundle, train_cfg, opts.limit, out)
         result = fit(
             model,
             bundle,
@@ -479,6 +546,12 @@ def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = No
         return RunSummary(recipe.name, {}, None, result.seconds, result.epochs_run, None, [])
 
     metrics, pictures = _evaluate_and_plot(recipe, model, objective, bundle, out, opts, train_cfg.seed)
+    if pretrained is not None:
+        metrics.update(pretrained[0])
+        pictures.update(pretrained[1])
+        scratch = _accuracy_without_pretraining(recipe, model_kwargs, bundle, objective, train_cfg)
+        metrics["test_accuracy_without_pretraining"] = scratch
+        metrics["pretraining_gain"] = metrics["test_accuracy"] - scratch
     if result.history:
         last = result.history[-1]
         metrics.update({k: v for k, v in last.items() if k.startswith("train_") or k.startswith("val_")})
@@ -548,7 +621,17 @@ def summary_table(summaries: list[RunSummary], total_seconds: float | None = Non
         "|---|---|---|---|---|",
     ]
     for s in summaries:
-        prefixes = ("test_", "judge_", "chance_", "noisy_", "val_nats", "unigram_", "padding_", "kv_cache")
+        prefixes = (
+            "test_",
+            "judge_",
+            "chance_",
+            "noisy_",
+            "val_nats",
+            "unigram_",
+            "padding_",
+            "kv_cache",
+            "pretrain",
+        )
         keys = [k for k in s.metrics if k.startswith(prefixes)]
         shown = ", ".join(f"{k}={s.metrics[k]:.4g}" for k in keys if not k.endswith("_loss"))
         parity = f"{s.parity:.1e}" if s.parity is not None else "-"

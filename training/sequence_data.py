@@ -3,6 +3,7 @@
 * ``order-task``: the generated order-dependent classification task (training.sequence_tasks).
 * ``dates``: human-written dates -> ISO 8601 pairs (training.dates); y = target ids.
 * ``corpus``: next-token windows of the built-in text (or ``root`` = a user's UTF-8 file).
+* ``scrambled-words``: real corpus text vs its words' inner letters scrambled (training.bert_data).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import math
 import torch
 from torch.utils.data import TensorDataset
 
+from training.bert_data import scrambled_words_bundle
 from training.data import DataError, DatasetBundle
 from training.dates import date_tokenizer, make_date_bundle
 from training.sequence_tasks import make_order_task, order_task_tokenizer
 from training.text import CharTokenizer, load_corpus
 
-SEQUENCE_DATASETS = ("order-task", "dates", "corpus")
+SEQUENCE_DATASETS = ("order-task", "dates", "corpus", "scrambled-words")
 
 
 def _order_task(seed: int, limit: int | None, n_train: int = 4000) -> DatasetBundle:
@@ -102,4 +104,13 @@ def load_sequence_dataset(
         return _dates(seed, limit)
     if name == "corpus":
         return _corpus(seed, limit, root, block_size)
+    if name == "scrambled-words":
+        small = limit is not None
+        return scrambled_words_bundle(
+            n_train=min(limit, 1000) if small else 1000,
+            n_val=64 if small else 1000,
+            n_test=64 if small else 2000,
+            max_len=block_size,
+            seed=seed,
+        )
     raise DataError(f"unknown sequence dataset {name!r}; known: {', '.join(SEQUENCE_DATASETS)}")

@@ -21,7 +21,15 @@ from app.settings import Settings
 
 ZOO = Path(__file__).resolve().parents[2] / "models"
 # Small models covering every /predict task and both input kinds of the V2 protocol.
-TEST_MODELS = ("mlp-digits", "lenet5-digits", "lstm-order", "autoencoder-digits", "vae-digits", "gpt-corpus")
+TEST_MODELS = (
+    "mlp-digits",
+    "lenet5-digits",
+    "lstm-order",
+    "bert-scramble",
+    "autoencoder-digits",
+    "vae-digits",
+    "gpt-corpus",
+)
 
 
 def free_port() -> int:

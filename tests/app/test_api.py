@@ -37,6 +37,7 @@ def test_health_and_model_list(client) -> None:
     ready = client.get("/health/ready")
     assert ready.status_code == 200
     assert ready.json()["models"]["mlp-digits"] == "ready"
+    assert ready.json()["providers"]["mlp-digits"] == "CPUExecutionProvider"
     names = {m["name"] for m in client.get("/models").json()["models"]}
     assert {"mlp-digits", "lenet5-digits", "lstm-order"} <= names
 
@@ -109,6 +110,19 @@ def test_text_classifier_pads_and_matches_alone(client, repository) -> None:
         None, {"tokens": ids, "lengths": np.array([ids.shape[1]], np.int64)}
     )[0]
     np.testing.assert_allclose(batch[0]["probabilities"], softmax(logits.astype(np.float64))[0], atol=1e-5)
+
+
+def test_bert_classifier_gets_bos_and_attention_mask(client, repository) -> None:
+    texts = ["the value of the attribute is returned", "teh vluae of the atbtuirte is rerunted", "a"]
+    batch = client.post("/predict", json={"model": "bert-scramble", "inputs": texts}).json()["outputs"]
+    config = json.loads((repository / "bert-scramble" / "config.json").read_text())
+    chars = config["preprocessing"]["tokenizer"]["chars"]
+    specials = len(config["preprocessing"]["tokenizer"]["specials"])
+    session = reference_session(repository, "bert-scramble")
+    for text, out in zip(texts, batch, strict=True):
+        ids = np.array([[1] + [chars.index(c) + specials for c in text]], np.int64)  # bos = 1, as trained
+        logits = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+        np.testing.assert_allclose(out["probabilities"], softmax(logits.astype(np.float64))[0], atol=1e-5)
 
 
 def test_autoencoder_and_vae_outputs(client, digits) -> None:

@@ -1,8 +1,9 @@
 """BERT: shapes, padding invariance (PyTorch and onnxruntime), MLM masking statistics and determinism,
-the word-order task, the objectives, export with parity, and config validation."""
+the scrambled-words task, the objectives, export with parity, and config validation."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,11 @@ import pytest
 import torch
 
 from app.schema import ModelConfig, Report
-from training.bert_data import IGNORE_INDEX, mask_tokens, word_order_bundle
+from training.bert_data import IGNORE_INDEX, mask_tokens, scramble_word, scrambled_words_bundle
 from training.export import export_to_repository
 from training.models.bert import BERT, BERTConfig
 from training.registry import build_model, model_family
-from training.text import CharTokenizer
+from training.text import CharTokenizer, builtin_corpus
 from training.trainer import MaskedLanguageModeling, MaskedSequenceClassification
 
 TOKENIZER = CharTokenizer(chars=list("abcdefghijklmnop"))  # 21 ids with the specials
@@ -102,8 +103,17 @@ def test_masking_statistics_and_determinism() -> None:
     assert not torch.equal(other[1], labels)
 
 
-def test_word_order_task() -> None:
-    bundle = word_order_bundle(n_train=200, n_val=50, n_test=100, max_len=48)
+def test_scramble_word_keeps_ends_and_letters() -> None:
+    rng = random.Random(0)
+    for word in ("function", "returns", "attribute", "list"):
+        scrambled = scramble_word(word, rng)
+        assert scrambled != word and sorted(scrambled) == sorted(word)
+        assert scrambled[0] == word[0] and scrambled[-1] == word[-1]
+    assert scramble_word("book", rng) is None  # "oo": no other order exists
+
+
+def test_scrambled_words_task() -> None:
+    bundle = scrambled_words_bundle(n_train=200, n_val=50, n_test=100, max_len=48)
     tokenizer = bundle.tokenizer
     x, y = bundle.train.tensors
     assert x.shape == (200, 48) and bundle.chance_accuracy == 0.5
@@ -112,11 +122,11 @@ def test_word_order_task() -> None:
     # Right-padded: no real token after the first pad.
     real = x != tokenizer.pad_id
     assert (real.cumprod(1) == real).all()
-    # Same characters in both classes: a shuffled row is a permutation of the words of a real run.
-    for row in x[y == 0][:20]:
-        text = tokenizer.decode(row)
-        assert len(text.split()) >= 5
-    again = word_order_bundle(n_train=200, n_val=50, n_test=100, max_len=48)
+    corpus_words = set(builtin_corpus().split())
+    for row in x[y == 0][:20]:  # scrambled rows hold words the corpus never spells
+        words = tokenizer.decode(row).split()
+        assert len(words) >= 5 and any(w not in corpus_words for w in words)
+    again = scrambled_words_bundle(n_train=200, n_val=50, n_test=100, max_len=48)
     assert torch.equal(again.train.tensors[0], x)
     train_texts = {tokenizer.decode(r) for r in x}
     assert not train_texts & {tokenizer.decode(r) for r in bundle.test.tensors[0]}
