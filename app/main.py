@@ -15,9 +15,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from app import __version__
-from app.api import models, predict, v2
+from app.api import generate, models, predict, v2
 from app.api.responses import JSONResponse
-from app.dataplane import DataPlane
+from app.dataplane import DataPlane, GenerationPlane
 from app.errors import ServingError
 from app.frontend import Frontend
 from app.registry import Registry
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Frontend:
         registry = Registry(settings)
         app.state.registry = registry
         app.state.dataplane = DataPlane(registry, settings)
+        app.state.generation = GenerationPlane(registry, settings)
         await asyncio.to_thread(registry.load_all)
         registry.start()
         # Everything allocated so far (modules, schemas, sessions) lives as long as the process: move it
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> Frontend:
         default_response_class=JSONResponse,
     )
     app.include_router(predict.router)
+    app.include_router(generate.router)
     app.include_router(models.router)
     app.include_router(v2.router)
 

@@ -56,3 +56,39 @@ PROVIDER = Gauge(
     "1 for the onnxruntime execution provider each model actually runs on.",
     ["model", "provider"],
 )
+
+# ------------------------------------------------------------------------------------------ generation
+
+GEN_TOKENS = Counter("serve_generated_tokens_total", "Tokens generated.", ["model"])
+GEN_TTFT = Histogram(
+    "serve_time_to_first_token_seconds",
+    "From a generation's arrival to its first token.",
+    ["model"],
+    buckets=_LATENCY,
+)
+GEN_TIME_PER_TOKEN = Histogram(
+    "serve_time_per_output_token_seconds",
+    "Mean time between a generation's tokens after the first.",
+    ["model"],
+    buckets=_LATENCY,
+)
+GEN_ACTIVE = Gauge("serve_generation_active_sequences", "Sequences in the decode loop.", ["model"])
+GEN_QUEUED = Gauge(
+    "serve_generation_queued_sequences", "Sequences waiting to join the decode loop.", ["model"]
+)
+GEN_CACHED_TOKENS = Gauge("serve_generation_cached_tokens", "Tokens held in active KV caches.", ["model"])
+GEN_DECODE_BATCH = Histogram(
+    "serve_generation_decode_batch_size",
+    "Sequences per decode step.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+GEN_STEP_TIME = Histogram(
+    "serve_generation_step_seconds",
+    "Time of one prefill or decode step.",
+    ["model", "phase"],
+    buckets=_LATENCY,
+)
+GEN_FINISHED = Counter(
+    "serve_generation_finished_total", "Generations ended, by finish reason.", ["model", "reason"]
+)

@@ -21,12 +21,14 @@ from app.runner import Runner
 from app.schema import CONFIG_FILE, REPORT_FILE, Batching, ModelConfig, Report
 from app.session import Session, SessionOptions
 from app.settings import Settings
+from app.textgen import GenerationLimits, TextGenerator
 from app.tokenizer import CharTokenizer
 
 log = logging.getLogger(__name__)
 
 READY, FAILED = "ready", "failed"
-PRIMARY_ROLES = ("model", "encoder", "generator")  # the graph /predict and the V2 protocol run
+PRIMARY_ROLES = ("model", "encoder", "generator", "decoder")  # the graph /predict and V2 run
+DECODER_STEP = "decoder_step"
 
 
 @dataclass
@@ -42,6 +44,7 @@ class ModelVersion:
     provider: str | None = None
     load_seconds: float = 0.0
     tokenizer: CharTokenizer | None = None
+    generator: TextGenerator | None = None  # the decode loop of a text-generation model
 
     @property
     def ready(self) -> bool:
@@ -96,6 +99,9 @@ class Registry:
         self._default: dict[str, int] = {}
         self.loaded = False
         self.load_seconds = 0.0
+        self.limits = GenerationLimits(
+            settings.max_active_sequences, settings.max_queued_sequences, settings.max_cached_tokens
+        )
 
     # ------------------------------------------------------------------------------ loading
 
@@ -138,7 +144,7 @@ class Registry:
             mv.state, mv.reason = READY, None
         except Exception as exc:  # a broken model disables itself, never the server
             mv.state, mv.reason = FAILED, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            mv.runners = {}
+            mv.runners, mv.generator = {}, None
             log.error("model %s version %s failed to load: %s", mv.name, mv.version, mv.reason)
         mv.load_seconds = time.perf_counter() - started
         metrics.LOAD_TIME.labels(mv.name).set(mv.load_seconds)
@@ -169,12 +175,18 @@ class Registry:
                         f"{graph.file}: sha256 does not match report.json (file changed or corrupt)"
                     )
             label = f"{mv.name}/{mv.version}/{role}"
-            sessions = [Session(path, graph, options, label) for _ in range(config.instances.count)]
+            # The KV-cache step graph belongs to the decode loop (one session: the loop is the batch).
+            count = 1 if role == DECODER_STEP else config.instances.count
+            sessions = [Session(path, graph, options, label) for _ in range(count)]
             if self.settings.warmup:
                 for session in sessions:
                     session.warmup()
             mv.provider = sessions[0].provider
-            mv.runners[role] = Runner(mv.name, graph, sessions, config.batching)
+            if role == DECODER_STEP:
+                block_size = config.preprocessing.max_length
+                mv.generator = TextGenerator(mv.name, sessions[0], mv.tokenizer, block_size, self.limits)
+            else:
+                mv.runners[role] = Runner(mv.name, graph, sessions, config.batching)
         metrics.PROVIDER.labels(mv.name, mv.provider).set(1)
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -183,11 +195,15 @@ class Registry:
         for mv in self.all_versions():
             for runner in mv.runners.values():
                 runner.start()
+            if mv.generator is not None:
+                mv.generator.start()
 
     async def stop(self) -> None:
         for mv in self.all_versions():
             for runner in mv.runners.values():
                 await runner.stop()
+            if mv.generator is not None:
+                await mv.generator.stop()
 
     # ------------------------------------------------------------------------------ lookup
 

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     # FastAPI like every other endpoint (same handlers, ~2x slower per request on one core).
     direct_dispatch: bool = True
 
+    # Text generation (the continuous-batching decode loop of each language model).
+    max_active_sequences: int = Field(default=32, gt=0)  # sequences advanced together per step
+    max_queued_sequences: int = Field(default=64, gt=0)  # waiting to join; beyond this, 429
+    max_cached_tokens: int = Field(default=32 * 128, gt=0)  # KV-cache tokens over all active sequences
+    max_new_tokens: int = Field(default=1024, gt=0)  # the most a request may ask for
+    max_images: int = Field(default=64, gt=0)  # image generators: samples per request
+
     # Request limits: bodies are parsed into memory, so cap them before they are.
     max_items_per_request: int = Field(default=256, gt=0)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)

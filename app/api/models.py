@@ -77,9 +77,11 @@ async def live() -> dict[str, str]:
     responses={503: {"model": ReadyResponse, "description": "Not ready yet."}},
 )
 async def ready(registry: RegistryDep) -> JSONResponse:
-    """Loading finished and at least one model is ready; lists every model's state."""
-    states = (
-        {mv.name: mv.state for mv in (registry.find(n) for n in registry.names())} if registry.loaded else {}
-    )
-    body = {"status": "ready" if registry.ready else "not ready", "models": states}
+    """Loading finished and at least one model is ready; lists every model's state and provider."""
+    served = [registry.find(n) for n in registry.names()] if registry.loaded else []
+    body = {
+        "status": "ready" if registry.ready else "not ready",
+        "models": {mv.name: mv.state for mv in served},
+        "providers": {mv.name: mv.provider for mv in served},
+    }
     return JSONResponse(body, status_code=200 if registry.ready else 503)

@@ -5,35 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
 
+from app.api.bodies import documented_body, parse_body
 from app.api.deps import DataPlaneDep, RegistryDep, mark_model
 from app.api.responses import JSONResponse
 from app.api.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse
 from app.dataplane import DataPlane
-from app.errors import BadRequest, InvalidInput
 
 router = APIRouter(tags=["inference"])
 
-# The body is parsed here rather than by FastAPI: pydantic validates straight from the bytes (one pass,
-# no intermediate dicts) and any Content-Type is accepted, so `curl -d '{...}'` works as typed.
-_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
-    }
-}
+_BODY = documented_body(PredictRequest)
 
 
 def parse_predict(raw: bytes) -> PredictRequest:
-    try:
-        return PredictRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        if any(e["type"] == "json_invalid" for e in errors):
-            raise BadRequest(f"request body is not valid JSON: {errors[0]['msg']}") from None
-        parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors]
-        raise InvalidInput("; ".join(parts)) from None
+    return parse_body(PredictRequest, raw)
 
 
 async def run_predict(dataplane: DataPlane, body: PredictRequest) -> dict[str, Any]:

@@ -128,6 +128,7 @@ class LiveResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready", "not ready"]
     models: dict[str, Literal["ready", "failed"]] = Field(description="Every model's state.")
+    providers: dict[str, str | None] = Field(description="The execution provider each model runs on.")
 
 
 class ModelSummary(BaseModel):
@@ -216,3 +217,79 @@ class V2InferResponse(BaseModel):
     model_version: str
     id: str | None = None
     outputs: list[V2OutputTensor]
+
+
+# ------------------------------------------------------------------------------------------- generation
+
+
+class Interpolation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    from_seed: int = Field(alias="from", ge=0, description="Seed of the first latent.")
+    to_seed: int = Field(alias="to", ge=0, description="Seed of the last latent.")
+    steps: int = Field(ge=2, le=64, description="Images along the straight line between them.")
+
+
+class GenerateRequest(BaseModel):
+    """One body for every generating model; the fields that apply depend on the model's task."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "gpt-corpus",
+                    "prompt": "The ",
+                    "max_new_tokens": 64,
+                    "temperature": 0.8,
+                    "seed": 1,
+                },
+                {"model": "gpt-corpus", "prompt": "If the ", "max_new_tokens": 32, "stream": True},
+                {"model": "seq2seq-dates", "input": "3rd of March 2021", "num_beams": 4},
+                {"model": "dcgan-digits", "num_samples": 4, "seed": 7},
+                {"model": "vae-digits", "interpolate": {"from": 1, "to": 2, "steps": 8}},
+            ]
+        },
+    )
+
+    model: str
+    version: int | None = Field(default=None, ge=0)
+    # Language models.
+    prompt: str | None = Field(default=None, description="Language models: the text to continue.")
+    max_new_tokens: int | None = Field(default=None, description="Default: the model's config.")
+    temperature: float | None = Field(default=None, ge=0, description="0 = greedy.")
+    top_k: int | None = Field(default=None, ge=0, description="0 = off.")
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    repetition_penalty: float = Field(default=1.0, gt=0)
+    seed: int | None = Field(default=None, ge=0, description="Same seed, same output.")
+    stop: list[str] = Field(default=[], max_length=8, description="Generation ends before any of these.")
+    stream: bool = Field(
+        default=False, description="Server-Sent Events: one event per token, then a summary."
+    )
+    # Encoder-decoder models.
+    input: str | None = Field(default=None, description="Seq2seq models: the text to translate.")
+    num_beams: int | None = Field(default=None, ge=1, le=16, description="1 = greedy.")
+    # Image generators (GAN generator, VAE decoder).
+    num_samples: int | None = Field(default=None, ge=1, description="Images from seeds seed, seed+1, ...")
+    latent: list[list[float]] | None = Field(default=None, description="Explicit latent vectors instead.")
+    interpolate: Interpolation | None = None
+    format: Literal["png", "array"] = "png"
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    version: int
+    task: str
+    text: str | None = None
+    finish_reason: str | None = Field(default=None, description="length, stop, eos (language models).")
+    usage: Usage | None = None
+    timings: dict[str, float] | None = None
+    beams: list[dict[str, Any]] | None = Field(default=None, description="Seq2seq: every beam and its score.")
+    images: list[str] | None = Field(default=None, description="Base64 PNGs.")
+    arrays: list[list] | None = None
+    latents: list[list[float]] | None = None

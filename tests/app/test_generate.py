@@ -1,0 +1,219 @@
+"""POST /generate against a real server: continuous batching gives each sequence exactly what it gets
+alone, seeds reproduce, streaming, disconnects free their slot, limits, seq2seq and image generators."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.generation import generate
+from app.sampling import SamplingParams
+from app.schema import ModelConfig
+from app.settings import Settings
+from app.tokenizer import CharTokenizer
+from tests.app.conftest import LiveServer, copy_models, reference_session
+
+MODELS = ("gpt-corpus", "seq2seq-dates", "dcgan-digits", "vae-digits")
+
+
+@pytest.fixture(scope="module")
+def gen_repo(tmp_path_factory):
+    return copy_models(tmp_path_factory.mktemp("gen"), MODELS)
+
+
+@pytest.fixture(scope="module")
+def gen_server(gen_repo):
+    with LiveServer(Settings(model_repository=gen_repo, max_new_tokens=256, max_images=8)) as live:
+        yield live
+
+
+def _post_all(server, bodies, workers=16):
+    with server.client() as c, ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda b: c.post("/generate", json=b), bodies))
+
+
+def _alone_greedy(repo, prompt: str, max_new: int) -> str:
+    """The same graph decoded one sequence at a time (app.generation, which the training package's
+    `sample` command uses and whose greedy output is tested equal to PyTorch's)."""
+    config = ModelConfig.model_validate_json((repo / "gpt-corpus" / "config.json").read_text())
+    tokenizer = CharTokenizer.from_dict(config.preprocessing.tokenizer.model_dump())
+    graph = config.graphs["decoder_step"]
+    session = reference_session(repo, "gpt-corpus", graph.file)
+    out = generate(
+        session,
+        graph,
+        tokenizer.encode(prompt),
+        max_new_tokens=max_new,
+        params=SamplingParams(temperature=0),
+        seed=0,
+        block_size=config.preprocessing.max_length,
+    )
+    return tokenizer.decode(out.token_ids)
+
+
+def test_concurrent_greedy_equals_each_sequence_alone(gen_server, gen_repo) -> None:
+    prompts = ["The ", "If the value", "A", "Return a new list of the ", "class ", "x"]
+    bodies = [{"model": "gpt-corpus", "prompt": p, "max_new_tokens": 60, "temperature": 0} for p in prompts]
+    responses = _post_all(gen_server, bodies * 2)
+    for prompt, response in zip(prompts * 2, responses, strict=True):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 60
+        assert body["text"] == _alone_greedy(gen_repo, prompt, 60)
+
+
+def test_seeds_reproduce_under_load(gen_server) -> None:
+    body = {"model": "gpt-corpus", "prompt": "The ", "max_new_tokens": 40, "temperature": 0.9, "seed": 11}
+    others = [{**body, "seed": s} for s in range(8)]
+    first, *rest = _post_all(gen_server, [body, *others])
+    again = _post_all(gen_server, [body])[0]
+    assert first.json()["text"] == again.json()["text"]
+    assert len({r.json()["text"] for r in rest}) > 1  # different seeds, different samples
+
+
+def test_stop_strings_and_sliding_window(gen_server) -> None:
+    with gen_server.client() as c:
+        long = c.post(
+            "/generate", json={"model": "gpt-corpus", "prompt": "The ", "max_new_tokens": 200}
+        ).json()
+        assert (
+            long["usage"]["completion_tokens"] == 200 and long["finish_reason"] == "length"
+        )  # > context 128
+        greedy = {"model": "gpt-corpus", "prompt": "The ", "max_new_tokens": 60, "temperature": 0}
+        text = c.post("/generate", json=greedy).json()["text"]
+        stop = text[10:13]
+        stopped = c.post("/generate", json={**greedy, "stop": [stop]}).json()
+        assert stopped["finish_reason"] == "stop" and stopped["text"] == text[: text.index(stop)]
+
+
+def _events(response: httpx.Response) -> list[dict]:
+    return [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def test_streams_get_only_their_own_tokens(gen_server) -> None:
+    bodies = [
+        {"model": "gpt-corpus", "prompt": "The ", "max_new_tokens": 30, "temperature": 0.8, "seed": s}
+        for s in range(6)
+    ]
+
+    def stream(body):
+        with gen_server.client() as c, c.stream("POST", "/generate", json={**body, "stream": True}) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            return _events(r)
+
+    with ThreadPoolExecutor(6) as pool:
+        streamed = list(pool.map(stream, bodies))
+    plain = _post_all(gen_server, bodies)
+    for events, response in zip(streamed, plain, strict=True):
+        *tokens, summary = events
+        assert [t["index"] for t in tokens] == list(range(len(tokens)))
+        assert "".join(t["token"] for t in tokens) == summary["text"] == response.json()["text"]
+        assert summary["finish_reason"] == "length" and summary["usage"]["completion_tokens"] == 30
+
+
+def test_disconnect_mid_stream_frees_the_slot(gen_server) -> None:
+    generator = gen_server.app.state.registry.get("gpt-corpus").generator
+    body = {"model": "gpt-corpus", "prompt": "The ", "max_new_tokens": 256, "stream": True}
+    with gen_server.client() as c, c.stream("POST", "/generate", json=body) as r:
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        assert generator.active == 1
+    deadline = time.monotonic() + 10
+    while generator.active and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert generator.active == 0
+    metrics = httpx.get(f"{gen_server.url}/metrics").text
+    assert 'serve_generation_active_sequences{model="gpt-corpus"} 0.0' in metrics
+    assert 'serve_generation_finished_total{model="gpt-corpus",reason="cancelled"}' in metrics
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"model": "gpt-corpus", "prompt": ""}, 422, "prompt is empty"),
+        ({"model": "gpt-corpus", "prompt": "x" * 128}, 422, "context is 128"),
+        ({"model": "gpt-corpus", "prompt": "a", "max_new_tokens": 0}, 422, "max_new_tokens"),
+        ({"model": "gpt-corpus", "prompt": "a", "max_new_tokens": 10_000}, 422, "max_new_tokens"),
+        ({"model": "gpt-corpus", "prompt": "a", "temperature": -1}, 422, "temperature"),
+        ({"model": "gpt-corpus", "prompt": "a", "top_p": 0}, 422, "top_p"),
+        ({"model": "gpt-corpus", "prompt": "a", "top_p": 1.5}, 422, "top_p"),
+        ({"model": "gpt-corpus", "prompt": "snow \u2603 man"}, 422, "outside the model's vocabulary"),
+        ({"model": "gpt-corpus", "prompt": "a", "num_samples": 2}, 422, "num_samples"),
+        ({"model": "gpt-corpus", "prompt": "a", "stop": [""]}, 422, "stop"),
+        ({"model": "seq2seq-dates", "input": ""}, 422, "input is empty"),
+        ({"model": "seq2seq-dates", "input": "1" * 200}, 422, "at most"),
+        ({"model": "dcgan-digits", "num_samples": 9}, 422, "at most 8 images"),
+        ({"model": "dcgan-digits", "latent": [[0.0] * 5]}, 422, "vectors of 32"),
+        ({"model": "dcgan-digits", "num_samples": 2, "latent": [[0.0] * 32]}, 422, "one of"),
+        ({"model": "nope", "prompt": "a"}, 404, "unknown model"),
+        ({"model": "gpt-corpus", "prompt": "a", "surprise": 1}, 422, "surprise"),
+    ],
+)
+def test_bad_generation_requests(gen_server, body, status, fragment) -> None:
+    with gen_server.client() as c:
+        response = c.post("/generate", json=body)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["error"]
+
+
+def test_full_generation_queue_answers_429(tmp_path) -> None:
+    root = copy_models(tmp_path, ("gpt-corpus",))
+    settings = Settings(model_repository=root, max_active_sequences=1, max_queued_sequences=1)
+    with LiveServer(settings) as live:
+        body = {"model": "gpt-corpus", "prompt": "The ", "max_new_tokens": 100}
+        codes = [r.status_code for r in _post_all(live, [body] * 12, workers=12)]
+        assert set(codes) <= {200, 429} and 429 in codes and 200 in codes
+        generator = live.app.state.registry.get("gpt-corpus").generator
+        assert generator.active == 0
+
+
+def test_seq2seq_greedy_and_beams(gen_server) -> None:
+    with gen_server.client() as c:
+        greedy = c.post("/generate", json={"model": "seq2seq-dates", "input": "3rd of March 2021"}).json()
+        assert greedy["text"] == "2021-03-03" and greedy["beams"] is None
+        beams = c.post("/generate", json={"model": "seq2seq-dates", "input": "March 3, 2021", "num_beams": 3})
+        scores = [b["score"] for b in beams.json()["beams"]]
+        assert beams.json()["text"] == "2021-03-03" and scores == sorted(scores, reverse=True)
+    inputs = ["5 May 1999", "1999-05-05", "May 5th, 1999", "05/05/99"]
+    results = _post_all(gen_server, [{"model": "seq2seq-dates", "input": i} for i in inputs])
+    assert [r.json()["text"] for r in results] == ["1999-05-05"] * 4
+
+
+def test_image_generators(gen_server) -> None:
+    with gen_server.client() as c:
+        a = c.post("/generate", json={"model": "dcgan-digits", "num_samples": 3, "seed": 5}).json()
+        b = c.post("/generate", json={"model": "dcgan-digits", "num_samples": 3, "seed": 5}).json()
+        assert a["images"] == b["images"] and len(a["images"]) == 3
+        image = Image.open(io.BytesIO(base64.b64decode(a["images"][0])))
+        assert image.size == (28, 28) and image.mode == "L"
+        walk = c.post(
+            "/generate",
+            json={"model": "vae-digits", "interpolate": {"from": 1, "to": 2, "steps": 5}, "format": "array"},
+        ).json()
+        latents = np.asarray(walk["latents"])
+        assert latents.shape == (5, 16) and np.asarray(walk["arrays"]).shape == (5, 1, 28, 28)
+        np.testing.assert_allclose(latents[2], (latents[0] + latents[4]) / 2, atol=1e-6)
+
+
+def test_generation_metrics(gen_server) -> None:
+    with gen_server.client() as c:
+        c.post("/generate", json={"model": "gpt-corpus", "prompt": "a", "max_new_tokens": 5})
+        text = c.get("/metrics").text
+    for name in (
+        "serve_generated_tokens_total",
+        "serve_time_to_first_token_seconds_count",
+        "serve_time_per_output_token_seconds_count",
+        "serve_generation_decode_batch_size_count",
+        'serve_generation_step_seconds_count{model="gpt-corpus",phase="prefill"}',
+        "serve_generation_cached_tokens",
+        'serve_generation_finished_total{model="gpt-corpus",reason="length"}',
+    ):
+        assert name in text, name
