@@ -2,11 +2,13 @@
 
 One loop per model advances every active sequence by one token per step, as text-generation-inference
 and vLLM do. New requests join at step boundaries: their prompts are prefilled together in one call
-(right-padded, T = 0 caches), and from then on each step is one call over all decoding sequences.
-Each sequence keeps its own KV cache (1, H, T_i, D); a step pads the caches to the longest along T,
-hides the padding with ``attention_mask`` and gives each row its own ``position_ids``, then keeps only
-each row's real slots of the presents. Finished or disconnected sequences leave at once. A sequence
-that fills the context window continues on a sliding window: its last half is prefilled again.
+(right-padded, T = 0 caches) and their caches are merged into the batch's. The batch keeps one joint
+KV cache per layer, (B, H, T, D): rows are left-padded to a common T, ``attention_mask`` hides the
+padding slots and ``position_ids`` carry each row's true position, so a decode step feeds the last
+step's presents straight back (no per-row copies) and appends one slot to every row. Rows that leave
+(finished, disconnected) are deleted from the batch; all-padding columns on the left are dropped. A
+sequence that fills the context window continues on a sliding window: it leaves and its last half
+is prefilled again.
 
 The step itself (feeds, onnxruntime, cache bookkeeping, sampling) runs in a worker thread; the event
 loop only admits requests and delivers tokens, so it never blocks on a step.
@@ -52,8 +54,7 @@ class Sequence:
     seen: list[int] = field(default_factory=list)  # prompt + generated ids
     new: list[int] = field(default_factory=list)
     text: str = ""  # decoded generated text (cut at a stop string)
-    pending: list[int] = field(default_factory=list)  # ids to feed next step
-    past: dict[str, np.ndarray] | None = None  # None: the next step prefills ``pending``
+    prefill: list[int] | None = None  # ids to prefill next step (None: the sequence is decoding)
     cancelled: bool = False
     finish_reason: str | None = None
     created: float = field(default_factory=time.perf_counter)
@@ -61,11 +62,11 @@ class Sequence:
 
     def __post_init__(self) -> None:
         self.seen = list(self.prompt)
-        self.pending = list(self.prompt)
+        self.prefill = list(self.prompt)
 
     @property
-    def cached(self) -> int:
-        return 0 if self.past is None else next(iter(self.past.values())).shape[2]
+    def decoding(self) -> bool:
+        return self.prefill is None and self.finish_reason is None
 
 
 class TextGenerator:
@@ -95,7 +96,12 @@ class TextGenerator:
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gen-{name}")
         self._task: asyncio.Task | None = None
+        self._reset()
         self._active_gauge = metrics.GEN_ACTIVE.labels(name)
+        self._tokens_counter = metrics.GEN_TOKENS.labels(name)
+        self._decode_time = metrics.GEN_STEP_TIME.labels(name, "decode")
+        self._prefill_time = metrics.GEN_STEP_TIME.labels(name, "prefill")
+        self._decode_batch = metrics.GEN_DECODE_BATCH.labels(name)
         self._queued_gauge = metrics.GEN_QUEUED.labels(name)
         self._cached_gauge = metrics.GEN_CACHED_TOKENS.labels(name)
 
@@ -156,24 +162,24 @@ class TextGenerator:
                 tokens = await loop.run_in_executor(self._executor, self._step, batch)
             except Exception as exc:  # a failed step ends its sequences, not the loop
                 log.exception("model %s: generation step failed", self.name)
+                self._reset()
                 for seq in batch:
                     self._finish(seq, "error", error=str(exc))
                 continue
-            for seq, token in zip(batch, tokens, strict=True):
-                if token is not None:
-                    self._deliver(seq, token)
+            for seq, token in tokens:
+                self._deliver(seq, token)
 
     def _admit(self) -> None:
         """Drop cancelled sequences, then move waiting ones in while the limits allow."""
         for seq in [s for s in self._active + self._waiting if s.cancelled]:
             self._finish(seq, "cancelled")
-        cached = sum(s.cached + len(s.pending) for s in self._active)
+        cached = self._mask.shape[0] * self._mask.shape[1] if self._mask is not None else 0
+        cached += sum(len(s.prefill or ()) for s in self._active)
         while self._waiting and len(self._active) < self.limits.max_active_sequences:
-            need = len(self._waiting[0].pending)
+            need = len(self._waiting[0].prefill)
             if self._active and cached + need > self.limits.max_cached_tokens:
                 break
-            seq = self._waiting.pop(0)
-            self._active.append(seq)
+            self._active.append(self._waiting.pop(0))
             cached += need
         self._active_gauge.set(len(self._active))
         self._queued_gauge.set(len(self._waiting))
@@ -184,40 +190,32 @@ class TextGenerator:
         if seq.first_token_at is None:
             seq.first_token_at = now
             metrics.GEN_TTFT.labels(self.name).observe(now - seq.created)
-        metrics.GEN_TOKENS.labels(self.name).inc()
+        self._tokens_counter.inc()
         seq.new.append(token)
         seq.seen.append(token)
-        piece = self.tokenizer.decode([token], stop_at_eos=False)
         if seq.eos_id is not None and token == seq.eos_id:
             self._finish(seq, "eos")
             return
         before = len(seq.text)
-        seq.text += piece
-        hit = min(
-            (i for i in (seq.text.find(s, max(0, before - len(s))) for s in seq.stop) if i >= 0), default=-1
-        )
-        if hit >= 0:
-            piece = seq.text[before:hit]
-            seq.text = seq.text[:hit]
-            if piece:
-                seq.events.put_nowait(("token", piece))
+        seq.text += self.tokenizer.decode([token], stop_at_eos=False)
+        hits = [i for i in (seq.text.find(s, max(0, before - len(s) + 1)) for s in seq.stop) if i >= 0]
+        if hits:
+            cut = min(hits)
+            if cut > before:
+                seq.events.put_nowait(("token", seq.text[before:cut]))
+            seq.text = seq.text[:cut]
             self._finish(seq, "stop")
             return
-        seq.events.put_nowait(("token", piece))
+        seq.events.put_nowait(("token", seq.text[before:]))
         if len(seq.new) >= seq.max_new_tokens:
             self._finish(seq, "length")
-            return
-        if len(seq.seen) >= self.block_size:  # the window is full: continue on its last half
-            seq.past = None
-            seq.pending = seq.seen[-(self.block_size // 2) :]
-        else:
-            seq.pending = [token]
+        elif len(seq.seen) >= self.block_size:  # the window is full: continue on its last half
+            seq.prefill = seq.seen[-(self.block_size // 2) :]
 
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
         if seq.finish_reason is not None:
             return
         seq.finish_reason = reason
-        seq.past = None  # free the cache now
         if seq in self._active:
             self._active.remove(seq)
         if seq in self._waiting:
@@ -232,34 +230,75 @@ class TextGenerator:
 
     # ------------------------------------------------------------------------------ one step (worker thread)
 
-    def _step(self, batch: list[Sequence]) -> list[int | None]:
-        """Prefill the sequences without a cache, advance the others by one token; returns each
-        sequence's next token."""
-        logits: dict[int, np.ndarray] = {}
-        prefill = [s for s in batch if s.past is None]
-        decode = [s for s in batch if s.past is not None]
-        if prefill:
-            started = time.perf_counter()
-            logits.update(self._prefill(prefill))
-            metrics.GEN_STEP_TIME.labels(self.name, "prefill").observe(time.perf_counter() - started)
-        if decode:
-            started = time.perf_counter()
-            logits.update(self._decode(decode))
-            metrics.GEN_STEP_TIME.labels(self.name, "decode").observe(time.perf_counter() - started)
-            metrics.GEN_DECODE_BATCH.labels(self.name).observe(len(decode))
-        tokens: list[int | None] = []
-        for seq in batch:
-            row = logits[id(seq)]  # (V,)
-            tokens.append(int(select_next_tokens(row[None], seq.params, seq.rng, [seq.seen])[0]))
-        return tokens
+    def _reset(self) -> None:
+        self._rows: list[Sequence] = []
+        self._past: dict[str, np.ndarray] = {}
+        self._mask: np.ndarray | None = None  # (B, T) 1 = real slot
+        self._positions = np.zeros(0, np.int64)  # (B,) each row's next position id
 
-    def _prefill(self, seqs: list[Sequence]) -> dict[int, np.ndarray]:
-        lengths = [len(s.pending) for s in seqs]
+    def _step(self, batch: list[Sequence]) -> list[tuple[Sequence, int]]:
+        """Decode one token for every row of the batch, prefill the newcomers; returns each
+        sequence's next token."""
+        self._drop_departed()
+        logits: list[tuple[Sequence, np.ndarray]] = []
+        if self._rows:
+            started = time.perf_counter()
+            logits += self._decode()
+            self._decode_time.observe(time.perf_counter() - started)
+            self._decode_batch.observe(len(self._rows))
+        joining = [s for s in batch if s.prefill is not None and s.finish_reason is None]
+        if joining:
+            started = time.perf_counter()
+            logits += self._prefill(joining)
+            self._prefill_time.observe(time.perf_counter() - started)
+        return self._sample(logits)
+
+    def _drop_departed(self) -> None:
+        """Rows that finished, were cancelled or slid out leave the joint cache."""
+        keep = [i for i, seq in enumerate(self._rows) if seq.decoding and not seq.cancelled]
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._reset()
+            return
+        index = np.asarray(keep)
+        self._rows = [self._rows[i] for i in keep]
+        self._past = {name: past[index] for name, past in self._past.items()}
+        self._mask = self._mask[index]
+        self._positions = self._positions[index]
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop leading slots that no row uses (padding only), keeping T as small as the rows allow."""
+        used = np.flatnonzero(self._mask.any(axis=0))
+        first = int(used[0]) if used.size else self._mask.shape[1]
+        if first > 0:
+            self._mask = self._mask[:, first:]
+            self._past = {name: np.ascontiguousarray(p[:, :, first:]) for name, p in self._past.items()}
+
+    def _decode(self) -> list[tuple[Sequence, np.ndarray]]:
+        rows = len(self._rows)
+        mask = np.concatenate([self._mask, np.ones((rows, 1), np.int64)], axis=1)  # (B, T + 1)
+        feeds = {
+            "tokens": np.asarray([[seq.seen[-1]] for seq in self._rows], np.int64),  # (B, 1)
+            "attention_mask": mask,
+            "position_ids": self._positions[:, None],  # (B, 1)
+            **self._past,
+        }
+        outputs = self.session.run(feeds)
+        self._past = {name: outputs[i] for name, i in self.present_index.items()}  # (B, H, T + 1, D)
+        self._mask = mask
+        self._positions = self._positions + 1
+        last = outputs[0][:, -1]  # (B, V)
+        return [(seq, last[i]) for i, seq in enumerate(self._rows)]
+
+    def _prefill(self, seqs: list[Sequence]) -> list[tuple[Sequence, np.ndarray]]:
+        lengths = [len(s.prefill) for s in seqs]
         longest = max(lengths)
         tokens = np.zeros((len(seqs), longest), np.int64)
         mask = np.zeros((len(seqs), longest), np.int64)
         for i, seq in enumerate(seqs):
-            tokens[i, : lengths[i]] = seq.pending
+            tokens[i, : lengths[i]] = seq.prefill
             mask[i, : lengths[i]] = 1
         feeds = {
             "tokens": tokens,
@@ -270,49 +309,43 @@ class TextGenerator:
                 for spec in self.past_specs
             },
         }
-        out, *presents = self.session.run(feeds)
-        result = {}
-        for i, seq in enumerate(seqs):
-            n = lengths[i]
-            seq.past = {
-                spec.name: p[i : i + 1, :, :n] for spec, p in zip(self.past_specs, presents, strict=True)
-            }
-            seq.pending = []
-            result[id(seq)] = out[i, n - 1]
-        return result
-
-    def _decode(self, seqs: list[Sequence]) -> dict[int, np.ndarray]:
-        cached = [s.cached for s in seqs]
-        longest = max(cached)
-        mask = np.zeros((len(seqs), longest + 1), np.int64)
-        mask[:, longest] = 1
-        for i, n in enumerate(cached):
-            mask[i, :n] = 1
-        feeds = {
-            "tokens": np.array([[s.pending[-1]] for s in seqs], np.int64),
-            "attention_mask": mask,
-            "position_ids": np.array([[n] for n in cached], np.int64),
-        }
-        for spec in self.past_specs:
-            parts = [_pad_time(s.past[spec.name], longest) for s in seqs]
-            feeds[spec.name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         outputs = self.session.run(feeds)
-        out = outputs[0]  # (B, 1, V)
-        result = {}
-        for i, (seq, n) in enumerate(zip(seqs, cached, strict=True)):
-            seq.past = {}
-            for spec in self.past_specs:
-                present = outputs[self.present_index[spec.name]]  # (B, H, longest + 1, D)
-                seq.past[spec.name] = np.concatenate(
-                    [present[i : i + 1, :, :n], present[i : i + 1, :, longest:]], axis=2
-                )
-            seq.pending = []
-            result[id(seq)] = out[i, -1]
-        return result
+        # Right-padded prefill -> left-padded rows of the joint cache: real slots end at the right.
+        width = max(longest, self._mask.shape[1] if self._mask is not None else 0)
+        new_mask = np.zeros((len(seqs), width), np.int64)
+        new_past = {
+            spec.name: np.zeros((len(seqs), spec.shape[1], width, spec.shape[3]), np.float32)
+            for spec in self.past_specs
+        }
+        for i, n in enumerate(lengths):
+            new_mask[i, width - n :] = 1
+            for name, index in self.present_index.items():
+                new_past[name][i, :, width - n :] = outputs[index][i, :, :n]
+        if self._mask is not None and self._mask.shape[1] < width:  # old rows get left padding too
+            extra = width - self._mask.shape[1]
+            self._mask = np.pad(self._mask, ((0, 0), (extra, 0)))
+            self._past = {n: np.pad(p, ((0, 0), (0, 0), (extra, 0), (0, 0))) for n, p in self._past.items()}
+        if self._mask is None:
+            self._mask, self._past = new_mask, new_past
+        else:
+            self._mask = np.concatenate([self._mask, new_mask])
+            self._past = {n: np.concatenate([self._past[n], new_past[n]]) for n in self._past}
+        self._positions = np.concatenate([self._positions, np.asarray(lengths, np.int64)])
+        self._rows += seqs
+        for seq in seqs:
+            seq.prefill = None
+        return [(seq, outputs[0][i, n - 1]) for i, (seq, n) in enumerate(zip(seqs, lengths, strict=True))]
 
-
-def _pad_time(past: np.ndarray, length: int) -> np.ndarray:
-    """(1, H, T, D) -> (1, H, length, D), zeros after the real slots (hidden by the attention mask)."""
-    if past.shape[2] == length:
-        return past
-    return np.pad(past, ((0, 0), (0, 0), (0, length - past.shape[2]), (0, 0)))
+    def _sample(self, logits: list[tuple[Sequence, np.ndarray]]) -> list[tuple[Sequence, int]]:
+        """One call per distinct sampling setting (each row keeps its own generator)."""
+        groups: dict[SamplingParams, list[tuple[Sequence, np.ndarray]]] = {}
+        for seq, row in logits:
+            groups.setdefault(seq.params, []).append((seq, row))
+        picked = []
+        for params, members in groups.items():
+            rows = np.stack([row for _, row in members])
+            seen = [seq.seen for seq, _ in members] if params.repetition_penalty != 1.0 else None
+            rngs = [seq.rng for seq, _ in members]
+            tokens = select_next_tokens(rows, params, rngs, seen)
+            picked += [(seq, int(t)) for (seq, _), t in zip(members, tokens, strict=True)]
+        return picked

@@ -1,0 +1,193 @@
+"""Text-generation benchmark (run by hand): KV cache vs recomputation, and continuous batching.
+
+    .venv/bin/python bench/generate_bench.py [--quick]
+
+1. In process, one core (``taskset -c 1``): 256 new tokens of ``gpt-corpus`` from a one-character
+   prompt, (a) through the KV-cache ``decoder_step`` graph (one token per step; past the 128-token
+   context the window slides: its last half is prefilled again, as the server does) and (b) by
+   recomputing the full-sequence ``model`` graph over the last 128 tokens at every step.
+2. Over HTTP, server pinned to core 1, client threads on core 0: one stream alone, then 16
+   concurrent streams of 128 new tokens, against (i) this server (continuous batching) and (ii) the
+   same server with ``SERVE_MAX_ACTIVE_SEQUENCES=1`` (each request's generation runs on its own, no
+   cross-request batching). Aggregate tokens/s, p50/p99 time to first token (server-side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR = ROOT / "models" / "gpt-corpus"
+
+
+def in_process(new_tokens: int) -> dict[str, float]:
+    """Runs itself pinned to one core and returns tokens/s for both methods (greedy, same text)."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from bench.generate_bench import _kv_vs_recompute; "
+    )
+    code += f"import json; print(json.dumps(_kv_vs_recompute({new_tokens})))"
+    out = subprocess.run(
+        ["taskset", "-c", "1", sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _kv_vs_recompute(new_tokens: int) -> dict[str, float]:
+    import onnxruntime as ort
+
+    from app.generation import empty_cache, present_names, step_feeds
+    from app.schema import ModelConfig
+
+    config = ModelConfig.model_validate_json((MODEL_DIR / "config.json").read_text())
+    block = config.preprocessing.max_length
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+    def session(role: str) -> ort.InferenceSession:
+        return ort.InferenceSession(str(MODEL_DIR / "1" / config.graphs[role].file), options)
+
+    step_graph = config.graphs["decoder_step"]
+    step, full = session("decoder_step"), session("model")
+    prompt = [5]
+
+    def kv() -> list[int]:
+        seen, pending, past = list(prompt), list(prompt), empty_cache(step_graph)
+        outputs = ["logits", *present_names(past)]
+        while len(seen) < len(prompt) + new_tokens:
+            cached = next(iter(past.values())).shape[2]
+            logits, *presents = step.run(outputs, step_feeds(np.array([pending]), cached, past))
+            token = int(logits[0, -1].argmax())
+            seen.append(token)
+            past = dict(zip(past, presents, strict=True))
+            pending = [token]
+            if len(seen) >= block:  # slide: prefill the last half again
+                past, pending = empty_cache(step_graph), seen[-(block // 2) :]
+        return seen
+
+    def recompute() -> list[int]:
+        seen = list(prompt)
+        while len(seen) < len(prompt) + new_tokens:
+            window = np.array([seen[-block:]], np.int64)
+            seen.append(int(full.run(["logits"], {"tokens": window})[0][0, -1].argmax()))
+        return seen
+
+    result = {}
+    for name, fn in (("kv_cache", kv), ("recompute", recompute)):
+        fn()  # warm-up
+        started = time.perf_counter()
+        fn()
+        result[f"{name}_tokens_per_s"] = new_tokens / (time.perf_counter() - started)
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(extra_env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
+    env.update({"SERVE_INSTANCES": "1", "SERVE_INTRA_OP_THREADS": "1", **extra_env})
+    command = ["taskset", "-c", "1", sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def load(url: str, streams: int, new_tokens: int) -> dict[str, float]:
+    body = {"model": "gpt-corpus", "prompt": "The ", "max_new_tokens": new_tokens, "temperature": 0.8}
+
+    # One client for all threads: building an httpx.Client (SSL context) costs milliseconds.
+    client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=streams))
+
+    def one(i: int) -> dict:
+        r = client.post(f"{url}/generate", json={**body, "seed": i})
+        r.raise_for_status()
+        return r.json()
+
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(one, range(streams)))  # warm-up: connections open, caches allocated
+        started = time.perf_counter()
+        results = list(pool.map(one, range(streams)))
+        elapsed = time.perf_counter() - started
+    client.close()
+    tokens = sum(r["usage"]["completion_tokens"] for r in results)
+    ttft = sorted(r["timings"]["time_to_first_token_s"] for r in results)
+    return {
+        "streams": streams,
+        "tokens_per_s": tokens / elapsed,
+        "ttft_p50_ms": 1000 * statistics.median(ttft),
+        "ttft_p99_ms": 1000 * ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="64/32 tokens instead of 256/128")
+    args = parser.parse_args()
+    long_tokens, stream_tokens = (64, 32) if args.quick else (256, 128)
+    os.sched_setaffinity(0, {0})  # this process is the client: core 0
+
+    kv = in_process(long_tokens)
+    rows = {}
+    for name, env in (
+        ("continuous batching", {}),
+        ("no cross-request batching", {"SERVE_MAX_ACTIVE_SEQUENCES": "1"}),
+    ):
+        proc, url = start_server(env)
+        try:
+            rows[name] = {"single": load(url, 1, stream_tokens), "sixteen": load(url, 16, stream_tokens)}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    print(f"## Generation benchmark ({'quick' if args.quick else 'full'})\n")
+    print(f"{long_tokens} new tokens, one stream, in process on one core (greedy):\n")
+    print("| method | tokens/s |\n|---|---|")
+    print(f"| KV cache (decoder_step) | {kv['kv_cache_tokens_per_s']:.0f} |")
+    print(f"| recompute full sequence (model) | {kv['recompute_tokens_per_s']:.0f} |")
+    print(f"\nKV cache / recompute: **{kv['kv_cache_tokens_per_s'] / kv['recompute_tokens_per_s']:.1f}x**\n")
+    print(f"HTTP, {stream_tokens} new tokens per stream, server on core 1:\n")
+    print("| server | streams | aggregate tokens/s | TTFT p50 ms | TTFT p99 ms |\n|---|---|---|---|---|")
+    for name, by_load in rows.items():
+        for r in by_load.values():
+            cells = [name, str(r["streams"]), f"{r['tokens_per_s']:.0f}"]
+            cells += [f"{r['ttft_p50_ms']:.1f}", f"{r['ttft_p99_ms']:.1f}"]
+            print("| " + " | ".join(cells) + " |")
+    batching = rows["continuous batching"]
+    solo = rows["no cross-request batching"]["sixteen"]["tokens_per_s"]
+    scaling = batching["sixteen"]["tokens_per_s"] / batching["single"]["tokens_per_s"]
+    print(
+        f"\n16 streams vs one stream: **{scaling:.1f}x**; "
+        f"vs no cross-request batching at 16 streams: **{batching['sixteen']['tokens_per_s'] / solo:.1f}x**"
+    )
+    out = ROOT / "bench" / "results" / "generate_bench.json"
+    out.write_text(json.dumps({"quick": args.quick, "in_process": kv, "http": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
