@@ -55,6 +55,7 @@ class Sequence:
     new: list[int] = field(default_factory=list)
     text: str = ""  # decoded generated text (cut at a stop string)
     prefill: list[int] | None = None  # ids to prefill next step (None: the sequence is decoding)
+    cached: int = 0  # tokens in this sequence's cache (= the position of the next token fed)
     cancelled: bool = False
     finish_reason: str | None = None
     created: float = field(default_factory=time.perf_counter)
@@ -209,7 +210,7 @@ class TextGenerator:
         seq.events.put_nowait(("token", seq.text[before:]))
         if len(seq.new) >= seq.max_new_tokens:
             self._finish(seq, "length")
-        elif len(seq.seen) >= self.block_size:  # the window is full: continue on its last half
+        elif seq.cached >= self.block_size:  # no position left for the new token: slide the window
             seq.prefill = seq.seen[-(self.block_size // 2) :]
 
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
@@ -289,6 +290,8 @@ class TextGenerator:
         self._past = {name: outputs[i] for name, i in self.present_index.items()}  # (B, H, T + 1, D)
         self._mask = mask
         self._positions = self._positions + 1
+        for seq in self._rows:
+            seq.cached += 1
         last = outputs[0][:, -1]  # (B, V)
         return [(seq, last[i]) for i, seq in enumerate(self._rows)]
 
@@ -332,8 +335,8 @@ class TextGenerator:
             self._past = {n: np.concatenate([self._past[n], new_past[n]]) for n in self._past}
         self._positions = np.concatenate([self._positions, np.asarray(lengths, np.int64)])
         self._rows += seqs
-        for seq in seqs:
-            seq.prefill = None
+        for seq, n in zip(seqs, lengths, strict=True):
+            seq.prefill, seq.cached = None, n
         return [(seq, outputs[0][i, n - 1]) for i, (seq, n) in enumerate(zip(seqs, lengths, strict=True))]
 
     def _sample(self, logits: list[tuple[Sequence, np.ndarray]]) -> list[tuple[Sequence, int]]:

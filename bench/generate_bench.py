@@ -72,9 +72,10 @@ def _kv_vs_recompute(new_tokens: int) -> dict[str, float]:
             token = int(logits[0, -1].argmax())
             seen.append(token)
             past = dict(zip(past, presents, strict=True))
-            pending = [token]
-            if len(seen) >= block:  # slide: prefill the last half again
+            if cached + len(pending) >= block:  # the cache is full: prefill the last half again
                 past, pending = empty_cache(step_graph), seen[-(block // 2) :]
+            else:
+                pending = [token]
         return seen
 
     def recompute() -> list[int]:
