@@ -165,7 +165,9 @@ class GenerationPlane:
             top_p=request.top_p if request.top_p is not None else (defaults.top_p or 1.0),
             repetition_penalty=request.repetition_penalty,
         )
-        seq = mv.generator.submit(ids, params, max_new, tuple(request.stop), request.seed, tokenizer.eos_id)
+        seq = mv.generator.submit(
+            ids, params, max_new, tuple(request.stop), request.seed, tokenizer.eos_id, request.stream
+        )
         return seq, len(ids)
 
     # ---------------------------------------------------------------- seq2seq

@@ -50,6 +50,8 @@ class Sequence:
     stop: tuple[str, ...]
     rng: np.random.Generator
     eos_id: int | None
+    # Token events only for streams: waking a waiting request per token costs the loop a task switch.
+    stream: bool = False
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     seen: list[int] = field(default_factory=list)  # prompt + generated ids
     new: list[int] = field(default_factory=list)
@@ -92,6 +94,8 @@ class TextGenerator:
         self.present_index = {
             name.replace("present_", "past_"): i for i, name in enumerate(session.output_names) if i > 0
         }
+        # Each id's text, looked up per token (special tokens decode to nothing).
+        self._pieces = [tokenizer.decode([i], stop_at_eos=False) for i in range(tokenizer.vocab_size)]
         self._waiting: list[Sequence] = []
         self._active: list[Sequence] = []
         self._wake = asyncio.Event()
@@ -129,11 +133,12 @@ class TextGenerator:
         stop: tuple[str, ...] = (),
         seed: int | None = None,
         eos_id: int | None = None,
+        stream: bool = False,
     ) -> Sequence:
         if len(self._waiting) >= self.limits.max_queued_sequences:
             metrics.REJECTED.labels(self.name, "generation_queue_full").inc()
             raise QueueFull(f"model {self.name!r} has {len(self._waiting)} generations queued; retry later")
-        seq = Sequence(prompt, params, max_new_tokens, stop, np.random.default_rng(seed), eos_id)
+        seq = Sequence(prompt, params, max_new_tokens, stop, np.random.default_rng(seed), eos_id, stream)
         self._waiting.append(seq)
         self._queued_gauge.set(len(self._waiting))
         self._wake.set()
@@ -167,6 +172,7 @@ class TextGenerator:
                 for seq in batch:
                     self._finish(seq, "error", error=str(exc))
                 continue
+            self._tokens_counter.inc(len(tokens))
             for seq, token in tokens:
                 self._deliver(seq, token)
 
@@ -191,23 +197,23 @@ class TextGenerator:
         if seq.first_token_at is None:
             seq.first_token_at = now
             metrics.GEN_TTFT.labels(self.name).observe(now - seq.created)
-        self._tokens_counter.inc()
         seq.new.append(token)
         seq.seen.append(token)
         if seq.eos_id is not None and token == seq.eos_id:
             self._finish(seq, "eos")
             return
         before = len(seq.text)
-        seq.text += self.tokenizer.decode([token], stop_at_eos=False)
+        seq.text += self._pieces[token]
         hits = [i for i in (seq.text.find(s, max(0, before - len(s) + 1)) for s in seq.stop) if i >= 0]
         if hits:
             cut = min(hits)
-            if cut > before:
+            if cut > before and seq.stream:
                 seq.events.put_nowait(("token", seq.text[before:cut]))
             seq.text = seq.text[:cut]
             self._finish(seq, "stop")
             return
-        seq.events.put_nowait(("token", seq.text[before:]))
+        if seq.stream:
+            seq.events.put_nowait(("token", seq.text[before:]))
         if len(seq.new) >= seq.max_new_tokens:
             self._finish(seq, "length")
         elif seq.cached >= self.block_size:  # no position left for the new token: slide the window
