@@ -90,6 +90,8 @@ class Runner:
         self._batch_size = metrics.BATCH_SIZE.labels(name)
         self._in_flight_gauge = metrics.IN_FLIGHT.labels(name)
         self._rejected_deadline = metrics.REJECTED.labels(name, "deadline")
+        # Created now, at 0: a series born with its first event loses that event to rate().
+        self._rejected_full = metrics.REJECTED.labels(name, "queue_full")
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -114,7 +116,7 @@ class Runner:
         return this request's rows of every output, in the graph's output order."""
         rows = len(next(iter(feeds.values())))
         if len(self._queue) >= self.batching.max_queue_size:
-            metrics.REJECTED.labels(self.name, "queue_full").inc()
+            self._rejected_full.inc()
             raise QueueFull(f"model {self.name!r} has {len(self._queue)} requests queued; retry later")
         now = time.perf_counter()
         timeout_s = self.batching.timeout_ms / 1000 if timeout_s is None else timeout_s

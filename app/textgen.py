@@ -33,6 +33,9 @@ from app.tokenizer import CharTokenizer
 log = logging.getLogger(__name__)
 
 
+FINISH_REASONS = ("length", "stop", "eos", "cancelled", "error", "shutdown")
+
+
 @dataclass(frozen=True)
 class GenerationLimits:
     max_active_sequences: int = 32  # sequences advanced together per step
@@ -107,6 +110,11 @@ class TextGenerator:
         self._decode_time = metrics.GEN_STEP_TIME.labels(name, "decode")
         self._prefill_time = metrics.GEN_STEP_TIME.labels(name, "prefill")
         self._decode_batch = metrics.GEN_DECODE_BATCH.labels(name)
+        # Created now, at 0: a series born with its first event loses that event to rate().
+        self._ttft = metrics.GEN_TTFT.labels(name)
+        self._time_per_token = metrics.GEN_TIME_PER_TOKEN.labels(name)
+        self._rejected_full = metrics.REJECTED.labels(name, "generation_queue_full")
+        self._finished = {r: metrics.GEN_FINISHED.labels(name, r) for r in FINISH_REASONS}
         self._queued_gauge = metrics.GEN_QUEUED.labels(name)
         self._cached_gauge = metrics.GEN_CACHED_TOKENS.labels(name)
 
@@ -136,7 +144,7 @@ class TextGenerator:
         stream: bool = False,
     ) -> Sequence:
         if len(self._waiting) >= self.limits.max_queued_sequences:
-            metrics.REJECTED.labels(self.name, "generation_queue_full").inc()
+            self._rejected_full.inc()
             raise QueueFull(f"model {self.name!r} has {len(self._waiting)} generations queued; retry later")
         seq = Sequence(prompt, params, max_new_tokens, stop, np.random.default_rng(seed), eos_id, stream)
         self._waiting.append(seq)
@@ -196,7 +204,7 @@ class TextGenerator:
         now = time.perf_counter()
         if seq.first_token_at is None:
             seq.first_token_at = now
-            metrics.GEN_TTFT.labels(self.name).observe(now - seq.created)
+            self._ttft.observe(now - seq.created)
         seq.new.append(token)
         seq.seen.append(token)
         if seq.eos_id is not None and token == seq.eos_id:
@@ -229,10 +237,10 @@ class TextGenerator:
             self._waiting.remove(seq)
         self._active_gauge.set(len(self._active))
         self._queued_gauge.set(len(self._waiting))
-        metrics.GEN_FINISHED.labels(self.name, reason).inc()
+        self._finished[reason].inc()
         if seq.first_token_at is not None and len(seq.new) > 1:
             per_token = (time.perf_counter() - seq.first_token_at) / (len(seq.new) - 1)
-            metrics.GEN_TIME_PER_TOKEN.labels(self.name).observe(per_token)
+            self._time_per_token.observe(per_token)
         seq.events.put_nowait(("done", error))
 
     # ------------------------------------------------------------------------------ one step (worker thread)
