@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.settings import Settings
 from tests.app.conftest import LiveServer, copy_models
@@ -49,6 +50,18 @@ def _value(prometheus: str, expr: str) -> float:
     return sum(float(s["value"][1]) for s in result)
 
 
+def _app_value(client, expr: str) -> float:
+    """The same series read from the app's own /metrics (exact now, unlike the last scrape)."""
+    name, _, rest = expr.partition("{")
+    wanted = dict(part.split("=") for part in rest.rstrip("}").split(",")) if rest else {}
+    wanted = {k: v.strip('"') for k, v in wanted.items()}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in wanted.items()):
+                return sample.value
+    return 0.0
+
+
 def test_traffic_arrives_in_prometheus(app_and_prometheus) -> None:
     app, prometheus = app_and_prometheus
     wait_for(prometheus, 'up{job="api"}', lambda r: r and r[0]["value"][1] == "1")
@@ -61,8 +74,8 @@ def test_traffic_arrives_in_prometheus(app_and_prometheus) -> None:
         "rows": 'serve_batch_size_sum{model="mlp-digits"}',
         "ttft": 'serve_time_to_first_token_seconds_count{model="gpt-corpus"}',
     }
-    before = {name: _value(prometheus, expr) for name, expr in series.items()}
     with app.client() as c:
+        before = {name: _app_value(c, expr) for name, expr in series.items()}
         for _ in range(7):
             assert c.post("/predict", json={"model": "mlp-digits", "inputs": [0.0] * 64}).status_code == 200
         assert c.post("/predict", json={"model": "mlp-digits", "inputs": [1.0]}).status_code == 422
