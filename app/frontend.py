@@ -102,6 +102,8 @@ class Frontend:
             await _respond(send, 200, [(b"content-type", JSON)], orjson.dumps(result))
         except ServingError as exc:
             await _respond(send, *self._error(exc))
+        except _Disconnected:
+            raise  # nobody to answer
         except Exception as exc:  # the FastAPI path's catch-all handler, for the direct path
             log.exception("unhandled error on POST /predict")
             await _respond(send, *self._error(InferenceFailed(f"internal error: {type(exc).__name__}")))
@@ -119,6 +121,8 @@ class Frontend:
         except ServingError as exc:
             await _respond(send, *self._error(exc))
             return
+        except _Disconnected:
+            raise
         except Exception as exc:
             log.exception("unhandled error on POST %s", scope["path"])
             await _respond(send, *self._error(InferenceFailed(f"internal error: {type(exc).__name__}")))
