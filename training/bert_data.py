@@ -174,7 +174,7 @@ def _scramble_split(
 
 def scrambled_words_bundle(
     *,
-    n_train: int = 1000,
+    n_train: int = 4000,
     n_val: int = 1000,
     n_test: int = 2000,
     max_len: int = 64,
@@ -183,8 +183,7 @@ def scrambled_words_bundle(
     tokenizer: CharTokenizer | None = None,
 ) -> DatasetBundle:
     """Real corpus text vs the same text with the inner letters of its words scrambled; rows are bos +
-    text, right-padded with pad to ``max_len``. Few labelled rows by default: that is where
-    pre-training pays."""
+    text, right-padded with pad to ``max_len``."""
     tokenizer = tokenizer or corpus_tokenizer()
     train_text, held_out_text = load_corpus(seed=seed)
     rng = random.Random(seed)

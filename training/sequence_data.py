@@ -107,7 +107,7 @@ def load_sequence_dataset(
     if name == "scrambled-words":
         small = limit is not None
         return scrambled_words_bundle(
-            n_train=min(limit, 1000) if small else 1000,
+            n_train=min(limit, 4000) if small else 4000,
             n_val=64 if small else 1000,
             n_test=64 if small else 2000,
             max_len=block_size,
