@@ -22,7 +22,9 @@ from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
 from app import metrics
-from app.api.predict import parse_predict, run_predict
+from app.api.bodies import parse_body
+from app.api.predict import run_predict
+from app.api.schemas import PredictRequest
 from app.errors import InferenceFailed, PayloadTooLarge, ServingError
 from app.registry import check_version
 
@@ -96,7 +98,7 @@ class Frontend:
     async def _predict(self, receive: Receive, send: Send, outcome: dict) -> None:
         try:
             raw = await self._read_body(receive)
-            body = parse_predict(raw)
+            body = parse_body(PredictRequest, raw)
             outcome["model"] = self._known(body.model)
             result = await run_predict(self.api.state.dataplane, body)
             await _respond(send, 200, [(b"content-type", JSON)], orjson.dumps(result))

@@ -98,7 +98,6 @@ class Registry:
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._default: dict[str, int] = {}
         self.loaded = False
-        self.load_seconds = 0.0
         self.limits = GenerationLimits(
             settings.max_active_sequences, settings.max_queued_sequences, settings.max_cached_tokens
         )
@@ -132,10 +131,9 @@ class Registry:
             default = versions[self._default[name]]
             for state in (READY, FAILED):
                 metrics.MODEL_STATE.labels(name, state).set(1 if default.state == state else 0)
-        self.load_seconds = time.perf_counter() - started
         self.loaded = True
         ready = sum(mv.ready for mv in jobs)
-        log.info("loaded %d of %d model versions in %.2f s", ready, len(jobs), self.load_seconds)
+        log.info("loaded %d of %d model versions in %.2f s", ready, len(jobs), time.perf_counter() - started)
 
     def _load(self, mv: ModelVersion) -> None:
         started = time.perf_counter()
@@ -236,10 +234,6 @@ class Registry:
         if not mv.ready:
             raise ModelNotReady(f"model {name!r} version {mv.version} is not ready: {mv.reason}")
         return mv
-
-    def default_version(self, name: str) -> int:
-        self.versions(name)
-        return self._default[name]
 
     @property
     def ready(self) -> bool:

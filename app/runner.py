@@ -176,20 +176,24 @@ class Runner:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
+    def _still_waiting(self, request: _Request, now: float) -> bool:
+        """False for a request that left the queue's business: cancelled, answered, or (failed here)
+        past its deadline."""
+        if request.future.done():
+            return False
+        if request.deadline <= now:
+            request.future.set_exception(DeadlineExceeded(f"model {self.name!r}: deadline passed in queue"))
+            self._rejected_deadline.inc()
+            return False
+        return True
+
     def _pop_live(self) -> _Request | None:
-        """The oldest request still waiting (drops cancelled ones, fails expired ones)."""
+        """The oldest request still waiting."""
         now = time.perf_counter()
         while self._queue:
             request = self._queue.popleft()
-            if request.future.done():
-                continue
-            if request.deadline <= now:
-                request.future.set_exception(
-                    DeadlineExceeded(f"model {self.name!r}: deadline passed in queue")
-                )
-                self._rejected_deadline.inc()
-                continue
-            return request
+            if self._still_waiting(request, now):
+                return request
         return None
 
     async def _next_batch(self) -> list[_Request]:
@@ -227,13 +231,7 @@ class Runner:
         now = time.perf_counter()
         while self._queue:
             request = self._queue.popleft()
-            if request.future.done():
-                continue
-            if request.deadline <= now:
-                request.future.set_exception(
-                    DeadlineExceeded(f"model {self.name!r}: deadline passed in queue")
-                )
-                self._rejected_deadline.inc()
+            if not self._still_waiting(request, now):
                 continue
             if request.key == key and request.rows <= room - taken:
                 batch.append(request)

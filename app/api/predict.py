@@ -17,10 +17,6 @@ router = APIRouter(tags=["inference"])
 _BODY = documented_body(PredictRequest)
 
 
-def parse_predict(raw: bytes) -> PredictRequest:
-    return parse_body(PredictRequest, raw)
-
-
 async def run_predict(dataplane: DataPlane, body: PredictRequest) -> dict[str, Any]:
     """The endpoint minus HTTP, shared by the route below and the front door's direct dispatch
     (app/frontend.py)."""
@@ -38,7 +34,7 @@ async def run_predict(dataplane: DataPlane, body: PredictRequest) -> dict[str, A
 @router.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=_BODY)
 async def predict(request: Request, dataplane: DataPlaneDep, registry: RegistryDep) -> JSONResponse:
     """Classify or reconstruct one item or a list of items; the items are batched with other callers'."""
-    body = parse_predict(await request.body())
+    body = parse_body(PredictRequest, await request.body())
     mark_model(request, body.model, registry)
     # Built from plain dicts and lists: skipping response-model validation saves time per request.
     return JSONResponse(await run_predict(dataplane, body))
