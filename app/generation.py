@@ -1,7 +1,8 @@
 """Text generation over an exported GPT ``decoder_step`` graph with its KV cache (no torch).
 
-One prompt is prefilled in a single step call, then every new token is one step call that feeds
-the cache back in. The continuous-batching loop of the server will batch these same calls.
+One prompt is prefilled in a single step call, then every new token is one step call over the cache,
+which :class:`KVCache` keeps in place. The continuous-batching loop of the server (``app/textgen.py``)
+batches these same calls over many sequences with the same cache.
 """
 
 from __future__ import annotations
@@ -21,30 +22,104 @@ class GeneratedText:
     finish_reason: str  # "length", "eos" or "context" (the model's block size was reached)
 
 
-def empty_cache(graph: GraphSpec, batch: int = 1) -> dict[str, np.ndarray]:
-    """T = 0 past key/value inputs, shaped from the graph's own spec (B, heads, 0, head_dim)."""
-    return {
-        spec.name: np.zeros((batch, spec.shape[1], 0, spec.shape[3]), np.float32)
-        for spec in graph.inputs
-        if spec.name.startswith("past_")
-    }
+class KVCache:
+    """The key/value cache of a batch of sequences, kept in place for a ``decoder_step`` graph.
 
+    One preallocated buffer per cache input, rows first: row ``r`` holds ``lengths[r]`` positions
+    from slot 0, and a step's feeds are views of the first ``rows`` rows (contiguous, so onnxruntime
+    reads them without a copy). The graph returns only the new positions' entries, which
+    :meth:`append` writes at each row's next slot: a decode step costs O(B) writes, not a copy of the
+    cache. The slot axis (keys (B, H, D, T), values (B, H, T, D)) is read from the graph's spec and
+    grows in chunks as the longest row does; rows are added and removed between steps.
+    """
 
-def step_feeds(tokens: np.ndarray, cached: int, past: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Inputs of one ``decoder_step`` call for unpadded rows: ``tokens`` (B, S) follow ``cached``
-    tokens already in ``past``."""
-    batch, new = tokens.shape
-    positions = np.arange(cached, cached + new, dtype=np.int64)
-    return {
-        "tokens": tokens.astype(np.int64, copy=False),
-        "attention_mask": np.ones((batch, cached + new), dtype=np.int64),
-        "position_ids": np.tile(positions, (batch, 1)),
-        **past,
-    }
+    # Slots are added this many at a time: the graph attends over the whole width, so a width that
+    # tracks the longest row keeps steps cheap, and a reallocation every CHUNK tokens costs little.
+    CHUNK = 32
 
+    def __init__(self, graph: GraphSpec, capacity: int = 1) -> None:
+        # Every input but the step's tokens and the rows' lengths is a cache tensor (past_key_0, ...).
+        self.shapes = {s.name: s.shape for s in graph.inputs if s.name not in ("tokens", "past_lengths")}
+        # The one dynamic axis after the batch axis is the slot axis.
+        self.axes = {name: shape.index(-1, 1) for name, shape in self.shapes.items()}
+        self.output_names = ["logits", *(name.replace("past_", "new_", 1) for name in self.shapes)]
+        self.lengths = np.zeros(0, np.int64)  # (B,) positions held per row
+        self.capacity = self.width = 0  # rows and slots allocated
+        self.buffers: dict[str, np.ndarray] = {}
+        self._views: dict[str, np.ndarray] = {}  # each buffer seen as (B, T, ...): slot axis second
+        self._reallocate(capacity, 0)
 
-def present_names(past: dict[str, np.ndarray]) -> list[str]:
-    return [name.replace("past_", "present_") for name in past]
+    def _empty(self, name: str, rows: int, width: int) -> np.ndarray:
+        shape = [rows, *self.shapes[name][1:]]
+        shape[self.axes[name]] = width
+        return np.zeros(shape, np.float32)
+
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    def feeds(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """One step's inputs: ``tokens`` (B, S) follow each row's cached positions."""
+        rows = self.rows
+        return {
+            "tokens": tokens,
+            "past_lengths": self.lengths,
+            **{name: buffer[:rows] for name, buffer in self.buffers.items()},
+        }
+
+    def empty_feeds(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """Inputs of a prefill of new sequences on empty caches: ``tokens`` (B, S), right-padded."""
+        rows = tokens.shape[0]
+        return {
+            "tokens": tokens,
+            "past_lengths": np.zeros(rows, np.int64),
+            **{name: self._empty(name, rows, 0) for name in self.shapes},
+        }
+
+    def append(self, new: list[np.ndarray]) -> None:
+        """Store one new position per row (a decode step's outputs after the logits)."""
+        self._fit(int(self.lengths.max()) + 1)
+        rows = np.arange(self.rows)
+        for view, entries in zip(self._views.values(), new, strict=True):
+            # One new slot per row: dropping its size-1 slot axis is a reshape, whatever the layout.
+            view[rows, self.lengths] = entries.reshape(len(rows), *view.shape[2:])  # (B, ...)
+        self.lengths += 1
+
+    def add(self, new: list[np.ndarray], lengths: list[int]) -> None:
+        """Add rows from a prefill's outputs: row i keeps its first ``lengths[i]`` positions."""
+        first = self.rows
+        if first + len(lengths) > self.capacity:
+            self._reallocate(2 * (first + len(lengths)), self.width)
+        self.lengths = np.concatenate([self.lengths, np.asarray(lengths, np.int64)])
+        self._fit(int(self.lengths.max()))
+        for (name, view), entries in zip(self._views.items(), new, strict=True):
+            fresh = np.moveaxis(entries, self.axes[name], 1)  # (B, S, ...)
+            for i, n in enumerate(lengths):
+                view[first + i, :n] = fresh[i, :n]
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (in this order) as rows 0, 1, ...; the others' slots are freed."""
+        index = np.asarray(rows, np.int64)
+        for buffer in self.buffers.values():
+            buffer[: len(index)] = buffer[index]
+        self.lengths = self.lengths[index]
+        self._fit(int(self.lengths.max()) if len(index) else 0)
+
+    def _fit(self, needed: int) -> None:
+        """Grow the slot axis to hold ``needed`` positions, or shrink it when half of it is unused."""
+        width = -(-needed // self.CHUNK) * self.CHUNK
+        if width > self.width or width <= self.width // 2:
+            self._reallocate(self.capacity, width)
+
+    def _reallocate(self, capacity: int, width: int) -> None:
+        rows, kept = self.rows, min(width, self.width)
+        for name in self.shapes:
+            self.buffers[name] = self._empty(name, capacity, width)
+            view = np.moveaxis(self.buffers[name], self.axes[name], 1)
+            if name in self._views:
+                view[:rows, :kept] = self._views[name][:rows, :kept]
+            self._views[name] = view
+        self.capacity, self.width = capacity, width
 
 
 def generate(
@@ -57,21 +132,30 @@ def generate(
     seed: int,
     block_size: int,
     eos_id: int | None = None,
+    slide: bool = False,
 ) -> GeneratedText:
-    """Sample up to ``max_new_tokens`` after ``prompt_ids`` (greedy when temperature is 0)."""
+    """Sample up to ``max_new_tokens`` after ``prompt_ids`` (greedy when temperature is 0).
+
+    At ``block_size`` positions generation stops ("context"), or with ``slide`` goes on from the
+    last half of the text, prefilled again, as the server does."""
     if not prompt_ids:
         raise ValueError("the prompt must hold at least one token")
     if len(prompt_ids) >= block_size:
         raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the model's context is {block_size}")
     rng = np.random.default_rng(seed)
-    past = empty_cache(graph)
-    outputs = ["logits", *present_names(past)]
-    step = np.array([prompt_ids], dtype=np.int64)  # (1, S): the whole prompt on the first call
+    cache = KVCache(graph)
     seen = list(prompt_ids)
     new: list[int] = []
+    pending = seen  # tokens to prefill on an empty cache
     while True:
-        cached = len(seen) - step.shape[1]  # tokens already in the cache
-        logits, *presents = session.run(outputs, step_feeds(step, cached, past))
+        if pending:
+            cache.keep([])
+            logits, *entries = session.run(cache.output_names, cache.empty_feeds(np.array([pending])))
+            cache.add(entries, [len(pending)])
+            pending = []
+        else:
+            logits, *entries = session.run(cache.output_names, cache.feeds(np.array([[seen[-1]]])))
+            cache.append(entries)
         token = int(select_next_tokens(logits[:, -1], params, rng, [seen])[0])
         new.append(token)
         seen.append(token)
@@ -79,7 +163,7 @@ def generate(
             return GeneratedText(new, "eos")
         if len(new) >= max_new_tokens:
             return GeneratedText(new, "length")
-        if len(seen) >= block_size:
-            return GeneratedText(new, "context")
-        past = dict(zip(past, presents, strict=True))
-        step = np.array([[token]], dtype=np.int64)
+        if cache.lengths[0] >= block_size:  # no position left for the token just picked
+            if not slide:
+                return GeneratedText(new, "context")
+            pending = seen[-(block_size // 2) :]

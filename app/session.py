@@ -94,12 +94,9 @@ class Session:
         return outputs
 
     def warmup(self) -> None:
-        """One run at batch 2 with every dynamic axis at 2 (a KV cache's past length at 0, so that
-        ``attention_mask`` (B, T + S) agrees with it): pays lazy initialisation up front."""
+        """One run at batch 2 with every dynamic axis at 2: pays lazy initialisation up front."""
         feeds = {}
         for spec in self.graph.inputs:
             shape = [2 if d < 0 else d for d in spec.shape]
-            if spec.name.startswith("past_"):
-                shape[2] = 0
             feeds[spec.name] = np.ones(shape, dtype=NUMPY_DTYPES[spec.dtype])
         self.run(feeds)

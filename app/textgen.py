@@ -2,11 +2,10 @@
 
 One loop per model advances every active sequence by one token per step, as text-generation-inference
 and vLLM do. New requests join at step boundaries: their prompts are prefilled together in one call
-(right-padded, T = 0 caches) and their caches are merged into the batch's. The batch keeps one joint
-KV cache per layer, (B, H, T, D): rows are left-padded to a common T, ``attention_mask`` hides the
-padding slots and ``position_ids`` carry each row's true position, so a decode step feeds the last
-step's presents straight back (no per-row copies) and appends one slot to every row. Rows that leave
-(finished, disconnected) are deleted from the batch; all-padding columns on the left are dropped. A
+(right-padded, on empty caches) and their cache entries are stored as new rows of the batch's
+:class:`~app.generation.KVCache`. Each row keeps its own length, so sequences of any lengths share a
+decode step without padding or realignment, and a step writes only the new position of each row: the
+cache itself is never copied. Rows that leave (finished, disconnected) are dropped between steps. A
 sequence that fills the context window continues on a sliding window: it leaves and its last half
 is prefilled again.
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from app import metrics
 from app.errors import QueueFull
+from app.generation import KVCache
 from app.sampling import SamplingParams, select_next_tokens
 from app.session import Session
 from app.tokenizer import CharTokenizer
@@ -91,12 +91,6 @@ class TextGenerator:
         self.tokenizer = tokenizer
         self.block_size = block_size
         self.limits = limits
-        graph = session.graph
-        self.past_specs = [spec for spec in graph.inputs if spec.name.startswith("past_")]
-        # Which output holds each past input's next value (present_key_0 -> past_key_0), by name.
-        self.present_index = {
-            name.replace("present_", "past_"): i for i, name in enumerate(session.output_names) if i > 0
-        }
         # Each id's text, looked up per token (special tokens decode to nothing).
         self._pieces = [tokenizer.decode([i], stop_at_eos=False) for i in range(tokenizer.vocab_size)]
         self._waiting: list[Sequence] = []
@@ -105,6 +99,10 @@ class TextGenerator:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gen-{name}")
         self._task: asyncio.Task | None = None
         self._reset()
+        if session.output_names != self._cache.output_names:
+            raise ValueError(
+                f"{name}: decoder_step outputs {session.output_names}; expected {self._cache.output_names}"
+            )
         self._active_gauge = metrics.GEN_ACTIVE.labels(name)
         self._tokens_counter = metrics.GEN_TOKENS.labels(name)
         self._decode_time = metrics.GEN_STEP_TIME.labels(name, "decode")
@@ -188,8 +186,7 @@ class TextGenerator:
         """Drop cancelled sequences, then move waiting ones in while the limits allow."""
         for seq in [s for s in self._active + self._waiting if s.cancelled]:
             self._finish(seq, "cancelled")
-        cached = self._mask.shape[0] * self._mask.shape[1] if self._mask is not None else 0
-        cached += sum(len(s.prefill or ()) for s in self._active)
+        cached = int(self._cache.lengths.sum()) + sum(len(s.prefill or ()) for s in self._active)
         while self._waiting and len(self._active) < self.limits.max_active_sequences:
             need = len(self._waiting[0].prefill)
             if self._active and cached + need > self.limits.max_cached_tokens:
@@ -246,123 +243,68 @@ class TextGenerator:
     # ------------------------------------------------------------------------------ one step (worker thread)
 
     def _reset(self) -> None:
-        self._rows: list[Sequence] = []
-        self._past: dict[str, np.ndarray] = {}
-        self._mask: np.ndarray | None = None  # (B, T) 1 = real slot
-        self._positions = np.zeros(0, np.int64)  # (B,) each row's next position id
+        self._rows: list[Sequence] = []  # the sequence of each cache row
+        self._cache = KVCache(self.session.graph)
 
     def _step(self, batch: list[Sequence]) -> list[tuple[Sequence, int]]:
         """Decode one token for every row of the batch, prefill the newcomers; returns each
         sequence's next token."""
         self._drop_departed()
-        logits: list[tuple[Sequence, np.ndarray]] = []
+        seqs: list[Sequence] = []
+        logits: list[np.ndarray] = []  # (B, V) blocks, in the order of seqs
         if self._rows:
             started = time.perf_counter()
-            logits += self._decode()
+            seqs += self._rows
+            logits.append(self._decode())
             self._decode_time.observe(time.perf_counter() - started)
             self._decode_batch.observe(len(self._rows))
         joining = [s for s in batch if s.prefill is not None and s.finish_reason is None]
         if joining:
             started = time.perf_counter()
-            logits += self._prefill(joining)
+            logits.append(self._prefill(joining))
+            seqs += joining
             self._prefill_time.observe(time.perf_counter() - started)
-        return self._sample(logits)
+        if not seqs:
+            return []
+        return self._sample(seqs, logits[0] if len(logits) == 1 else np.concatenate(logits))
 
     def _drop_departed(self) -> None:
-        """Rows that finished, were cancelled or slid out leave the joint cache."""
+        """Rows that finished, were cancelled or slid out leave the cache."""
         keep = [i for i, seq in enumerate(self._rows) if seq.decoding and not seq.cancelled]
-        if len(keep) == len(self._rows):
-            return
-        if not keep:
-            self._reset()
-            return
-        index = np.asarray(keep)
-        self._rows = [self._rows[i] for i in keep]
-        self._past = {name: past[index] for name, past in self._past.items()}
-        self._mask = self._mask[index]
-        self._positions = self._positions[index]
-        self._trim()
+        if len(keep) < len(self._rows):
+            self._cache.keep(keep)
+            self._rows = [self._rows[i] for i in keep]
 
-    def _trim(self) -> None:
-        """Drop leading slots that no row uses (padding only), keeping T as small as the rows allow."""
-        used = np.flatnonzero(self._mask.any(axis=0))
-        first = int(used[0]) if used.size else self._mask.shape[1]
-        if first > 0:
-            self._mask = self._mask[:, first:]
-            self._past = {name: np.ascontiguousarray(p[:, :, first:]) for name, p in self._past.items()}
-
-    def _decode(self) -> list[tuple[Sequence, np.ndarray]]:
-        rows = len(self._rows)
-        mask = np.concatenate([self._mask, np.ones((rows, 1), np.int64)], axis=1)  # (B, T + 1)
-        feeds = {
-            "tokens": np.asarray([[seq.seen[-1]] for seq in self._rows], np.int64),  # (B, 1)
-            "attention_mask": mask,
-            "position_ids": self._positions[:, None],  # (B, 1)
-            **self._past,
-        }
-        outputs = self.session.run(feeds)
-        self._past = {name: outputs[i] for name, i in self.present_index.items()}  # (B, H, T + 1, D)
-        self._mask = mask
-        self._positions = self._positions + 1
+    def _decode(self) -> np.ndarray:
+        tokens = np.asarray([[seq.seen[-1]] for seq in self._rows], np.int64)  # (B, 1)
+        logits, *entries = self.session.run(self._cache.feeds(tokens))
+        self._cache.append(entries)
         for seq in self._rows:
             seq.cached += 1
-        last = outputs[0][:, -1]  # (B, V)
-        return [(seq, last[i]) for i, seq in enumerate(self._rows)]
+        return logits[:, -1]  # (B, V)
 
-    def _prefill(self, seqs: list[Sequence]) -> list[tuple[Sequence, np.ndarray]]:
+    def _prefill(self, seqs: list[Sequence]) -> np.ndarray:
+        """The newcomers' prompts in one call, right-padded, on empty caches; then they join."""
         lengths = [len(s.prefill) for s in seqs]
-        longest = max(lengths)
-        tokens = np.zeros((len(seqs), longest), np.int64)
-        mask = np.zeros((len(seqs), longest), np.int64)
+        tokens = np.zeros((len(seqs), max(lengths)), np.int64)  # (B, S)
         for i, seq in enumerate(seqs):
             tokens[i, : lengths[i]] = seq.prefill
-            mask[i, : lengths[i]] = 1
-        feeds = {
-            "tokens": tokens,
-            "attention_mask": mask,
-            "position_ids": np.tile(np.arange(longest, dtype=np.int64), (len(seqs), 1)),
-            **{
-                spec.name: np.zeros((len(seqs), spec.shape[1], 0, spec.shape[3]), np.float32)
-                for spec in self.past_specs
-            },
-        }
-        outputs = self.session.run(feeds)
-        # Right-padded prefill -> left-padded rows of the joint cache: real slots end at the right.
-        width = max(longest, self._mask.shape[1] if self._mask is not None else 0)
-        new_mask = np.zeros((len(seqs), width), np.int64)
-        new_past = {
-            spec.name: np.zeros((len(seqs), spec.shape[1], width, spec.shape[3]), np.float32)
-            for spec in self.past_specs
-        }
-        for i, n in enumerate(lengths):
-            new_mask[i, width - n :] = 1
-            for name, index in self.present_index.items():
-                new_past[name][i, :, width - n :] = outputs[index][i, :, :n]
-        if self._mask is not None and self._mask.shape[1] < width:  # old rows get left padding too
-            extra = width - self._mask.shape[1]
-            self._mask = np.pad(self._mask, ((0, 0), (extra, 0)))
-            self._past = {n: np.pad(p, ((0, 0), (0, 0), (extra, 0), (0, 0))) for n, p in self._past.items()}
-        if self._mask is None:
-            self._mask, self._past = new_mask, new_past
-        else:
-            self._mask = np.concatenate([self._mask, new_mask])
-            self._past = {n: np.concatenate([self._past[n], new_past[n]]) for n in self._past}
-        self._positions = np.concatenate([self._positions, np.asarray(lengths, np.int64)])
+        logits, *entries = self.session.run(self._cache.empty_feeds(tokens))
+        self._cache.add(entries, lengths)
         self._rows += seqs
         for seq, n in zip(seqs, lengths, strict=True):
             seq.prefill, seq.cached = None, n
-        return [(seq, outputs[0][i, n - 1]) for i, (seq, n) in enumerate(zip(seqs, lengths, strict=True))]
+        return logits[np.arange(len(seqs)), np.asarray(lengths) - 1]  # (B, V): each prompt's last position
 
-    def _sample(self, logits: list[tuple[Sequence, np.ndarray]]) -> list[tuple[Sequence, int]]:
+    def _sample(self, seqs: list[Sequence], logits: np.ndarray) -> list[tuple[Sequence, int]]:
         """One call per distinct sampling setting (each row keeps its own generator)."""
-        groups: dict[SamplingParams, list[tuple[Sequence, np.ndarray]]] = {}
-        for seq, row in logits:
-            groups.setdefault(seq.params, []).append((seq, row))
-        picked = []
-        for params, members in groups.items():
-            rows = np.stack([row for _, row in members])
-            seen = [seq.seen for seq, _ in members] if params.repetition_penalty != 1.0 else None
-            rngs = [seq.rng for seq, _ in members]
-            tokens = select_next_tokens(rows, params, rngs, seen)
-            picked += [(seq, int(t)) for (seq, _), t in zip(members, tokens, strict=True)]
-        return picked
+        groups: dict[SamplingParams, list[int]] = {}
+        for i, seq in enumerate(seqs):
+            groups.setdefault(seq.params, []).append(i)
+        tokens = np.empty(len(seqs), np.int64)
+        for params, index in groups.items():
+            members = [seqs[i] for i in index]
+            seen = [seq.seen for seq in members] if params.repetition_penalty != 1.0 else None
+            rows = logits if len(index) == len(seqs) else logits[index]
+            tokens[index] = select_next_tokens(rows, params, [seq.rng for seq in members], seen)
+        return list(zip(seqs, tokens.tolist(), strict=True))

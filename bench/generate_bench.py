@@ -5,7 +5,9 @@
 1. In process, one core (``taskset -c 1``): 256 new tokens of ``gpt-corpus`` from a one-character
    prompt, (a) through the KV-cache ``decoder_step`` graph (one token per step; past the 128-token
    context the window slides: its last half is prefilled again, as the server does) and (b) by
-   recomputing the full-sequence ``model`` graph over the last 128 tokens at every step.
+   recomputing the full-sequence ``model`` graph over the last 128 tokens at every step. Also the
+   step graph's own batch scaling, the ceiling for continuous batching: greedy decoding of 1 and of 16
+   rows together through ``KVCache`` (no server, no sampling), tokens/s of each.
 2. Over HTTP, server pinned to core 1, client threads on core 0: one stream alone, then 16
    concurrent streams of 128 new tokens, against (i) this server (continuous batching) and (ii) the
    same server with ``SERVE_MAX_ACTIVE_SEQUENCES=1`` (each request's generation runs on its own, no
@@ -32,12 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "gpt-corpus"
 
 
-def in_process(new_tokens: int) -> dict[str, float]:
-    """Runs itself pinned to one core and returns tokens/s for both methods (greedy, same text)."""
-    code = (
-        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from bench.generate_bench import _kv_vs_recompute; "
-    )
-    code += f"import json; print(json.dumps(_kv_vs_recompute({new_tokens})))"
+def in_process(new_tokens: int, stream_tokens: int) -> dict[str, float]:
+    """Runs itself pinned to one core and returns tokens/s of each in-process measurement."""
+    code = f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); from bench import generate_bench as g; "
+    code += f"print(json.dumps({{**g._kv_vs_recompute({new_tokens}), **g._graph_scaling({stream_tokens})}}))"
     out = subprocess.run(
         ["taskset", "-c", "1", sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
@@ -47,7 +47,8 @@ def in_process(new_tokens: int) -> dict[str, float]:
 def _kv_vs_recompute(new_tokens: int) -> dict[str, float]:
     import onnxruntime as ort
 
-    from app.generation import empty_cache, present_names, step_feeds
+    from app.generation import generate
+    from app.sampling import SamplingParams
     from app.schema import ModelConfig
 
     config = ModelConfig.model_validate_json((MODEL_DIR / "config.json").read_text())
@@ -59,24 +60,21 @@ def _kv_vs_recompute(new_tokens: int) -> dict[str, float]:
     def session(role: str) -> ort.InferenceSession:
         return ort.InferenceSession(str(MODEL_DIR / "1" / config.graphs[role].file), options)
 
-    step_graph = config.graphs["decoder_step"]
     step, full = session("decoder_step"), session("model")
     prompt = [5]
 
     def kv() -> list[int]:
-        seen, pending, past = list(prompt), list(prompt), empty_cache(step_graph)
-        outputs = ["logits", *present_names(past)]
-        while len(seen) < len(prompt) + new_tokens:
-            cached = next(iter(past.values())).shape[2]
-            logits, *presents = step.run(outputs, step_feeds(np.array([pending]), cached, past))
-            token = int(logits[0, -1].argmax())
-            seen.append(token)
-            past = dict(zip(past, presents, strict=True))
-            if cached + len(pending) >= block:  # the cache is full: prefill the last half again
-                past, pending = empty_cache(step_graph), seen[-(block // 2) :]
-            else:
-                pending = [token]
-        return seen
+        out = generate(
+            step,
+            config.graphs["decoder_step"],
+            prompt,
+            max_new_tokens=new_tokens,
+            params=SamplingParams(temperature=0),
+            seed=0,
+            block_size=block,
+            slide=True,
+        )
+        return prompt + out.token_ids
 
     def recompute() -> list[int]:
         seen = list(prompt)
@@ -92,6 +90,39 @@ def _kv_vs_recompute(new_tokens: int) -> dict[str, float]:
         fn()
         result[f"{name}_tokens_per_s"] = new_tokens / (time.perf_counter() - started)
     return result
+
+
+def _graph_scaling(new_tokens: int) -> dict[str, float]:
+    """Greedy decode steps of 1 and 16 rows through the step graph and KVCache alone: how much
+    batching the graph itself allows on this core (prompt "The ", as the HTTP load)."""
+    import onnxruntime as ort
+
+    from app.generation import KVCache
+    from app.schema import ModelConfig
+    from app.tokenizer import CharTokenizer
+
+    config = ModelConfig.model_validate_json((MODEL_DIR / "config.json").read_text())
+    graph = config.graphs["decoder_step"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    step = ort.InferenceSession(str(MODEL_DIR / "1" / graph.file), options)
+    prompt = CharTokenizer.from_dict(config.preprocessing.tokenizer.model_dump()).encode("The ")
+    steps = min(new_tokens, config.preprocessing.max_length - len(prompt))  # within the context
+
+    def decode(rows: int) -> float:
+        cache = KVCache(graph)
+        logits, *entries = step.run(cache.output_names, cache.empty_feeds(np.array([prompt] * rows)))
+        cache.add(entries, [len(prompt)] * rows)
+        started = time.perf_counter()
+        for _ in range(steps):
+            tokens = logits[:, -1].argmax(-1)[:, None]  # (B, 1)
+            logits, *entries = step.run(cache.output_names, cache.feeds(tokens))
+            cache.append(entries)
+        return rows * steps / (time.perf_counter() - started)
+
+    decode(16)  # warm-up
+    return {f"graph_batch{rows}_tokens_per_s": decode(rows) for rows in (1, 16)}
 
 
 def free_port() -> int:
@@ -153,7 +184,7 @@ def main() -> None:
     long_tokens, stream_tokens = (64, 32) if args.quick else (256, 128)
     os.sched_setaffinity(0, {0})  # this process is the client: core 0
 
-    kv = in_process(long_tokens)
+    kv = in_process(long_tokens, stream_tokens)
     rows = {}
     for name, env in (
         ("continuous batching", {}),
@@ -172,6 +203,10 @@ def main() -> None:
     print(f"| KV cache (decoder_step) | {kv['kv_cache_tokens_per_s']:.0f} |")
     print(f"| recompute full sequence (model) | {kv['recompute_tokens_per_s']:.0f} |")
     print(f"\nKV cache / recompute: **{kv['kv_cache_tokens_per_s'] / kv['recompute_tokens_per_s']:.1f}x**\n")
+    one, sixteen = kv["graph_batch1_tokens_per_s"], kv["graph_batch16_tokens_per_s"]
+    print("The step graph's own batch scaling (greedy, KVCache, no server), in process on one core:\n")
+    print(f"| rows | tokens/s |\n|---|---|\n| 1 | {one:.0f} |\n| 16 | {sixteen:.0f} |")
+    print(f"\n16 rows vs 1 row: **{sixteen / one:.1f}x**\n")
     print(f"HTTP, {stream_tokens} new tokens per stream, server on core 1:\n")
     print("| server | streams | aggregate tokens/s | TTFT p50 ms | TTFT p99 ms |\n|---|---|---|---|---|")
     for name, by_load in rows.items():

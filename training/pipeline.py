@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from app.generation import empty_cache, present_names, step_feeds
+from app.generation import KVCache
 from app.sampling import SamplingParams, select_next_tokens
 from app.schema import (
     CONFIG_FILE,
@@ -252,15 +252,14 @@ def _kv_cache_difference(
     full = model(torch.from_numpy(tokens)[None]).numpy()[0]  # (T, V)
     worst = 0.0
     for start in (1, prefill):  # empty cache (prompt of one token), then a prefill of `prefill`
-        past = empty_cache(graph)
-        outputs = ["logits", *present_names(past)]
-        pos, chunk = 0, tokens[:start]
-        while len(chunk):
-            logits, *presents = session.run(outputs, step_feeds(chunk[None], pos, past))
-            worst = max(worst, float(np.abs(logits[0] - full[pos : pos + len(chunk)]).max()))
-            past = dict(zip(past, presents, strict=True))
-            pos += len(chunk)
-            chunk = tokens[pos : pos + 1] if pos < start + steps else tokens[:0]
+        cache = KVCache(graph)
+        logits, *entries = session.run(cache.output_names, cache.empty_feeds(tokens[None, :start]))
+        cache.add(entries, [start])
+        worst = max(worst, float(np.abs(logits[0] - full[:start]).max()))
+        for pos in range(start, start + steps):
+            logits, *entries = session.run(cache.output_names, cache.feeds(tokens[None, pos : pos + 1]))
+            cache.append(entries)
+            worst = max(worst, float(np.abs(logits[0, 0] - full[pos]).max()))
     return worst
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.generation import empty_cache, generate, present_names, step_feeds
+from app.generation import generate
 from app.sampling import SamplingParams
 from app.schema import ModelConfig
 from app.settings import Settings
@@ -40,9 +40,10 @@ def _post_all(server, bodies, workers=16):
         return list(pool.map(lambda b: c.post("/generate", json=b), bodies))
 
 
-def _alone_greedy(repo, prompt: str, max_new: int) -> str:
+def _alone_greedy(repo, prompt: str, max_new: int, slide: bool = False) -> str:
     """The same graph decoded one sequence at a time (app.generation, which the training package's
-    `sample` command uses and whose greedy output is tested equal to PyTorch's)."""
+    `sample` command uses and whose greedy output is tested equal to PyTorch's). With ``slide``, past
+    the context the last half of the text is prefilled again (the server's sliding window)."""
     config = ModelConfig.model_validate_json((repo / "gpt-corpus" / "config.json").read_text())
     tokenizer = CharTokenizer.from_dict(config.preprocessing.tokenizer.model_dump())
     graph = config.graphs["decoder_step"]
@@ -55,41 +56,16 @@ def _alone_greedy(repo, prompt: str, max_new: int) -> str:
         params=SamplingParams(temperature=0),
         seed=0,
         block_size=config.preprocessing.max_length,
+        slide=slide,
     )
     return tokenizer.decode(out.token_ids)
-
-
-def _alone_greedy_sliding(repo, prompt: str, max_new: int) -> str:
-    """Greedy decoding one sequence at a time past the context: when the cache is full, the last half
-    of the text is prefilled again (the server's sliding window)."""
-    config = ModelConfig.model_validate_json((repo / "gpt-corpus" / "config.json").read_text())
-    tokenizer = CharTokenizer.from_dict(config.preprocessing.tokenizer.model_dump())
-    graph = config.graphs["decoder_step"]
-    session = reference_session(repo, "gpt-corpus", graph.file)
-    block = config.preprocessing.max_length
-    seen = tokenizer.encode(prompt)
-    pending, past, new = list(seen), empty_cache(graph), []
-    while len(new) < max_new:
-        cached = next(iter(past.values())).shape[2]
-        logits, *presents = session.run(
-            ["logits", *present_names(past)], step_feeds(np.array([pending]), cached, past)
-        )
-        token = int(logits[0, -1].argmax())
-        seen.append(token)
-        new.append(token)
-        past = dict(zip(past, presents, strict=True))
-        if cached + len(pending) >= block:
-            past, pending = empty_cache(graph), seen[-(block // 2) :]
-        else:
-            pending = [token]
-    return tokenizer.decode(new)
 
 
 def test_sliding_window_greedy_equals_each_sequence_alone(gen_server, gen_repo) -> None:
     prompts = ["The ", "If the value of x", "A"]
     bodies = [{"model": "gpt-corpus", "prompt": p, "max_new_tokens": 180, "temperature": 0} for p in prompts]
     for prompt, response in zip(prompts, _post_all(gen_server, bodies), strict=True):
-        assert response.json()["text"] == _alone_greedy_sliding(gen_repo, prompt, 180)
+        assert response.json()["text"] == _alone_greedy(gen_repo, prompt, 180, slide=True)
 
 
 def test_concurrent_greedy_equals_each_sequence_alone(gen_server, gen_repo) -> None:

@@ -1,5 +1,5 @@
 """GPT: shapes, causality, the KV-cache step against the full forward (PyTorch and onnxruntime),
-left-padded batches, and export of both graphs."""
+batches of rows with different cache lengths, and export of both graphs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from app.generation import KVCache
 from app.schema import ModelConfig, Report
 from training.export import export_to_repository
 from training.models.gpt import GPT, GPTDecoderStep
@@ -45,10 +46,18 @@ def _tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, TINY["vocab_size"], (batch, length), generator=generator)
 
 
-def _step(step: GPTDecoderStep, tokens, mask, positions, past) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _step(step: GPTDecoderStep, tokens, past_lengths, past) -> tuple[torch.Tensor, list[torch.Tensor]]:
     with torch.no_grad():
-        logits, *present = step(tokens, mask, positions, *past)
-    return logits, present
+        logits, *new = step(tokens, past_lengths, *past)
+    return logits, new
+
+
+def _grow(model: GPT, past: list[torch.Tensor], new: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The cache of unpadded rows after a step: each tensor gains the new positions on its slot axis."""
+    names = model.cache_names("past")
+    return [
+        torch.cat([p, n], dim=model.cache_axis(name)) for name, p, n in zip(names, past, new, strict=True)
+    ]
 
 
 def _decode_with_cache(model: GPT, tokens: torch.Tensor, prefill: int) -> torch.Tensor:
@@ -59,12 +68,12 @@ def _decode_with_cache(model: GPT, tokens: torch.Tensor, prefill: int) -> torch.
     chunks = []
     start = 0
     for end in [prefill] * (prefill > 0) + list(range(prefill + 1, T + 1)):
-        mask = torch.ones(B, end, dtype=torch.long)  # (B, T + S)
-        positions = torch.arange(start, end).expand(B, -1)  # (B, S)
-        logits, past = _step(step, tokens[:, start:end], mask, positions, past)
+        logits, new = _step(step, tokens[:, start:end], torch.full((B,), start), past)
+        past = _grow(model, past, new)
         chunks.append(logits)
         start = end
-    assert all(p.shape == (B, TINY["heads"], T, TINY["dim"] // TINY["heads"]) for p in past)
+    names = model.cache_names("past")
+    assert all(p.shape == model.cache_shape(name, B, T) for name, p in zip(names, past, strict=True))
     return torch.cat(chunks, dim=1)
 
 
@@ -125,23 +134,32 @@ def test_cached_decoding_matches_the_full_forward(model: GPT, prefill: int) -> N
     assert (cached - full).abs().max().item() <= TOL
 
 
-def test_left_padded_batch_matches_each_prompt_alone(model: GPT) -> None:
+def test_rows_of_different_lengths_in_one_batch_match_each_prompt_alone(model: GPT) -> None:
+    """The server's batch: prompts prefilled right-padded on empty caches, stored in one cache whose
+    unused slots hold garbage, then decoded together with each row's own length."""
     short, long = _tokens(1, 5, seed=2)[0], _tokens(1, 9, seed=3)[0]
     step = model.step_module()
-    width = len(long)
-    tokens = torch.stack([torch.cat([torch.zeros(width - len(short), dtype=torch.long), short]), long])
-    mask = torch.stack(
-        [torch.arange(width) >= width - len(short), torch.ones(width, dtype=torch.bool)]
-    ).long()
-    positions = mask.cumsum(1) - 1  # -1 on padding: the graph clamps it
-    logits, past = _step(step, tokens, mask, positions, model.empty_cache(2))
-    # Then greedy-decode a few tokens, so that padding also has to stay hidden inside the cache.
-    batched = [logits[:, -1]]
+    lengths = torch.tensor([len(short), len(long)])
+    tokens = torch.stack([torch.cat([short, torch.zeros(len(long) - len(short), dtype=torch.long)]), long])
+    logits, new = _step(step, tokens, torch.zeros(2, dtype=torch.long), model.empty_cache(2))
+    width = 16
+    names = model.cache_names("past")
+    cache = [torch.randn(model.cache_shape(name, 2, width)) * 100 for name in names]  # garbage
+    for buffer, entries, name in zip(cache, new, names, strict=True):
+        view, fresh = buffer.movedim(model.cache_axis(name), 0), entries.movedim(model.cache_axis(name), 0)
+        for row, n in enumerate(lengths.tolist()):
+            view[:n, row] = fresh[:n, row]
+    batched = [logits[torch.arange(2), lengths - 1]]  # (B, V): each prompt's last real position
     for _ in range(5):
         next_ids = batched[-1].argmax(-1, keepdim=True)  # (B, 1)
-        mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
-        positions = positions[:, -1:] + 1
-        logits, past = _step(step, next_ids, mask, positions, past)
+        logits, new = _step(step, next_ids, lengths, cache)
+        for buffer, entries, name in zip(cache, new, names, strict=True):
+            view, fresh = (
+                buffer.movedim(model.cache_axis(name), 0),
+                entries.movedim(model.cache_axis(name), 0),
+            )
+            view[lengths, torch.arange(2)] = fresh[0]
+        lengths = lengths + 1
         batched.append(logits[:, -1])
     batched = torch.stack(batched, dim=1)  # (B, 6, V)
 
@@ -152,24 +170,26 @@ def test_left_padded_batch_matches_each_prompt_alone(model: GPT) -> None:
         assert (batched[row] - alone).abs().max().item() <= TOL
 
 
-def test_step_graph_is_defined_for_out_of_range_positions_and_any_mask_length(model: GPT) -> None:
+def test_step_ignores_unused_slots_and_clamps_positions(model: GPT) -> None:
     step = model.step_module()
     tokens = _tokens(2, 3)
-    past = model.empty_cache(2)
-    positions = torch.tensor([[0, 1, 2]]).expand(2, -1)
-    ones = torch.ones(2, 3, dtype=torch.long)
-    reference, _ = _step(step, tokens, ones, positions, past)
-    # Positions are clamped to the table: -1 acts as 0 and past-the-end as block_size - 1.
-    clamped, _ = _step(step, tokens, ones, positions + torch.tensor([-1, 0, 0]), past)
-    torch.testing.assert_close(clamped, reference, rtol=0, atol=0)
-    beyond, _ = _step(step, tokens, ones, torch.full((2, 3), 10_000), past)
-    last, _ = _step(step, tokens, ones, torch.full((2, 3), TINY["block_size"] - 1), past)
+    _, held = _step(step, tokens, torch.zeros(2, dtype=torch.long), model.empty_cache(2))
+    # The same 3 positions with 4 unused slots after them: zeros or garbage, the result is the same.
+    names = model.cache_names("past")
+    for fill in (torch.zeros, torch.randn):
+        cache = [
+            torch.cat([h, fill(model.cache_shape(name, 2, 4)) * 100], dim=model.cache_axis(name))
+            for name, h in zip(names, held, strict=True)
+        ]
+        logits, _ = _step(step, tokens[:, -1:], torch.full((2,), 3), cache)
+        if fill is torch.zeros:
+            reference = logits
+        torch.testing.assert_close(logits, reference, rtol=0, atol=0)
+    # Positions past the table repeat its last position, so no length can index outside it.
+    empty = model.empty_cache(2)
+    beyond, _ = _step(step, tokens[:, :1], torch.full((2,), 10_000), empty)
+    last, _ = _step(step, tokens[:, :1], torch.full((2,), TINY["block_size"] - 1), empty)
     torch.testing.assert_close(beyond, last, rtol=0, atol=0)
-    # The mask is right-aligned with the keys: extra leading columns are ignored.
-    longer, _ = _step(
-        step, tokens, torch.cat([torch.zeros(2, 4, dtype=torch.long), ones], 1), positions, past
-    )
-    torch.testing.assert_close(longer, reference, rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------------------- onnx
@@ -206,43 +226,35 @@ def test_export_writes_both_graphs_with_parity(exported: Path) -> None:
     assert [(s.name, s.dtype, s.shape) for s in model.inputs] == [("tokens", "int64", [-1, -1])]
     assert [(s.name, s.shape) for s in model.outputs] == [("logits", [-1, -1, V])]
     cache = [f"{kind}_{i}" for i in range(TINY["layers"]) for kind in ("key", "value")]
+    layout = {"key": [-1, H, D, -1], "value": [-1, H, -1, D]}  # keys stored transposed
     assert [(s.name, s.dtype, s.shape) for s in step.inputs] == [
         ("tokens", "int64", [-1, -1]),
-        ("attention_mask", "int64", [-1, -1]),
-        ("position_ids", "int64", [-1, -1]),
-        *[(f"past_{name}", "float32", [-1, H, -1, D]) for name in cache],
+        ("past_lengths", "int64", [-1]),
+        *[(f"past_{name}", "float32", layout[name.split("_")[0]]) for name in cache],
     ]
     assert [(s.name, s.shape) for s in step.outputs] == [
         ("logits", [-1, -1, V]),
-        *[(f"present_{name}", [-1, H, -1, D]) for name in cache],
+        *[(f"new_{name}", layout[name.split("_")[0]]) for name in cache],
     ]
 
 
 def test_onnx_cached_decoding_matches_the_full_forward(model: GPT, exported: Path) -> None:
+    """The exported graph driven by the server's in-place cache (app.generation.KVCache)."""
+    config = ModelConfig.model_validate_json((exported / "config.json").read_text())
     session = ort.InferenceSession(
         str(exported / "1" / "decoder_step.onnx"), providers=["CPUExecutionProvider"]
     )
-    names = [i.name for i in session.get_inputs()][3:]
     tokens = _tokens(2, 4 + STEPS, seed=4)
     with torch.no_grad():
         full = model(tokens).numpy()  # (B, T, V)
-    B = tokens.shape[0]
-    cache = {
-        name: np.zeros((B, TINY["heads"], 0, TINY["dim"] // TINY["heads"]), np.float32) for name in names
-    }
     ids = tokens.numpy()
-    start, worst = 0, 0.0
-    for end in [4, *range(5, ids.shape[1] + 1)]:  # a 4-token prefill on the empty cache, then 64 steps
-        logits, *present = session.run(
-            None,
-            {
-                "tokens": ids[:, start:end],
-                "attention_mask": np.ones((B, end), np.int64),
-                "position_ids": np.broadcast_to(np.arange(start, end), (B, end - start)).copy(),
-                **cache,
-            },
-        )
-        worst = max(worst, float(np.abs(logits - full[:, start:end]).max()))
-        cache = dict(zip(names, present, strict=True))
-        start = end
+    cache = KVCache(config.graphs["decoder_step"])
+    logits, *entries = session.run(cache.output_names, cache.empty_feeds(ids[:, :4]))  # 4-token prefill
+    cache.add(entries, [4, 4])
+    worst = float(np.abs(logits - full[:, :4]).max())
+    for pos in range(4, ids.shape[1]):  # then 64 steps
+        logits, *entries = session.run(cache.output_names, cache.feeds(ids[:, pos : pos + 1]))
+        cache.append(entries)
+        worst = max(worst, float(np.abs(logits[:, 0] - full[:, pos]).max()))
+    assert cache.width >= ids.shape[1] and list(cache.lengths) == [ids.shape[1]] * 2
     assert worst <= TOL

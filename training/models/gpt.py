@@ -1,11 +1,12 @@
 """GPT: a decoder-only transformer language model (Radford et al., 2018/2019), nanoGPT-sized for a CPU.
 
 Two graphs leave this file. ``model`` is the training forward, tokens (B, T) -> logits (B, T, V).
-``decoder_step`` is what a server decodes with: it takes the new tokens (B, S) plus each layer's
-key/value cache (B, H, T, D) and returns the next logits plus the grown cache (B, H, T + S, D). The
-same graph prefills a prompt (T = 0, S = prompt length) and decodes one token at a time (S = 1), and
-an ``attention_mask`` over the T + S keys lets prompts of different lengths share a batch by left
-padding. Sampling lives in ``app/sampling.py``: ``forward`` never samples.
+``decoder_step`` is what a server decodes with: it takes the new tokens (B, S), each row's cache length
+(B,) and each layer's key/value cache (B, H, T, D), and returns the next logits plus only the new
+positions' keys and values (B, H, S, D), which the caller stores in place. The same graph prefills a
+prompt (T = 0, S = prompt length) and decodes one token at a time (S = 1); rows of different lengths
+share one batch because each row's length, not the tensor's width, says which slots are real.
+Sampling lives in ``app/sampling.py``: ``forward`` never samples.
 """
 
 from __future__ import annotations
@@ -76,17 +77,28 @@ class CachedSelfAttention(MultiHeadSelfAttention):
     """The shared hand-written attention plus a key/value-cache path for decoding."""
 
     def forward_cached(
-        self, x: Tensor, mask: Tensor, past_key: Tensor, past_value: Tensor
+        self, x: Tensor, past_mask: Tensor, past_key: Tensor, past_value: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """``x``: (B, S, dim) new positions; ``past_*``: (B, H, T, D); ``mask``: additive, (B, 1, S, T + S).
-        Returns the output (B, S, dim) and the grown cache, (B, H, T + S, D) each."""
+        """``x``: (B, S, dim) new positions; ``past_*``: (B, H, T, D) cache slots; ``past_mask``:
+        additive, (B, 1, 1, T), hiding each row's unused slots. Returns the output (B, S, dim) and the
+        new positions' keys and values, (B, H, S, D) each.
+
+        The cache is read, never copied: scores against the past and against the new positions are
+        computed apart and share one softmax. A graph that concatenated past and new keys would copy
+        the whole cache every step, which is most of a batched step's time at this model size.
+        """
         B, S, C = x.shape
+        T = past_key.shape[3]
         q = self._split_heads(self.q_proj(x))  # (B, H, S, D)
-        k = torch.cat([past_key, self._split_heads(self.k_proj(x))], dim=2)  # (B, H, T + S, D)
-        v = torch.cat([past_value, self._split_heads(self.v_proj(x))], dim=2)  # (B, H, T + S, D)
-        scores = (q @ k.transpose(-2, -1)) * self.scale + mask  # (B, H, S, T + S)
-        weights = self.attn_dropout(torch.softmax(scores, dim=-1))  # (B, H, S, T + S)
-        out = (weights @ v).transpose(1, 2).reshape(B, S, C)  # (B, S, dim)
+        k = self._split_heads(self.k_proj(x))  # (B, H, S, D)
+        v = self._split_heads(self.v_proj(x))  # (B, H, S, D)
+        k = k.transpose(-2, -1)  # (B, H, D, S)
+        past_scores = (q @ past_key) * self.scale + past_mask  # (B, H, S, T)
+        new_scores = (q @ k) * self.scale + causal_mask(S, x.device)  # (B, H, S, S)
+        weights = torch.softmax(torch.cat([past_scores, new_scores], dim=-1), dim=-1)  # (B, H, S, T + S)
+        weights = self.attn_dropout(weights)
+        out = weights[..., :T] @ past_value + weights[..., T:] @ v  # (B, H, S, D)
+        out = out.transpose(1, 2).reshape(B, S, C)  # (B, S, dim)
         return self.resid_dropout(self.out_proj(out)), k, v
 
 
@@ -106,9 +118,9 @@ class Block(nn.Module):
         return x + self.ffn(self.ln2(x))  # (B, T, dim)
 
     def forward_cached(
-        self, x: Tensor, mask: Tensor, past_key: Tensor, past_value: Tensor
+        self, x: Tensor, past_mask: Tensor, past_key: Tensor, past_value: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        attended, key, value = self.attn.forward_cached(self.ln1(x), mask, past_key, past_value)
+        attended, key, value = self.attn.forward_cached(self.ln1(x), past_mask, past_key, past_value)
         x = x + attended  # (B, S, dim)
         return x + self.ffn(self.ln2(x)), key, value
 
@@ -161,45 +173,49 @@ class GPT(nn.Module):
         return self.head(self.ln_f(x))  # (B, T, V)
 
     def forward_cached(
-        self, tokens: Tensor, attention_mask: Tensor, position_ids: Tensor, past: list[Tensor]
+        self, tokens: Tensor, past_lengths: Tensor, past: list[Tensor]
     ) -> tuple[Tensor, list[Tensor]]:
-        """One decoding step over S new tokens with a cache of T positions.
+        """One decoding step over S new tokens per row, each row with its own cache length.
 
-        ``tokens``, ``position_ids``: (B, S) int64. ``attention_mask``: (B, T + S) int64, 1 for a real
-        token and 0 for left padding; the mask's last T + S columns are used, right-aligned with the
-        keys, so any length >= 1 is well defined. ``position_ids`` are clamped to [0, block_size - 1]
-        so that padding positions may carry -1 and no input can index outside the table; a caller
-        must stop (or slide its window) at block_size positions, where the clamp would repeat the
-        last position. ``past``: [key_0, value_0, key_1, ...], (B, H, T, D) each, T = 0 allowed.
-        Returns logits (B, S, V) and the grown cache in the same order, (B, H, T + S, D) each.
+        ``tokens``: (B, S) int64, at positions ``past_lengths[b] + s``. ``past_lengths``: (B,) int64,
+        how many leading slots of row b's cache hold its sequence; later slots are ignored whatever
+        finite values they hold (the mask is additive, and 0 * NaN is NaN), so a server can keep one
+        preallocated cache for a batch of sequences of different lengths. ``past``: [key_0, value_0, key_1, ...], (B, H, T, D) each, T = 0 allowed. A row may
+        be right-padded in S: causal attention keeps the padding out of the real positions' outputs.
+        Positions are clamped to [0, block_size - 1], so no input indexes outside the table; a caller
+        must stop (or slide its window) at block_size positions, where the clamp repeats the last one.
+        Returns logits (B, S, V) and the new positions' cache entries in ``past``'s order, (B, H, S, D)
+        each, for the caller to store at slots ``past_lengths[b] + s``.
         """
         S = tokens.shape[1]
-        keys = past[0].shape[2] + S  # T + S
-        total = attention_mask.shape[1]
-        # Gather rather than slice the mask: its length stays an independent dynamic axis, so the
-        # graph never depends on the exporter knowing that it equals T + S.
-        columns = (torch.arange(keys, device=tokens.device) + (total - keys)).clamp(min=0)  # (T + S,)
-        key_real = attention_mask[:, columns] > 0  # (B, T + S)
-        query_pos = torch.arange(S, device=tokens.device) + (keys - S)  # (S,) absolute cache index
-        key_pos = torch.arange(keys, device=tokens.device)  # (T + S,)
-        causal = key_pos[None, :] <= query_pos[:, None]  # (S, T + S)
-        allowed = causal[None] & key_real[:, None, :]  # (B, S, T + S)
-        mask = ((~allowed).float() * MASK_VALUE)[:, None]  # (B, 1, S, T + S)
-
-        positions = position_ids.clamp(0, self.config.block_size - 1)  # (B, S)
+        slots = torch.arange(past[1].shape[2], device=tokens.device)  # (T,), from a value cache
+        unused = slots[None, :] >= past_lengths[:, None]  # (B, T)
+        past_mask = (unused.float() * MASK_VALUE)[:, None, None]  # (B, 1, 1, T)
+        positions = past_lengths[:, None] + torch.arange(S, device=tokens.device)  # (B, S)
+        positions = positions.clamp(0, self.config.block_size - 1)
         x = self.token_embedding(tokens) + self.position_embedding(positions)  # (B, S, dim)
         x = self.dropout(x)
-        present = []
+        new = []
         for i, block in enumerate(self.blocks):
-            x, key, value = block.forward_cached(x, mask, past[2 * i], past[2 * i + 1])  # (B, S, dim)
-            present += [key, value]  # (B, H, T + S, D) each
-        return self.head(self.ln_f(x)), present  # (B, S, V)
+            x, key, value = block.forward_cached(x, past_mask, past[2 * i], past[2 * i + 1])  # (B, S, dim)
+            new += [key, value]  # (B, H, S, D) each
+        return self.head(self.ln_f(x)), new  # (B, S, V)
 
     def empty_cache(self, batch_size: int) -> list[Tensor]:
-        """[key_0, value_0, ...]: (B, H, 0, D) zeros, the cache before a prompt's prefill."""
-        shape = (batch_size, self.config.heads, 0, self.config.head_dim)
+        """[key_0, value_0, ...] with no slots, the cache before a prompt's prefill."""
         device = self.token_embedding.weight.device
-        return [torch.zeros(shape, device=device) for _ in range(2 * self.config.layers)]
+        return [torch.zeros(self.cache_shape(name, batch_size, 0), device=device) for name in self.cache_names("past")]
+
+    @staticmethod
+    def cache_axis(name: str) -> int:
+        """The length axis of a cache tensor: keys are stored (B, H, D, T), values (B, H, T, D)."""
+        return 3 if "_key_" in name else 2
+
+    def cache_shape(self, name: str, batch: int, length: int) -> tuple[int, int, int, int]:
+        cfg = self.config
+        if self.cache_axis(name) == 3:
+            return (batch, cfg.heads, cfg.head_dim, length)
+        return (batch, cfg.heads, length, cfg.head_dim)
 
     def cache_names(self, prefix: str) -> list[str]:
         """Graph names of the cache tensors: ``{prefix}_key_0``, ``{prefix}_value_0``, ..."""
@@ -224,34 +240,27 @@ class GPT(nn.Module):
             parity_sizes={"sequence": [1, cfg.block_size]},
         )
 
-        # Decoder step: B = 4, cache T = 3, S = 2 new tokens, rows left-padded by 0..3.
+        # Decoder step: B = 4 rows holding 3, 2, 1 and 0 of T = 3 cache slots, S = 2 new tokens each.
         batch, past_len, step = 4, 3, 2
-        total = past_len + step
-        attention_mask = (torch.arange(total)[None, :] >= torch.arange(batch)[:, None]).long()  # (B, T + S)
-        position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)[:, -step:]  # (B, S)
         inputs = {
             "tokens": torch.randint(0, cfg.vocab_size, (batch, step), generator=generator),
-            "attention_mask": attention_mask,
-            "position_ids": position_ids,
+            "past_lengths": torch.arange(batch - 1, -1, -1),  # (B,)
         }
-        cache_shape = (batch, cfg.heads, past_len, cfg.head_dim)
         for name in self.cache_names("past"):
-            inputs[name] = torch.randn(cache_shape, generator=generator)
+            shape = self.cache_shape(name, batch, past_len)
+            inputs[name] = torch.randn(shape, generator=generator)
         axes = {
             "tokens": {0: "batch", 1: "step"},
-            "attention_mask": {0: "batch", 1: "total"},
-            "position_ids": {0: "batch", 1: "step"},
-            **{name: {0: "batch", 2: "past"} for name in self.cache_names("past")},
+            **{name: {0: "batch", self.cache_axis(name): "past"} for name in self.cache_names("past")},
         }
         decoder_step = GraphExport(
             "decoder_step",
             self.step_module(),
             inputs,
-            ["logits", *self.cache_names("present")],
+            ["logits", *self.cache_names("new")],
             axes,
-            # The exporter draws each axis independently, so "total" is also checked where it differs
-            # from past + step (the right-aligned gather keeps that defined). T = 0 is the prefill.
-            parity_sizes={"past": [0, 5], "step": [1, 4], "total": [1, 9]},
+            # T = 0 is a prefill; lengths are drawn up to 3, so at T = 5 some slots are unused.
+            parity_sizes={"past": [0, 5], "step": [1, 4]},
         )
         return [model, decoder_step]
 
@@ -259,8 +268,8 @@ class GPT(nn.Module):
 class GPTDecoderStep(nn.Module):
     """Export wrapper: flat tensors in and out, names as in :meth:`GPT.graphs` ("decoder_step").
 
-    Inputs: tokens, attention_mask, position_ids, past_key_0, past_value_0, ...
-    Outputs: logits, present_key_0, present_value_0, ...
+    Inputs: tokens, past_lengths, past_key_0, past_value_0, ...
+    Outputs: logits, new_key_0, new_value_0, ...
     """
 
     def __init__(self, gpt: GPT) -> None:
@@ -268,7 +277,7 @@ class GPTDecoderStep(nn.Module):
         self.gpt = gpt
         # torch.export binds inputs to forward's signature and would see ``*past`` as one nested
         # input; give this instance's forward one named parameter per cache tensor instead.
-        names = ["tokens", "attention_mask", "position_ids", *gpt.cache_names("past")]
+        names = ["tokens", "past_lengths", *gpt.cache_names("past")]
         forward = functools.partial(GPTDecoderStep._step, self)
         forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
@@ -276,10 +285,10 @@ class GPTDecoderStep(nn.Module):
         self.forward = forward
 
     def _step(
-        self, tokens: Tensor, attention_mask: Tensor, position_ids: Tensor, *past: Tensor
+        self, tokens: Tensor, past_lengths: Tensor, *past: Tensor
     ) -> tuple[Tensor, ...]:
-        logits, present = self.gpt.forward_cached(tokens, attention_mask, position_ids, list(past))
-        return (logits, *present)
+        logits, new = self.gpt.forward_cached(tokens, past_lengths, list(past))
+        return (logits, *new)
 
 
 @register_model("gpt", config=GPTConfig, family="gpt")
