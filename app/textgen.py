@@ -4,21 +4,24 @@ One loop per model advances every active sequence by one token per step, as text
 and vLLM do. New requests join at step boundaries: their prompts are prefilled together in one call
 (right-padded, on empty caches) and their cache entries are stored as new rows of the batch's
 :class:`~app.generation.KVCache`. Each row keeps its own length, so sequences of any lengths share a
-decode step without padding or realignment, and a step writes only the new position of each row: the
-cache itself is never copied. Rows that leave (finished, disconnected) are dropped between steps. A
+decode step without padding or realignment, and a decode step writes only the new position of each
+row instead of copying the cache. Rows that leave (finished, disconnected) are dropped between steps. A
 sequence that fills the context window continues on a sliding window: it leaves and its last half
 is prefilled again.
 
-The step itself (feeds, onnxruntime, cache bookkeeping, sampling) runs in a worker thread; the event
-loop only admits requests and delivers tokens, so it never blocks on a step.
+The loop runs in its own thread and never waits for the event loop: a step (feeds, onnxruntime, cache
+bookkeeping, sampling, stop strings, finishing) is followed at once by the next, and the event loop
+only hears of a step's events (tokens for streams, "done"), one call per step. Handing every step to
+a worker and back cost a round trip through the event loop per token, which on one core was as much
+as the step's own onnxruntime time for a single stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,11 +96,16 @@ class TextGenerator:
         self.limits = limits
         # Each id's text, looked up per token (special tokens decode to nothing).
         self._pieces = [tokenizer.decode([i], stop_at_eos=False) for i in range(tokenizer.vocab_size)]
+        # The event loop submits and cancels; the decode thread owns everything else. The lock
+        # guards the waiting list and the wake-up condition.
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._waiting: list[Sequence] = []
-        self._active: list[Sequence] = []
-        self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gen-{name}")
-        self._task: asyncio.Task | None = None
+        self._active: list[Sequence] = []  # decode thread only
+        self._outbox: list[tuple[Sequence, tuple]] = []  # events of this step, for the event loop
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._reset()
         if session.output_names != self._cache.output_names:
             raise ValueError(
@@ -119,15 +127,17 @@ class TextGenerator:
     # ------------------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"generate-{self.name}")
+        self._event_loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name=f"generate-{self.name}", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        for seq in self._waiting + self._active:
-            self._finish(seq, "shutdown")
-        self._executor.shutdown(wait=True)
+        """Ends the decode thread; sequences still waiting or running finish with "shutdown"."""
+        with self._lock:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
 
     # ------------------------------------------------------------------------------ requests
 
@@ -141,19 +151,23 @@ class TextGenerator:
         eos_id: int | None = None,
         stream: bool = False,
     ) -> Sequence:
-        if len(self._waiting) >= self.limits.max_queued_sequences:
-            self._rejected_full.inc()
-            raise QueueFull(f"model {self.name!r} has {len(self._waiting)} generations queued; retry later")
         seq = Sequence(prompt, params, max_new_tokens, stop, np.random.default_rng(seed), eos_id, stream)
-        self._waiting.append(seq)
-        self._queued_gauge.set(len(self._waiting))
-        self._wake.set()
+        with self._lock:
+            if len(self._waiting) >= self.limits.max_queued_sequences:
+                self._rejected_full.inc()
+                raise QueueFull(
+                    f"model {self.name!r} has {len(self._waiting)} generations queued; retry later"
+                )
+            self._waiting.append(seq)
+            self._queued_gauge.set(len(self._waiting))
+            self._wake.notify()
         return seq
 
     def cancel(self, seq: Sequence) -> None:
-        """The client went away: the loop drops the sequence before its next step."""
+        """The client went away: the decode thread drops the sequence before its next step."""
         seq.cancelled = True
-        self._wake.set()
+        with self._lock:
+            self._wake.notify()
 
     @property
     def active(self) -> int:
@@ -161,29 +175,43 @@ class TextGenerator:
 
     # ------------------------------------------------------------------------------ the loop
 
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _run(self) -> None:
+        """The decode thread: admit, step, deliver, publish; it never waits for the event loop, which
+        only hears of a step's events (one call per step, none for a step without events)."""
         while True:
-            self._admit()
-            if not self._active:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch = list(self._active)
-            try:
-                tokens = await loop.run_in_executor(self._executor, self._step, batch)
-            except Exception as exc:  # a failed step ends its sequences, not the loop
-                log.exception("model %s: generation step failed", self.name)
-                self._reset()
-                for seq in batch:
-                    self._finish(seq, "error", error=str(exc))
-                continue
-            self._tokens_counter.inc(len(tokens))
-            for seq, token in tokens:
-                self._deliver(seq, token)
+            with self._lock:
+                while not (self._stopping or self._active or self._waiting):
+                    self._wake.wait()
+                if self._stopping:
+                    for seq in self._waiting + self._active:
+                        self._finish(seq, "shutdown")
+                    self._publish()
+                    return
+                self._admit()
+            if self._active:
+                self._advance(list(self._active))
+            self._publish()
+
+    def _advance(self, batch: list[Sequence]) -> None:
+        try:
+            tokens = self._step(batch)
+        except Exception as exc:  # a failed step ends its sequences, not the loop
+            log.exception("model %s: generation step failed", self.name)
+            self._reset()
+            for seq in batch:
+                self._finish(seq, "error", error=str(exc))
+            return
+        self._tokens_counter.inc(len(tokens))
+        for seq, token in tokens:
+            self._deliver(seq, token)
+
+    def _publish(self) -> None:
+        if self._outbox:
+            self._event_loop.call_soon_threadsafe(_dispatch, self._outbox)
+            self._outbox = []
 
     def _admit(self) -> None:
-        """Drop cancelled sequences, then move waiting ones in while the limits allow."""
+        """Drop cancelled sequences, then move waiting ones in while the limits allow (lock held)."""
         for seq in [s for s in self._active + self._waiting if s.cancelled]:
             self._finish(seq, "cancelled")
         cached = int(self._cache.lengths.sum()) + sum(len(s.prefill or ()) for s in self._active)
@@ -213,12 +241,12 @@ class TextGenerator:
         if hits:
             cut = min(hits)
             if cut > before and seq.stream:
-                seq.events.put_nowait(("token", seq.text[before:cut]))
+                self._outbox.append((seq, ("token", seq.text[before:cut])))
             seq.text = seq.text[:cut]
             self._finish(seq, "stop")
             return
         if seq.stream:
-            seq.events.put_nowait(("token", seq.text[before:]))
+            self._outbox.append((seq, ("token", seq.text[before:])))
         if len(seq.new) >= seq.max_new_tokens:
             self._finish(seq, "length")
         elif seq.cached >= self.block_size:  # no position left for the new token: slide the window
@@ -238,7 +266,7 @@ class TextGenerator:
         if seq.first_token_at is not None and len(seq.new) > 1:
             per_token = (time.perf_counter() - seq.first_token_at) / (len(seq.new) - 1)
             self._time_per_token.observe(per_token)
-        seq.events.put_nowait(("done", error))
+        self._outbox.append((seq, ("done", error)))
 
     # ------------------------------------------------------------------------------ one step (worker thread)
 
@@ -308,3 +336,9 @@ class TextGenerator:
             rows = logits if len(index) == len(seqs) else logits[index]
             tokens[index] = select_next_tokens(rows, params, [seq.rng for seq in members], seen)
         return list(zip(seqs, tokens.tolist(), strict=True))
+
+
+def _dispatch(events: list[tuple[Sequence, tuple]]) -> None:
+    """On the event loop: hand one step's events to the requests waiting for them."""
+    for seq, event in events:
+        seq.events.put_nowait(event)
