@@ -195,15 +195,14 @@ class TextGenerator:
     def _advance(self, batch: list[Sequence]) -> None:
         try:
             tokens = self._step(batch)
-        except Exception as exc:  # a failed step ends its sequences, not the loop
+            self._tokens_counter.inc(len(tokens))
+            for seq, token in tokens:
+                self._deliver(seq, token)
+        except Exception as exc:  # a failed step ends its sequences, not the thread
             log.exception("model %s: generation step failed", self.name)
             self._reset()
             for seq in batch:
                 self._finish(seq, "error", error=str(exc))
-            return
-        self._tokens_counter.inc(len(tokens))
-        for seq, token in tokens:
-            self._deliver(seq, token)
 
     def _publish(self) -> None:
         if self._outbox:

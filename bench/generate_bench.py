@@ -7,7 +7,8 @@
    context the window slides: its last half is prefilled again, as the server does) and (b) by
    recomputing the full-sequence ``model`` graph over the last 128 tokens at every step. Also the
    step graph's own batch scaling, the ceiling for continuous batching: greedy decoding of 1 and of 16
-   rows together through ``KVCache`` (no server, no sampling), tokens/s of each.
+   rows together through ``KVCache`` (no server, no sampling), tokens/s of each; and the same steps
+   on an empty cache, which bounds what any attention kernel could add to that scaling.
 2. Over HTTP, server pinned to core 1, client threads on core 0: one stream alone, then 16
    concurrent streams of 128 new tokens, against (i) this server (continuous batching) and (ii) the
    same server with ``SERVE_MAX_ACTIVE_SEQUENCES=1`` (each request's generation runs on its own, no
@@ -121,8 +122,19 @@ def _graph_scaling(new_tokens: int) -> dict[str, float]:
             cache.append(entries)
         return rows * steps / (time.perf_counter() - started)
 
+    def no_cache(rows: int) -> float:
+        """One-token steps on an empty cache: everything but attention to the past (an upper bound
+        for the batch scaling that a perfect attention kernel could reach)."""
+        cache, tokens = KVCache(graph), np.array([prompt[:1]] * rows)
+        started = time.perf_counter()
+        for _ in range(steps):
+            step.run(cache.output_names, cache.empty_feeds(tokens))
+        return rows * steps / (time.perf_counter() - started)
+
     decode(16)  # warm-up
-    return {f"graph_batch{rows}_tokens_per_s": decode(rows) for rows in (1, 16)}
+    result = {f"graph_batch{rows}_tokens_per_s": decode(rows) for rows in (1, 16)}
+    result |= {f"graph_no_cache_batch{rows}_tokens_per_s": no_cache(rows) for rows in (1, 16)}
+    return result
 
 
 def free_port() -> int:
@@ -203,10 +215,13 @@ def main() -> None:
     print(f"| KV cache (decoder_step) | {kv['kv_cache_tokens_per_s']:.0f} |")
     print(f"| recompute full sequence (model) | {kv['recompute_tokens_per_s']:.0f} |")
     print(f"\nKV cache / recompute: **{kv['kv_cache_tokens_per_s'] / kv['recompute_tokens_per_s']:.1f}x**\n")
-    one, sixteen = kv["graph_batch1_tokens_per_s"], kv["graph_batch16_tokens_per_s"]
     print("The step graph's own batch scaling (greedy, KVCache, no server), in process on one core:\n")
-    print(f"| rows | tokens/s |\n|---|---|\n| 1 | {one:.0f} |\n| 16 | {sixteen:.0f} |")
-    print(f"\n16 rows vs 1 row: **{sixteen / one:.1f}x**\n")
+    print("| steps | 1 row tokens/s | 16 rows tokens/s | 16 rows / 1 row |\n|---|---|---|---|")
+    graph_rows = (("decode (cache grows from 4)", "graph"), ("empty cache (no attention)", "graph_no_cache"))
+    for label, key in graph_rows:
+        one, sixteen = kv[f"{key}_batch1_tokens_per_s"], kv[f"{key}_batch16_tokens_per_s"]
+        print(f"| {label} | {one:.0f} | {sixteen:.0f} | **{sixteen / one:.1f}x** |")
+    print()
     print(f"HTTP, {stream_tokens} new tokens per stream, server on core 1:\n")
     print("| server | streams | aggregate tokens/s | TTFT p50 ms | TTFT p99 ms |\n|---|---|---|---|---|")
     for name, by_load in rows.items():

@@ -1,8 +1,10 @@
 """POST /generate against a real server: continuous batching gives each sequence exactly what it gets
-alone, seeds reproduce, streaming, disconnects free their slot, limits, seq2seq and image generators."""
+alone, seeds reproduce, streaming, disconnects free their slot, limits, seq2seq and image generators;
+and the decode thread itself: a failing step, and shutdown with work in flight."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -17,7 +19,9 @@ from PIL import Image
 from app.generation import generate
 from app.sampling import SamplingParams
 from app.schema import ModelConfig
+from app.session import Session, SessionOptions
 from app.settings import Settings
+from app.textgen import GenerationLimits, TextGenerator
 from app.tokenizer import CharTokenizer
 from tests.app.conftest import LiveServer, copy_models, reference_session
 
@@ -226,3 +230,57 @@ def test_generation_metrics(gen_server) -> None:
         'serve_generation_finished_total{model="gpt-corpus",reason="length"}',
     ):
         assert name in text, name
+
+
+def _decode_thread(repo) -> tuple[TextGenerator, CharTokenizer]:
+    config = ModelConfig.model_validate_json((repo / "gpt-corpus" / "config.json").read_text())
+    graph = config.graphs["decoder_step"]
+    session = Session(repo / "gpt-corpus" / "1" / graph.file, graph, SessionOptions(device="cpu"))
+    tokenizer = CharTokenizer.from_dict(config.preprocessing.tokenizer.model_dump())
+    block = config.preprocessing.max_length
+    return TextGenerator("gpt-corpus", session, tokenizer, block, GenerationLimits()), tokenizer
+
+
+async def _finish(seq) -> str | None:
+    while True:
+        kind, payload = await asyncio.wait_for(seq.events.get(), timeout=30)
+        if kind == "done":
+            return payload
+
+
+def test_a_failing_step_ends_its_sequences_and_the_loop_goes_on(gen_repo) -> None:
+    """A prompt id outside the embedding table makes onnxruntime's Gather fail for real."""
+
+    async def run() -> None:
+        generator, tokenizer = _decode_thread(gen_repo)
+        generator.start()
+        try:
+            greedy = SamplingParams(temperature=0)
+            bad = generator.submit([tokenizer.vocab_size + 1000], greedy, 5)
+            error = await _finish(bad)
+            assert bad.finish_reason == "error" and error
+            good = generator.submit(tokenizer.encode("The "), greedy, 5)
+            assert await _finish(good) is None
+            assert good.finish_reason == "length" and len(good.new) == 5 and generator.active == 0
+        finally:
+            await generator.stop()
+
+    asyncio.run(run())
+
+
+def test_stop_finishes_running_and_waiting_sequences(gen_repo) -> None:
+    async def run() -> None:
+        generator, tokenizer = _decode_thread(gen_repo)
+        generator.start()
+        params, prompt = SamplingParams(temperature=0.8), tokenizer.encode("The ")
+        running = generator.submit(prompt, params, 100_000, seed=1)  # slides forever until stopped
+        while not running.new:
+            await asyncio.sleep(0.01)
+        waiting = [generator.submit(prompt, params, 10, seed=i) for i in range(3)]
+        await generator.stop()
+        for seq in [running, *waiting]:
+            assert await _finish(seq) is None
+            assert seq.finish_reason in {"shutdown", "length"}
+        assert running.finish_reason == "shutdown" and not generator._thread.is_alive()
+
+    asyncio.run(run())
