@@ -37,7 +37,7 @@ class KVCache:
     # tracks the longest row keeps steps cheap, and a reallocation every CHUNK tokens costs little.
     CHUNK = 32
 
-    def __init__(self, graph: GraphSpec, capacity: int = 1) -> None:
+    def __init__(self, graph: GraphSpec) -> None:
         # Every input but the step's tokens and the rows' lengths is a cache tensor (past_key_0, ...).
         self.shapes = {s.name: s.shape for s in graph.inputs if s.name not in ("tokens", "past_lengths")}
         # The one dynamic axis after the batch axis is the slot axis.
@@ -47,7 +47,7 @@ class KVCache:
         self.capacity = self.width = 0  # rows and slots allocated
         self.buffers: dict[str, np.ndarray] = {}
         self._views: dict[str, np.ndarray] = {}  # each buffer seen as (B, T, ...): slot axis second
-        self._reallocate(capacity, 0)
+        self._reallocate(1, 0)
 
     def _empty(self, name: str, rows: int, width: int) -> np.ndarray:
         shape = [rows, *self.shapes[name][1:]]
@@ -88,8 +88,6 @@ class KVCache:
     def add(self, new: list[np.ndarray], lengths: list[int]) -> None:
         """Add rows from a prefill's outputs: row i keeps its first ``lengths[i]`` positions."""
         first = self.rows
-        if first + len(lengths) > self.capacity:
-            self._reallocate(2 * (first + len(lengths)), self.width)
         self.lengths = np.concatenate([self.lengths, np.asarray(lengths, np.int64)])
         self._fit(int(self.lengths.max()))
         for (name, view), entries in zip(self._views.items(), new, strict=True):
@@ -106,13 +104,19 @@ class KVCache:
         self._fit(int(self.lengths.max()) if len(index) else 0)
 
     def _fit(self, needed: int) -> None:
-        """Grow the slot axis to hold ``needed`` positions, or shrink it when half of it is unused."""
+        """Size the buffers for the rows and ``needed`` positions. Each axis grows when too small and
+        shrinks when mostly unused (rows: three quarters, slots: half): a step reads only what is in
+        use, but a reallocation zeroes what is allocated, and it happens whenever the width changes
+        (measured: one row decoded 25% slower in buffers sized for 32 rows)."""
         width = -(-needed // self.CHUNK) * self.CHUNK
-        if width > self.width or width <= self.width // 2:
-            self._reallocate(self.capacity, width)
+        capacity = self.capacity
+        if self.rows > capacity or self.rows <= capacity // 4:
+            capacity = max(2 * self.rows, 1)
+        if capacity != self.capacity or width > self.width or width <= self.width // 2:
+            self._reallocate(capacity, width)
 
     def _reallocate(self, capacity: int, width: int) -> None:
-        rows, kept = self.rows, min(width, self.width)
+        rows, kept = min(self.rows, self.capacity, capacity), min(width, self.width)
         for name in self.shapes:
             self.buffers[name] = self._empty(name, capacity, width)
             view = np.moveaxis(self.buffers[name], self.axes[name], 1)

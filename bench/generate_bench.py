@@ -9,10 +9,11 @@
    step graph's own batch scaling, the ceiling for continuous batching: greedy decoding of 1 and of 16
    rows together through ``KVCache`` (no server, no sampling), tokens/s of each; and the same steps
    on an empty cache, which bounds what any attention kernel could add to that scaling.
-2. Over HTTP, server pinned to core 1, client threads on core 0: one stream alone, then 16
+2. Over HTTP, servers pinned to core 1, client threads on core 0: one stream alone, then 16
    concurrent streams of 128 new tokens, against (i) this server (continuous batching) and (ii) the
    same server with ``SERVE_MAX_ACTIVE_SEQUENCES=1`` (each request's generation runs on its own, no
-   cross-request batching). Aggregate tokens/s, p50/p99 time to first token (server-side).
+   cross-request batching), both running, in alternating rounds. Aggregate tokens/s (median wave),
+   p50/p99 time to first token (server-side).
 """
 
 from __future__ import annotations
@@ -162,31 +163,54 @@ def start_server(extra_env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("server did not become ready")
 
 
-def load(url: str, streams: int, new_tokens: int) -> dict[str, float]:
+def load(urls: dict[str, str], new_tokens: int, rounds: int) -> dict:
+    """For each server, one stream and then 16 concurrent streams, round after round: this VM's speed
+    drifts by tens of percent within seconds, so both servers and both loads alternate, each figure is
+    the median over its waves, and each ratio is the median of the rounds' own ratios (waves of one
+    round see the same machine)."""
     body = {"model": "gpt-corpus", "prompt": "The ", "max_new_tokens": new_tokens, "temperature": 0.8}
-
     # One client for all threads: building an httpx.Client (SSL context) costs milliseconds.
-    client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=streams))
+    client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=32))
 
-    def one(i: int) -> dict:
-        r = client.post(f"{url}/generate", json={**body, "seed": i})
-        r.raise_for_status()
-        return r.json()
+    def wave(url: str, streams: int, pool: ThreadPoolExecutor) -> tuple[float, list[float]]:
+        def one(i: int) -> dict:
+            r = client.post(f"{url}/generate", json={**body, "seed": i})
+            r.raise_for_status()
+            return r.json()
 
-    with ThreadPoolExecutor(streams) as pool:
-        list(pool.map(one, range(streams)))  # warm-up: connections open, caches allocated
         started = time.perf_counter()
         results = list(pool.map(one, range(streams)))
         elapsed = time.perf_counter() - started
+        tokens = sum(r["usage"]["completion_tokens"] for r in results)
+        return tokens / elapsed, [r["timings"]["time_to_first_token_s"] for r in results]
+
+    waves = {(name, streams): [] for name in urls for streams in (1, 16)}  # (tokens/s, TTFTs) per wave
+    with ThreadPoolExecutor(16) as pool:
+        for url in urls.values():
+            wave(url, 16, pool)  # warm-up: connections open, caches allocated
+        for _ in range(rounds):
+            for name, streams in waves:
+                waves[name, streams].append(wave(urls[name], streams, pool))
     client.close()
-    tokens = sum(r["usage"]["completion_tokens"] for r in results)
-    ttft = sorted(r["timings"]["time_to_first_token_s"] for r in results)
-    return {
-        "streams": streams,
-        "tokens_per_s": tokens / elapsed,
-        "ttft_p50_ms": 1000 * statistics.median(ttft),
-        "ttft_p99_ms": 1000 * ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))],
+    rows: dict = {name: {} for name in urls}
+    for (name, streams), measured in waves.items():
+        ttft = sorted(t for _, times in measured for t in times)
+        rows[name]["single" if streams == 1 else "sixteen"] = {
+            "streams": streams,
+            "tokens_per_s": statistics.median(rate for rate, _ in measured),
+            "ttft_p50_ms": 1000 * statistics.median(ttft),
+            "ttft_p99_ms": 1000 * ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))],
+        }
+
+    def ratio(a: tuple[str, int], b: tuple[str, int]) -> float:
+        return statistics.median(x[0] / y[0] for x, y in zip(waves[a], waves[b], strict=True))
+
+    batching, solo = urls
+    ratios = {
+        "sixteen_vs_single": ratio((batching, 16), (batching, 1)),
+        "vs_solo": ratio((batching, 16), (solo, 16)),
     }
+    return {"rows": rows, "ratios": ratios, "rounds": rounds}
 
 
 def main() -> None:
@@ -197,15 +221,15 @@ def main() -> None:
     os.sched_setaffinity(0, {0})  # this process is the client: core 0
 
     kv = in_process(long_tokens, stream_tokens)
-    rows = {}
-    for name, env in (
-        ("continuous batching", {}),
-        ("no cross-request batching", {"SERVE_MAX_ACTIVE_SEQUENCES": "1"}),
-    ):
-        proc, url = start_server(env)
-        try:
-            rows[name] = {"single": load(url, 1, stream_tokens), "sixteen": load(url, 16, stream_tokens)}
-        finally:
+    servers = {
+        "continuous batching": {},
+        "no cross-request batching": {"SERVE_MAX_ACTIVE_SEQUENCES": "1"},
+    }
+    started = {name: start_server(env) for name, env in servers.items()}
+    try:
+        http = load({name: url for name, (_, url) in started.items()}, stream_tokens, 3 if args.quick else 10)
+    finally:
+        for proc, _ in started.values():
             proc.terminate()
             proc.wait(timeout=30)
 
@@ -222,22 +246,22 @@ def main() -> None:
         one, sixteen = kv[f"{key}_batch1_tokens_per_s"], kv[f"{key}_batch16_tokens_per_s"]
         print(f"| {label} | {one:.0f} | {sixteen:.0f} | **{sixteen / one:.1f}x** |")
     print()
-    print(f"HTTP, {stream_tokens} new tokens per stream, server on core 1:\n")
+    rounds = http["rounds"]
+    print(f"HTTP, {stream_tokens} new tokens per stream, servers on core 1, {rounds} alternating rounds:\n")
     print("| server | streams | aggregate tokens/s | TTFT p50 ms | TTFT p99 ms |\n|---|---|---|---|---|")
-    for name, by_load in rows.items():
+    for name, by_load in http["rows"].items():
         for r in by_load.values():
             cells = [name, str(r["streams"]), f"{r['tokens_per_s']:.0f}"]
             cells += [f"{r['ttft_p50_ms']:.1f}", f"{r['ttft_p99_ms']:.1f}"]
             print("| " + " | ".join(cells) + " |")
-    batching = rows["continuous batching"]
-    solo = rows["no cross-request batching"]["sixteen"]["tokens_per_s"]
-    scaling = batching["sixteen"]["tokens_per_s"] / batching["single"]["tokens_per_s"]
+    ratios = http["ratios"]
     print(
-        f"\n16 streams vs one stream: **{scaling:.1f}x**; "
-        f"vs no cross-request batching at 16 streams: **{batching['sixteen']['tokens_per_s'] / solo:.1f}x**"
+        f"\n16 streams vs one stream: **{ratios['sixteen_vs_single']:.1f}x**; "
+        f"vs no cross-request batching at 16 streams: **{ratios['vs_solo']:.1f}x** "
+        "(medians of the rounds' ratios)"
     )
     out = ROOT / "bench" / "results" / "generate_bench.json"
-    out.write_text(json.dumps({"quick": args.quick, "in_process": kv, "http": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({"quick": args.quick, "in_process": kv, "http": http}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

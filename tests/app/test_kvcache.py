@@ -100,9 +100,9 @@ def test_rows_join_decode_and_leave_in_any_order() -> None:
     keep([4, 0, 2])  # rows 1 and 3 leave; the rest are reordered
     step()
     ref.check(cache)
-    keep([0])  # only a short row left: the unused half of the slot axis is given back
+    keep([0])  # only a short row left: the unused part of both axes is given back
     ref.check(cache)
-    assert cache.width == KVCache.CHUNK
+    assert cache.width == KVCache.CHUNK and cache.capacity == 2  # rows given back too
     keep([])
     assert cache.rows == 0 and cache.width == 0
     join([5])

@@ -79,9 +79,12 @@ class CachedSelfAttention(MultiHeadSelfAttention):
     def forward_cached(
         self, x: Tensor, past_mask: Tensor, past_key: Tensor, past_value: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """``x``: (B, S, dim) new positions; ``past_*``: (B, H, T, D) cache slots; ``past_mask``:
-        additive, (B, 1, 1, T), hiding each row's unused slots. Returns the output (B, S, dim) and the
-        new positions' keys and values, (B, H, S, D) each.
+        """``x``: (B, S, dim) new positions; ``past_key``: (B, H, D, T) and ``past_value``: (B, H, T, D)
+        cache slots; ``past_mask``: additive, (B, 1, 1, T), hiding each row's unused slots. Returns the
+        output (B, S, dim) and the new positions' keys (B, H, D, S) and values (B, H, S, D).
+
+        Keys are kept transposed so that the score product reads them without a transpose (in
+        onnxruntime's profile at batch 16 and T = 128 that matmul took ~100 instead of ~120 us).
 
         The cache is read, never copied: scores against the past and against the new positions are
         computed apart and share one softmax. A graph that concatenated past and new keys would copy
