@@ -78,12 +78,14 @@ class KVCache:
 
     def append(self, new: list[np.ndarray]) -> None:
         """Store one new position per row (a decode step's outputs after the logits)."""
-        self._fit(int(self.lengths.max()) + 1)
-        rows = np.arange(self.rows)
+        longest = int(self.lengths.max()) + 1
+        if longest > self.width:  # lengths only grow here: the one resize a step can need
+            self._fit(longest)
+        rows, lengths = np.arange(self.rows), self.lengths
         for view, entries in zip(self._views.values(), new, strict=True):
             # One new slot per row: dropping its size-1 slot axis is a reshape, whatever the layout.
-            view[rows, self.lengths] = entries.reshape(len(rows), *view.shape[2:])  # (B, ...)
-        self.lengths += 1
+            view[rows, lengths] = entries.reshape(len(rows), *view.shape[2:])  # (B, ...)
+        self.lengths = lengths + 1
 
     def add(self, new: list[np.ndarray], lengths: list[int]) -> None:
         """Add rows from a prefill's outputs: row i keeps its first ``lengths[i]`` positions."""
