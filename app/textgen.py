@@ -267,7 +267,7 @@ class TextGenerator:
             self._time_per_token.observe(per_token)
         self._outbox.append((seq, ("done", error)))
 
-    # ------------------------------------------------------------------------------ one step (worker thread)
+    # ------------------------------------------------------------------------------ one step (decode thread)
 
     def _reset(self) -> None:
         self._rows: list[Sequence] = []  # the sequence of each cache row
