@@ -2,10 +2,10 @@
 
 Two graphs leave this file. ``model`` is the training forward, tokens (B, T) -> logits (B, T, V).
 ``decoder_step`` is what a server decodes with: it takes the new tokens (B, S), each row's cache length
-(B,) and each layer's key/value cache (B, H, T, D), and returns the next logits plus only the new
-positions' keys and values (B, H, S, D), which the caller stores in place. The same graph prefills a
-prompt (T = 0, S = prompt length) and decodes one token at a time (S = 1); rows of different lengths
-share one batch because each row's length, not the tensor's width, says which slots are real.
+(B,) and each layer's key/value cache (keys (B, H, D, T), values (B, H, T, D)), and returns the next
+logits plus only the new positions' keys and values, which the caller stores in place. The same graph
+prefills a prompt (T = 0, S = prompt length) and decodes one token at a time (S = 1); rows of different
+lengths share one batch because each row's length, not the tensor's width, says which slots are real.
 Sampling lives in ``app/sampling.py``: ``forward`` never samples.
 """
 
@@ -183,12 +183,13 @@ class GPT(nn.Module):
         ``tokens``: (B, S) int64, at positions ``past_lengths[b] + s``. ``past_lengths``: (B,) int64,
         how many leading slots of row b's cache hold its sequence; later slots are ignored whatever
         finite values they hold (the mask is additive, and 0 * NaN is NaN), so a server can keep one
-        preallocated cache for a batch of sequences of different lengths. ``past``: [key_0, value_0, key_1, ...], (B, H, T, D) each, T = 0 allowed. A row may
-        be right-padded in S: causal attention keeps the padding out of the real positions' outputs.
+        preallocated cache for a batch of sequences of different lengths. ``past``: [key_0, value_0,
+        key_1, ...], keys (B, H, D, T) and values (B, H, T, D), T = 0 allowed. A row may be
+        right-padded in S: causal attention keeps the padding out of the real positions' outputs.
         Positions are clamped to [0, block_size - 1], so no input indexes outside the table; a caller
         must stop (or slide its window) at block_size positions, where the clamp repeats the last one.
-        Returns logits (B, S, V) and the new positions' cache entries in ``past``'s order, (B, H, S, D)
-        each, for the caller to store at slots ``past_lengths[b] + s``.
+        Returns logits (B, S, V) and the new positions' cache entries in ``past``'s order and layout
+        (S slots each), for the caller to store at slots ``past_lengths[b] + s``.
         """
         S = tokens.shape[1]
         slots = torch.arange(past[1].shape[2], device=tokens.device)  # (T,), from a value cache
