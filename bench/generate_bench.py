@@ -46,23 +46,26 @@ def in_process(new_tokens: int, stream_tokens: int) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _kv_vs_recompute(new_tokens: int) -> dict[str, float]:
+def _one_core_sessions(*roles: str):
+    """The model's config and one single-threaded, non-spinning onnxruntime session per graph role."""
     import onnxruntime as ort
 
-    from app.generation import generate
-    from app.sampling import SamplingParams
     from app.schema import ModelConfig
 
     config = ModelConfig.model_validate_json((MODEL_DIR / "config.json").read_text())
-    block = config.preprocessing.max_length
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    files = [str(MODEL_DIR / "1" / config.graphs[role].file) for role in roles]
+    return config, *(ort.InferenceSession(file, options) for file in files)
 
-    def session(role: str) -> ort.InferenceSession:
-        return ort.InferenceSession(str(MODEL_DIR / "1" / config.graphs[role].file), options)
 
-    step, full = session("decoder_step"), session("model")
+def _kv_vs_recompute(new_tokens: int) -> dict[str, float]:
+    from app.generation import generate
+    from app.sampling import SamplingParams
+
+    config, step, full = _one_core_sessions("decoder_step", "model")
+    block = config.preprocessing.max_length
     prompt = [5]
 
     def kv() -> list[int]:
@@ -102,18 +105,11 @@ def _kv_vs_recompute(new_tokens: int) -> dict[str, float]:
 def _graph_scaling(new_tokens: int) -> dict[str, float]:
     """Greedy decode steps of 1 and 16 rows through the step graph and KVCache alone: how much
     batching the graph itself allows on this core (prompt "The ", as the HTTP load)."""
-    import onnxruntime as ort
-
     from app.generation import KVCache
-    from app.schema import ModelConfig
     from app.tokenizer import CharTokenizer
 
-    config = ModelConfig.model_validate_json((MODEL_DIR / "config.json").read_text())
+    config, step = _one_core_sessions("decoder_step")
     graph = config.graphs["decoder_step"]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    step = ort.InferenceSession(str(MODEL_DIR / "1" / graph.file), options)
     prompt = CharTokenizer.from_dict(config.preprocessing.tokenizer.model_dump()).encode("The ")
     steps = min(new_tokens, config.preprocessing.max_length - len(prompt))  # within the context
 
@@ -234,8 +230,10 @@ def main() -> None:
         "continuous batching": {},
         "no cross-request batching": {"SERVE_MAX_ACTIVE_SEQUENCES": "1"},
     }
-    started = {name: start_server(env) for name, env in servers.items()}
+    started: dict[str, tuple[subprocess.Popen, str]] = {}
     try:
+        for name, env in servers.items():
+            started[name] = start_server(env)
         http = load({name: url for name, (_, url) in started.items()}, stream_tokens, 3 if args.quick else 10)
     finally:
         for proc, _ in started.values():
