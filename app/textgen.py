@@ -291,8 +291,6 @@ class TextGenerator:
             logits.append(self._prefill(joining))
             seqs += joining
             self._prefill_time.observe(time.perf_counter() - started)
-        if not seqs:
-            return []
         return self._sample(seqs, logits[0] if len(logits) == 1 else np.concatenate(logits))
 
     def _drop_departed(self) -> None:
