@@ -103,12 +103,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     SERVE_MODEL_REPOSITORY=/srv/models \
     SERVE_DEVICE=cuda \
     SERVE_VERIFY_SHA256=true \
-    SERVE_WARMUP=true
+    SERVE_WARMUP=true \
+    SERVE_HOST=0.0.0.0 \
+    SERVE_PORT=8000
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=4).status != 200)"]
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
+CMD ["python", "-m", "app"]
 
 # --------------------------------------------------------------------------------------------------
 # serve: the default target. CPU onnxruntime, no torch, runs as an unprivileged user.
@@ -131,7 +133,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     SERVE_MODEL_REPOSITORY=/srv/models \
     SERVE_DEVICE=cpu \
     SERVE_VERIFY_SHA256=true \
-    SERVE_WARMUP=true
+    SERVE_WARMUP=true \
+    SERVE_HOST=0.0.0.0 \
+    SERVE_PORT=8000
 # Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 EXPOSE 8000
@@ -139,4 +143,4 @@ EXPOSE 8000
 # raises on the 503, which exits non-zero as well.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=4).status != 200)"]
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
+CMD ["python", "-m", "app"]

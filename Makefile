@@ -19,7 +19,7 @@ run: $(PY)
 	$(PY) -m pip install -q -e '.[serve]'
 	@ls $(MODELS)/*/config.json >/dev/null 2>&1 || { \
 		$(PY) -m pip install -q -e '.[train,serve]' && $(PY) -m training build --skip-existing --out $(MODELS); }
-	SERVE_MODEL_REPOSITORY=$(MODELS) $(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
+	SERVE_MODEL_REPOSITORY=$(MODELS) SERVE_HOST=$(HOST) SERVE_PORT=$(PORT) $(PY) -m app
 
 # Whole test suite, with lint, after installing what tests need.
 test: $(PY)

@@ -11,6 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import logging
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +23,8 @@ from app.errors import BadRequest, InvalidInput
 from app.registry import ModelVersion
 from app.schema import GraphSpec, ImagePostprocessing, ImagePreprocessing, TensorSpec
 from app.session import NUMPY_DTYPES
+
+log = logging.getLogger(__name__)
 
 ACCEPTED_IMAGE_FORMATS = ("PNG", "JPEG")
 
@@ -56,13 +61,25 @@ def as_items(inputs: str | list, item_rank: int, expects_strings: bool) -> list:
     )
 
 
+def _outer_size(value: Any) -> int:
+    """Elements along the outer nesting, without walking every leaf (an upper-bound estimate)."""
+    size = 1
+    while isinstance(value, list) and value:
+        size *= len(value)
+        value = value[0]
+    return size
+
+
 def _shape_matches(shape: tuple[int, ...], spec: list[int]) -> bool:
     return len(shape) == len(spec) and all(s == d or d < 0 for s, d in zip(shape, spec, strict=True))
 
 
-def tensor_item(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
+def tensor_item(value: Any, spec: TensorSpec, where: str, max_elements: int) -> np.ndarray:
     """A nested list -> one item of ``spec`` (its shape without the batch axis), checked."""
     dtype = NUMPY_DTYPES[spec.dtype]
+    fixed = [d for d in spec.shape[1:] if d >= 0]
+    if any(d < 0 for d in spec.shape[1:]) and _outer_size(value) * math.prod(fixed) > max_elements:
+        raise InvalidInput(f"{where}: more than the {max_elements} elements allowed per tensor")
     try:
         array = np.asarray(value, dtype=np.float64 if dtype is np.float32 else dtype)
     except (ValueError, TypeError, OverflowError):
@@ -83,26 +100,42 @@ def tensor_item(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
     return array.astype(dtype, copy=False)
 
 
-def image_item(
-    data: str, pre: ImagePreprocessing, spec: TensorSpec, where: str, max_pixels: int
-) -> np.ndarray:
-    """base64 PNG/JPEG -> the graph's item: channels, size, [0, 1] scale, (x - mean) / std."""
+def open_image(data: str, where: str, max_pixels: int) -> Image.Image:
+    """base64 PNG/JPEG -> an opened, not yet decoded image: reading the header is cheap, so sizes are
+    checked before any pixel is decoded."""
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest(f"{where}: not valid base64") from None
     try:
-        with Image.open(io.BytesIO(raw)) as image:
-            if image.format not in ACCEPTED_IMAGE_FORMATS:
-                raise BadRequest(f"{where}: {image.format} images are not accepted; send PNG or JPEG")
-            if image.width * image.height > max_pixels:
-                raise InvalidInput(f"{where}: image of {image.width}x{image.height} pixels is too large")
+        image = Image.open(io.BytesIO(raw))
+    except Image.DecompressionBombError:  # Pillow's own bound (far above ours) fired first
+        raise InvalidInput(
+            f"{where}: image is larger than the {max_pixels} pixels allowed per image"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise BadRequest(f"{where}: not a PNG or JPEG image") from None
+    if image.format not in ACCEPTED_IMAGE_FORMATS:
+        raise BadRequest(f"{where}: {image.format} images are not accepted; send PNG or JPEG")
+    if image.width * image.height > max_pixels:
+        raise InvalidInput(
+            f"{where}: image of {image.width}x{image.height} pixels is larger than the "
+            f"{max_pixels} pixels allowed per image"
+        )
+    return image
+
+
+def image_item(image: Image.Image, pre: ImagePreprocessing, spec: TensorSpec, where: str) -> np.ndarray:
+    """An opened image -> the graph's item: channels, size, [0, 1] scale, (x - mean) / std."""
+    try:
+        with image:
             image = image.convert("L" if pre.channels == 1 else "RGB")
             if image.size != (pre.width, pre.height):
                 image = image.resize((pre.width, pre.height), Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.float32) / 255.0  # (H, W) or (H, W, C)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise BadRequest(f"{where}: cannot decode the image ({exc})") from None
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+        log.info("%s: image decoding failed: %s", where, exc)
+        raise BadRequest(f"{where}: cannot decode the image (truncated or corrupt)") from None
     chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # (C, H, W)
     mean = np.asarray(pre.mean, np.float32)[:, None, None]
     std = np.asarray(pre.std, np.float32)[:, None, None]
@@ -147,28 +180,69 @@ def text_feeds(mv: ModelVersion, texts: list, graph: GraphSpec) -> dict[str, np.
     return feeds
 
 
-def predict_feeds(mv: ModelVersion, graph: GraphSpec, inputs: str | list, max_items: int, max_pixels: int):
-    """``POST /predict`` inputs -> feeds for ``graph`` (all items in one batch)."""
-    pre = mv.config.preprocessing
-    if pre is not None and pre.kind == "text":
-        items = as_items(inputs, 0, expects_strings=True)
-        _check_count(items, max_items)
-        return text_feeds(mv, items, graph)
-    if len(graph.inputs) != 1:
-        raise InvalidInput(f"model {mv.name!r} takes {len(graph.inputs)} inputs; use the V2 infer endpoint")
-    spec = graph.inputs[0]
-    items = as_items(inputs, len(spec.shape) - 1, expects_strings=False)
-    _check_count(items, max_items)
-    rows = []
-    for i, item in enumerate(items):
-        where = f"inputs[{i}]"
-        if isinstance(item, str):
-            if not isinstance(pre, ImagePreprocessing):
-                raise InvalidInput(f"{where}: model {mv.name!r} takes numbers, not strings")
-            rows.append(image_item(item, pre, spec, where, max_pixels))
-        else:
-            rows.append(tensor_item(item, spec, where))
-    return {spec.name: np.stack(rows)}
+@dataclass(frozen=True)
+class PredictLimits:
+    max_items: int
+    max_tensor_elements: int
+    max_image_pixels: int
+    max_request_pixels: int
+
+
+# Decoding more pixels than this goes to a worker thread (Pillow decodes and resizes without holding
+# the interpreter); below it the thread hop would cost more than the decoding.
+INLINE_PIXELS = 256 * 256
+
+
+class PredictFeeds:
+    """``POST /predict`` inputs -> feeds for ``graph``, in two steps: :meth:`check` does everything
+    whose cost does not grow with the pixels (counts, image headers, the pixel budget, text and
+    nested lists, which the body's size bounds); :meth:`build` decodes the images. ``heavy`` says
+    whether :meth:`build` belongs on a worker thread."""
+
+    def __init__(self, mv: ModelVersion, graph: GraphSpec, inputs: str | list, limits: PredictLimits):
+        pre = mv.config.preprocessing
+        self.feeds: dict[str, np.ndarray] | None = None
+        self.heavy = False
+        if pre is not None and pre.kind == "text":
+            items = as_items(inputs, 0, expects_strings=True)
+            _check_count(items, limits.max_items)
+            self.feeds = text_feeds(mv, items, graph)
+            return
+        if len(graph.inputs) != 1:
+            raise InvalidInput(
+                f"model {mv.name!r} takes {len(graph.inputs)} inputs; use the V2 infer endpoint"
+            )
+        self.spec = spec = graph.inputs[0]
+        self.pre = pre
+        items = as_items(inputs, len(spec.shape) - 1, expects_strings=False)
+        _check_count(items, limits.max_items)
+        self.rows: list[np.ndarray | Image.Image] = []
+        pixels = 0
+        for i, item in enumerate(items):
+            where = f"inputs[{i}]"
+            if isinstance(item, str):
+                if not isinstance(pre, ImagePreprocessing):
+                    raise InvalidInput(f"{where}: model {mv.name!r} takes numbers, not strings")
+                image = open_image(item, where, limits.max_image_pixels)
+                pixels += image.width * image.height
+                if pixels > limits.max_request_pixels:
+                    raise InvalidInput(
+                        f"inputs: the images hold more than the {limits.max_request_pixels} pixels "
+                        f"allowed per request (decoded, summed over the items)"
+                    )
+                self.rows.append(image)
+            else:
+                self.rows.append(tensor_item(item, spec, where, limits.max_tensor_elements))
+        self.heavy = pixels > INLINE_PIXELS
+
+    def build(self) -> dict[str, np.ndarray]:
+        if self.feeds is None:
+            rows = [
+                image_item(row, self.pre, self.spec, f"inputs[{i}]") if isinstance(row, Image.Image) else row
+                for i, row in enumerate(self.rows)
+            ]
+            self.feeds = {self.spec.name: np.stack(rows)}
+        return self.feeds
 
 
 def _check_count(items: list, max_items: int) -> None:
@@ -180,13 +254,25 @@ def _check_count(items: list, max_items: int) -> None:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
+    """Stable for any finite or infinite logits: +inf logits share the mass, -inf get none."""
+    logits = np.asarray(logits, np.float64)
+    top = logits.max(axis=-1, keepdims=True)
+    infinite = np.isposinf(top)
+    if infinite.any():  # a row with +inf logits: those classes split the probability, the rest get 0
+        logits = np.where(infinite, np.where(np.isposinf(logits), 0.0, -np.inf), logits)
+        top = np.where(infinite, 0.0, top)
+    exp = np.exp(logits - top)
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def classification_items(labels: list[str], logits: np.ndarray, top_k: int | None) -> list[dict]:
-    probs = softmax(logits.astype(np.float64))
+    bad = np.flatnonzero(np.isnan(logits).any(axis=-1) | np.isneginf(logits).all(axis=-1))
+    if len(bad):
+        raise InvalidInput(
+            f"inputs[{bad[0]}]: the model's output is not a number for this input "
+            "(values far outside the range it was trained on?)"
+        )
+    probs = softmax(logits)
     best = probs.argmax(axis=-1)
     items = []
     for row, index in zip(probs, best, strict=True):

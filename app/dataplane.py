@@ -4,13 +4,19 @@ data plane -> registry -> runner). No HTTP here, so the routes stay thin and the
 from __future__ import annotations
 
 import asyncio
+import functools
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import orjson
 
 from app import codecs, v2
 from app.decoding import beam_search, greedy_decode
-from app.errors import InvalidInput
+from app.errors import InferenceFailed, InvalidInput
 from app.registry import ModelVersion, Registry
 from app.runner import Runner
 from app.sampling import SamplingParams
@@ -42,6 +48,19 @@ class DataPlane:
     def __init__(self, registry: Registry, settings: Settings) -> None:
         self.registry = registry
         self.settings = settings
+        self.predict_limits = codecs.PredictLimits(
+            settings.max_items_per_request,
+            settings.max_tensor_elements,
+            settings.max_image_pixels,
+            settings.max_request_pixels,
+        )
+        self.v2_limits = v2.TensorLimits(settings.max_items_per_request, settings.max_tensor_elements)
+        # Image decoding of large requests (Pillow releases the interpreter while it decodes). Bounded:
+        # a flood of large images queues here instead of starting a thread each.
+        self._decoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+
+    def close(self) -> None:
+        self._decoders.shutdown(wait=False, cancel_futures=True)
 
     async def predict(
         self,
@@ -58,14 +77,18 @@ class DataPlane:
         config = mv.config
         if config.task not in PREDICT_TASKS:
             raise InvalidInput(f"model {model!r} is a {config.task} model; use POST /generate")
+        if config.task == "classification" and top_k is not None and top_k > len(config.labels):
+            raise InvalidInput(f"top_k is {top_k}; the model has {len(config.labels)} classes")
+        if config.task != "classification" and top_k is not None:
+            raise InvalidInput("top_k applies to classifiers only")
         runner = mv.runner()
-        feeds = codecs.predict_feeds(
-            mv, runner.graph, inputs, self.settings.max_items_per_request, self.settings.max_image_pixels
-        )
+        prepared = codecs.PredictFeeds(mv, runner.graph, inputs, self.predict_limits)
+        if prepared.heavy:
+            feeds = await asyncio.get_running_loop().run_in_executor(self._decoders, prepared.build)
+        else:
+            feeds = prepared.build()
         results = await run_rows(runner, feeds)
         if config.task == "classification":
-            if top_k is not None and top_k > len(config.labels):
-                raise InvalidInput(f"top_k is {top_k}; the model has {len(config.labels)} classes")
             logits = results[runner.graph.outputs[0].name]
             items = codecs.classification_items(config.labels, logits, top_k)
         else:
@@ -105,11 +128,11 @@ class DataPlane:
         self, model: str, version: int | None, body: bytes, header_length: str | None
     ) -> tuple[bytes, int | None]:
         mv = self.registry.get(model, version)
-        header, binary = v2.parse_body(body, header_length)
+        header, binary = v2.parse_body(body, header_length, self.settings.max_json_bytes)
         runner = mv.runner()
-        feeds = v2.decode_inputs(header, binary, runner.graph)
+        feeds = v2.decode_inputs(header, binary, runner.graph, self.v2_limits)
         if mv.tokenizer is not None:
-            v2.check_token_inputs(feeds, mv.tokenizer.vocab_size)
+            v2.check_token_inputs(feeds, mv.tokenizer.vocab_size, mv.config.preprocessing.max_length)
         chosen = v2.requested_outputs(header, runner.graph)
         results = await run_rows(runner, feeds)
         return v2.encode_response(mv.name, mv.version, header.get("id"), results, chosen)
@@ -119,10 +142,37 @@ class DataPlane:
 
 
 def _not_for(task: str, request, fields: tuple[str, ...]) -> None:
-    """Refuse fields meant for another kind of model rather than silently ignoring them."""
-    given = [f for f in fields if getattr(request, f) not in (None, False, [])]
+    """Refuse fields meant for another kind of model rather than silently ignoring them (``false`` and
+    ``null`` say nothing, so they pass)."""
+    given = [
+        f
+        for f in fields
+        if f in request.model_fields_set
+        and (v := getattr(request, f)) is not None
+        and v is not False
+        and v != []
+    ]
     if given:
         raise InvalidInput(f"{', '.join(given)} do(es) not apply to a {task} model")
+
+
+class SearchCancelled(Exception):
+    """A seq2seq search whose client went away stops at its next graph call."""
+
+
+def _summary(seq: Sequence, prompt_tokens: int, started: float) -> dict[str, Any]:
+    total = time.perf_counter() - started
+    ttft = (seq.first_token_at - seq.created) if seq.first_token_at else None
+    timings = {"total_s": round(total, 6)}
+    if ttft is not None:
+        timings["time_to_first_token_s"] = round(ttft, 6)
+        timings["tokens_per_s"] = round(len(seq.new) / total, 2) if total > 0 else 0.0
+    return {
+        "text": seq.text,
+        "finish_reason": seq.finish_reason,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(seq.new)},
+        "timings": timings,
+    }
 
 
 class GenerationPlane:
@@ -132,9 +182,33 @@ class GenerationPlane:
     def __init__(self, registry: Registry, settings: Settings) -> None:
         self.registry = registry
         self.settings = settings
+        # One thread per search, bounded; the model's admission gate has the same bound, so an admitted
+        # search never waits for a thread.
+        self._searches = ThreadPoolExecutor(
+            max_workers=settings.max_concurrent_searches, thread_name_prefix="search"
+        )
 
-    def model(self, request) -> ModelVersion:
-        return self.registry.get(request.model, request.version)
+    def close(self) -> None:
+        self._searches.shutdown(wait=False, cancel_futures=True)
+
+    async def generate(self, request) -> dict[str, Any] | AsyncIterator[bytes]:
+        """The response body, or for a streamed text generation the Server-Sent Events. Every check
+        runs before any work starts; cancelling the caller (a client that went away) stops the work at
+        its next step."""
+        mv = self.registry.get(request.model, request.version)
+        head = {"model": mv.name, "version": mv.version, "task": mv.config.task}
+        started = time.perf_counter()
+        if mv.config.task == "text_generation" and mv.generator is not None:
+            seq, prompt_tokens = self.start_text(mv, request)
+            if request.stream:
+                return self._stream(mv, seq, prompt_tokens, started)
+            await self._finished(mv, seq)
+            return {**head, **_summary(seq, prompt_tokens, started)}
+        if mv.config.task == "seq2seq":
+            return {**head, **await self.translate(mv, request)}
+        if mv.config.generation is not None and mv.config.generation.latent_dim is not None:
+            return {**head, **await self.images(mv, request)}
+        raise InvalidInput(f"model {mv.name!r} is a {mv.config.task} model; use POST /predict")
 
     # ---------------------------------------------------------------- language models
 
@@ -145,54 +219,127 @@ class GenerationPlane:
         tokenizer = mv.tokenizer
         if not request.prompt:
             raise InvalidInput("prompt is empty")
+        block = mv.generator.block_size
+        if len(request.prompt) >= block:  # before encoding: the prompt may be megabytes
+            raise InvalidInput(f"prompt is {len(request.prompt)} characters; the model's context is {block}")
         unknown = sorted(set(request.prompt) - set(tokenizer.chars))
         if unknown:
             raise InvalidInput(f"prompt has characters outside the model's vocabulary: {''.join(unknown)!r}")
         ids = tokenizer.encode(request.prompt)
-        block = mv.generator.block_size
         if len(ids) >= block:
             raise InvalidInput(f"prompt is {len(ids)} tokens; the model's context is {block}")
-        max_new = request.max_new_tokens if request.max_new_tokens is not None else defaults.max_new_tokens
-        if not 1 <= max_new <= self.settings.max_new_tokens:
-            raise InvalidInput(
-                f"max_new_tokens must be in [1, {self.settings.max_new_tokens}]; got {max_new}"
-            )
-        if any(not s for s in request.stop):
-            raise InvalidInput("stop strings must not be empty")
+        max_new = self._max_new_tokens(request, defaults, self.settings.max_new_tokens)
+        stop = self._stop_strings(request)
+        top_k = request.top_k if request.top_k is not None else (defaults.top_k or 0)
+        if top_k > tokenizer.vocab_size:
+            raise InvalidInput(f"top_k is {top_k}; the model's vocabulary has {tokenizer.vocab_size} tokens")
         params = SamplingParams(
             temperature=request.temperature if request.temperature is not None else defaults.temperature,
-            top_k=request.top_k if request.top_k is not None else (defaults.top_k or 0),
+            top_k=top_k,
             top_p=request.top_p if request.top_p is not None else (defaults.top_p or 1.0),
             repetition_penalty=request.repetition_penalty,
         )
-        seq = mv.generator.submit(
-            ids, params, max_new, tuple(request.stop), request.seed, tokenizer.eos_id, request.stream
-        )
+        seq = mv.generator.submit(ids, params, max_new, stop, request.seed, tokenizer.eos_id, request.stream)
         return seq, len(ids)
+
+    def _max_new_tokens(self, request, defaults: GenerationDefaults, limit: int) -> int:
+        max_new = request.max_new_tokens if request.max_new_tokens is not None else defaults.max_new_tokens
+        if not 1 <= max_new <= limit:
+            raise InvalidInput(f"max_new_tokens must be in [1, {limit}]; got {max_new}")
+        return max_new
+
+    def _stop_strings(self, request) -> tuple[str, ...]:
+        stop = request.stop
+        if len(stop) > self.settings.max_stop_strings:
+            raise InvalidInput(f"stop has {len(stop)} strings; at most {self.settings.max_stop_strings}")
+        if any(not s for s in stop):
+            raise InvalidInput("stop strings must not be empty")
+        if any(len(s) > self.settings.max_stop_length for s in stop):
+            raise InvalidInput(f"stop strings must be at most {self.settings.max_stop_length} characters")
+        return tuple(stop)
+
+    @staticmethod
+    async def _finished(mv: ModelVersion, seq: Sequence) -> None:
+        """Wait for the sequence's end; if the caller is cancelled, the sequence leaves the batch."""
+        try:
+            while True:
+                kind, error = await seq.events.get()
+                if kind == "done":
+                    if error is not None:
+                        raise InferenceFailed("generation failed; the server log has the details")
+                    return
+        finally:
+            if seq.finish_reason is None:
+                mv.generator.cancel(seq)
+
+    @staticmethod
+    async def _stream(
+        mv: ModelVersion, seq: Sequence, prompt_tokens: int, started: float
+    ) -> AsyncIterator[bytes]:
+        """Server-Sent Events: one per token, then a summary. Closing the iterator early (the client
+        went away) takes the sequence out of the decode loop before its next step."""
+        index = 0
+        try:
+            while True:
+                kind, payload = await seq.events.get()
+                if kind == "token":
+                    yield b"data: " + orjson.dumps({"token": payload, "index": index}) + b"\n\n"
+                    index += 1
+                    continue
+                summary = _summary(seq, prompt_tokens, started)
+                if payload is not None:
+                    summary["error"] = "generation failed; the server log has the details"
+                yield b"data: " + orjson.dumps(summary) + b"\n\n"
+                return
+        finally:
+            if seq.finish_reason is None:
+                mv.generator.cancel(seq)
 
     # ---------------------------------------------------------------- seq2seq
 
     async def translate(self, mv: ModelVersion, request) -> dict[str, Any]:
-        _not_for("seq2seq", request, ("prompt", "num_samples", "latent", "interpolate", "stream"))
+        _not_for(
+            "seq2seq",
+            request,
+            (
+                "prompt",
+                "num_samples",
+                "latent",
+                "interpolate",
+                "stream",
+                "temperature",
+                "top_k",
+                "top_p",
+                "seed",
+                "stop",
+                "repetition_penalty",
+            ),
+        )
         defaults = mv.config.generation or GenerationDefaults()
         pre = mv.config.preprocessing
         if not request.input:
             raise InvalidInput("input is empty")
+        if len(request.input) > pre.max_length:  # before encoding: the input may be megabytes
+            raise InvalidInput(
+                f"input is {len(request.input)} characters; the model accepts at most {pre.max_length}"
+            )
         ids = mv.tokenizer.encode(request.input, eos=pre.add_eos)
         if len(ids) > pre.max_length:
             raise InvalidInput(f"input is {len(ids)} tokens; the model accepts at most {pre.max_length}")
-        max_new = request.max_new_tokens if request.max_new_tokens is not None else defaults.max_new_tokens
-        if not 1 <= max_new <= self.settings.max_new_tokens:
-            raise InvalidInput(
-                f"max_new_tokens must be in [1, {self.settings.max_new_tokens}]; got {max_new}"
-            )
+        # The decoder's positions bound the output as well as the server's own limit.
+        max_new = self._max_new_tokens(request, defaults, min(self.settings.max_new_tokens, pre.max_length))
         beams = request.num_beams or defaults.num_beams
+        if beams > self.settings.max_beams:
+            raise InvalidInput(f"num_beams is {beams}; at most {self.settings.max_beams}")
         encoder, decoder = mv.runners["encoder"], mv.runners["decoder"]
         loop = asyncio.get_running_loop()
+        cancelled = threading.Event()
 
         # The search runs in a thread; every graph call goes through the model's batchers, so steps of
         # concurrent requests with equal shapes share batches.
         def call(runner: Runner, feeds: dict[str, np.ndarray]) -> np.ndarray:
+            if cancelled.is_set():
+                raise SearchCancelled
             return asyncio.run_coroutine_threadsafe(run_rows(runner, feeds), loop).result()[
                 runner.graph.outputs[0].name
             ]
@@ -207,9 +354,16 @@ class GenerationPlane:
         tok = mv.tokenizer
         args = {"bos_id": tok.bos_id, "eos_id": tok.eos_id, "max_len": max_new}
         if beams == 1:
-            out = await asyncio.to_thread(greedy_decode, encode, decode, src, **args)
-            return {"text": tok.decode(out[0]), "beams": None}
-        result = await asyncio.to_thread(beam_search, encode, decode, src, beam_size=beams, **args)
+            search = functools.partial(greedy_decode, encode, decode, src, **args)
+        else:
+            search = functools.partial(beam_search, encode, decode, src, beam_size=beams, **args)
+        try:
+            result = await loop.run_in_executor(self._searches, search)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        if beams == 1:
+            return {"text": tok.decode(result[0]), "beams": None}
         beams_out = [
             {"text": tok.decode(ids), "score": float(score)}
             for ids, score in zip(result.sequences[0], result.scores[0], strict=True)
@@ -220,31 +374,53 @@ class GenerationPlane:
     # ---------------------------------------------------------------- images
 
     async def images(self, mv: ModelVersion, request) -> dict[str, Any]:
-        _not_for("image generator", request, ("prompt", "input", "num_beams", "stream", "max_new_tokens"))
+        _not_for(
+            "image generator",
+            request,
+            (
+                "prompt",
+                "input",
+                "num_beams",
+                "stream",
+                "max_new_tokens",
+                "temperature",
+                "top_k",
+                "top_p",
+                "stop",
+                "repetition_penalty",
+            ),
+        )
         runner = mv.runners.get("generator") or mv.runners.get("decoder")
         if runner is None or mv.config.generation is None or mv.config.generation.latent_dim is None:
             raise InvalidInput(f"model {mv.name!r} does not generate images")
         dim = mv.config.generation.latent_dim
+        limit = self.settings.max_images
         choices = [x for x in (request.latent, request.interpolate, request.num_samples) if x is not None]
         if len(choices) > 1:
             raise InvalidInput("give one of latent, interpolate and num_samples")
         seed = request.seed or 0
+        # Every count is checked before a latent is made.
         if request.latent is not None:
+            if not 1 <= len(request.latent) <= limit:
+                raise InvalidInput(f"latent must hold 1 to {limit} vectors; got {len(request.latent)}")
+            if any(len(row) != dim for row in request.latent):
+                raise InvalidInput(f"latent must be a list of vectors of {dim} numbers each")
             z = np.asarray(request.latent, np.float64)
-            if z.ndim != 2 or z.shape[1] != dim or len(z) == 0:
-                raise InvalidInput(f"latent must be a list of vectors of {dim} numbers")
             if not np.isfinite(z).all():
                 raise InvalidInput("latent contains NaN or infinity")
         elif request.interpolate is not None:
+            steps = request.interpolate.steps
+            if steps > limit:
+                raise InvalidInput(f"interpolate.steps is {steps}; at most {limit} images per request")
             a = np.random.default_rng(request.interpolate.from_seed).standard_normal(dim)
             b = np.random.default_rng(request.interpolate.to_seed).standard_normal(dim)
-            t = np.linspace(0.0, 1.0, request.interpolate.steps)[:, None]
+            t = np.linspace(0.0, 1.0, steps)[:, None]
             z = (1 - t) * a + t * b
         else:
             n = request.num_samples or mv.config.generation.num_samples
+            if n > limit:
+                raise InvalidInput(f"num_samples is {n}; at most {limit} images per request")
             z = np.stack([np.random.default_rng(seed + i).standard_normal(dim) for i in range(n)])
-        if len(z) > self.settings.max_images:
-            raise InvalidInput(f"at most {self.settings.max_images} images per request; asked for {len(z)}")
         z = z.astype(np.float32)
         images = (await run_rows(runner, {runner.graph.inputs[0].name: z}))[runner.graph.outputs[0].name]
         body: dict[str, Any] = {"latents": z.tolist()}

@@ -39,10 +39,31 @@ class ModelNotReady(ServingError):
 
 
 class QueueFull(ServingError):
+    """The model is at its admission or queue bound: the same request can succeed later."""
+
     status_code = 429
 
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after_s)))})
+
+
+class ServerBusy(QueueFull):
+    """The server as a whole is at its bound of requests in progress, or shutting down."""
+
+    status_code = 503
+
+
+class RequestTimeout(ServingError):
+    """The body did not arrive within the body timeout; the connection is closed."""
+
+    status_code = 408
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class UnsupportedMediaType(ServingError):
+    status_code = 415
 
 
 class DeadlineExceeded(ServingError):

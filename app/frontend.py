@@ -1,20 +1,26 @@
 """The front door: the outermost ASGI layer in front of the FastAPI app.
 
-Every HTTP request gets its metrics (count by model, endpoint and status; end-to-end latency) and the
-body-size limit here. The two inference endpoints, ``POST /predict`` and ``POST /v2/models/{name}
-[/versions/{version}]/infer``, are dispatched here directly to the same handler functions their
-FastAPI routes call, skipping FastAPI's middleware, routing and dependency layers: measured on one
-core, that stack took ~60% of a request's time and capped the batching server below 1.3x a
-one-session-per-request FastAPI app (2.7x without it). Everything else (metadata, health, /metrics,
-/openapi.json, /docs) goes through FastAPI, and ``SERVE_DIRECT_DISPATCH=false`` sends the inference
-endpoints there too.
+Every HTTP request gets, here: its metrics (count by model, endpoint and status; end-to-end latency);
+the server-wide bound on requests in progress (503 + Retry-After beyond it, and while shutting down);
+the body-size limit; and the body timeout (408). Health and /metrics are never refused.
+
+The inference endpoints, ``POST /predict``, ``POST /generate`` and ``POST /v2/models/{name}
+[/versions/{version}]/infer``, are dispatched here directly to the same data-plane calls their FastAPI
+routes make, skipping FastAPI's middleware, routing and dependency layers: measured on one core, that
+stack took ~60% of a request's time, and a refusal under overload must cost microseconds. Each is
+admitted by its model's gate (app/admission.py) before its body is parsed. ``/generate`` also watches
+the connection: a client that goes away cancels its generation at the next step. Everything else
+(metadata, /metrics, /openapi.json, /docs) goes through FastAPI, and ``SERVE_DIRECT_DISPATCH=false``
+sends the inference endpoints there too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -22,18 +28,21 @@ from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
 from app import metrics
-from app.api.bodies import parse_body
+from app.api.bodies import admitted, check_json_size, refuse_simple_media, require_json
 from app.api.predict import run_predict
-from app.api.schemas import PredictRequest
-from app.errors import InferenceFailed, PayloadTooLarge, ServingError
+from app.api.schemas import GenerateRequest, PredictRequest
+from app.errors import InferenceFailed, PayloadTooLarge, RequestTimeout, ServerBusy, ServingError
 from app.registry import check_version
+from app.settings import Settings
 
 log = logging.getLogger("app")
 
-PREDICT = "/predict"
 V2_INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 V2_INFER_TEMPLATES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
+# Never refused, never counted against the bound: probes and scrapes must see an overloaded server.
+UNBOUNDED_PATHS = ("/health/", "/v2/health/", "/metrics")
 JSON = b"application/json"
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
 class _Disconnected(Exception):
@@ -41,16 +50,34 @@ class _Disconnected(Exception):
 
 
 class Frontend:
-    def __init__(self, api: FastAPI, max_body_bytes: int, direct_dispatch: bool = True) -> None:
+    def __init__(self, api: FastAPI, settings: Settings) -> None:
         self.api = api
-        self.max_body_bytes = max_body_bytes
-        self.direct_dispatch = direct_dispatch
+        self.settings = settings
+        self.max_body_bytes = settings.max_body_bytes
+        self.direct_dispatch = settings.direct_dispatch
+        self.in_progress = 0  # requests past the server-wide bound's check, not yet answered
+        api.state.draining = False
+        self._direct: dict[str, Callable[..., Awaitable[None]]] = {
+            "/predict": self._predict,
+            "/generate": self._generate,
+        }
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._latencies: dict[tuple[str, str], Any] = {}
+        self._busy = metrics.REJECTED.labels("", "server_busy")
+        self._draining = metrics.REJECTED.labels("", "shutting_down")
 
     @property
     def state(self):
         return self.api.state
+
+    @property
+    def draining(self) -> bool:
+        """Set on SIGTERM (app/server.py): readiness answers 503 and new requests are refused."""
+        return self.api.state.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.api.state.draining = value
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan (and websockets) belong to FastAPI
@@ -65,7 +92,10 @@ class Frontend:
             await send(message)
 
         try:
-            await self._dispatch(scope, receive, send_with_status, outcome)
+            if scope["path"].startswith(UNBOUNDED_PATHS):
+                await self.api(scope, receive, send_with_status)
+            else:
+                await self._bounded(scope, receive, send_with_status, outcome)
         except _Disconnected:
             outcome["status"] = 499  # client went away; nothing to answer
         finally:
@@ -75,60 +105,108 @@ class Frontend:
                 outcome["model"] = scope.get("state", {}).get("model", "")
             self._observe(outcome, time.perf_counter() - started)
 
+    async def _bounded(self, scope: Scope, receive: Receive, send: Send, outcome: dict) -> None:
+        if self.draining:
+            self._draining.inc()
+            await _respond(send, *_error(ServerBusy("the server is shutting down; retry on another replica")))
+            return
+        if self.in_progress >= self.settings.max_concurrent_requests:
+            self._busy.inc()
+            message = f"the server has {self.in_progress} requests in progress, its limit; retry later"
+            await _respond(send, *_error(ServerBusy(message, self.settings.retry_after_s)))
+            return
+        self.in_progress += 1
+        try:
+            await self._dispatch(scope, receive, send, outcome)
+        finally:
+            self.in_progress -= 1
+
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, outcome: dict) -> None:
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            await _respond(send, *self._error(PayloadTooLarge(self._too_large())))
+            await _respond(send, *_error(PayloadTooLarge(self._too_large())))
             return
         path, method = scope["path"], scope["method"]
         if self.direct_dispatch and method == "POST":
-            if path == PREDICT:
-                outcome["endpoint"] = PREDICT
-                await self._predict(receive, send, outcome)
+            handler = self._direct.get(path)
+            if handler is not None:
+                outcome["endpoint"] = path
+                await self._guarded(handler, scope, receive, send, outcome)
                 return
             match = V2_INFER.match(path)
             if match:
                 outcome["endpoint"] = V2_INFER_TEMPLATES[match["version"] is not None]
-                await self._infer_v2(scope, receive, send, outcome, match["name"], match["version"])
+                outcome["model"] = self._known(match["name"])
+                await self._guarded(self._infer_v2, scope, receive, send, match["name"], match["version"])
                 return
         await self.api(scope, self._limited(receive), send)
 
-    # ---------------------------------------------------------------------------- direct endpoints
-
-    async def _predict(self, receive: Receive, send: Send, outcome: dict) -> None:
+    async def _guarded(self, handler, scope: Scope, receive: Receive, send: Send, *args) -> None:
+        """Run a direct handler; its errors become their responses (500 for anything unexpected)."""
         try:
-            raw = await self._read_body(receive)
-            body = parse_body(PredictRequest, raw)
-            outcome["model"] = self._known(body.model)
-            result = await run_predict(self.api.state.dataplane, body)
-            await _respond(send, 200, [(b"content-type", JSON)], orjson.dumps(result))
+            await handler(scope, receive, send, *args)
         except ServingError as exc:
-            await _respond(send, *self._error(exc))
+            await _respond(send, *_error(exc))
         except _Disconnected:
             raise  # nobody to answer
         except Exception as exc:  # the FastAPI path's catch-all handler, for the direct path
-            log.exception("unhandled error on POST /predict")
-            await _respond(send, *self._error(InferenceFailed(f"internal error: {type(exc).__name__}")))
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            await _respond(send, *_error(InferenceFailed(f"internal error: {type(exc).__name__}")))
+
+    # ---------------------------------------------------------------------------- direct endpoints
+
+    async def _predict(self, scope: Scope, receive: Receive, send: Send, outcome: dict) -> None:
+        raw = await self._read_json(scope, receive)
+        with admitted(self.state.registry, PredictRequest, raw) as body:
+            outcome["model"] = body.model
+            result = await run_predict(self.state.dataplane, body)
+            await _respond(send, 200, [(b"content-type", JSON)], orjson.dumps(result))
+
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, outcome: dict) -> None:
+        raw = await self._read_json(scope, receive)
+        with admitted(self.state.registry, GenerateRequest, raw) as body:
+            outcome["model"] = body.model
+            await self._until_disconnect(receive, self._generate_and_send(body, send))
+
+    async def _generate_and_send(self, body: GenerateRequest, send: Send) -> None:
+        result = await self.state.generation.generate(body)
+        if isinstance(result, dict):
+            await _respond(send, 200, [(b"content-type", JSON)], orjson.dumps(result))
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        try:
+            async for event in result:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+        finally:
+            await result.aclose()  # on cancellation too: takes the sequence out of the decode loop
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _until_disconnect(self, receive: Receive, work: Awaitable[None]) -> None:
+        """Run ``work`` while watching the connection: if the client goes away first, ``work`` is
+        cancelled (a generation leaves its batch at the next step) and nothing is answered."""
+        task = asyncio.ensure_future(work)
+        gone = asyncio.ensure_future(receive())  # the body is read: the next message is the disconnect
+        try:
+            await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                gone.cancel()
+                raise _Disconnected
+            gone.cancel()
+        task.result()  # re-raise the handler's error, if any
 
     async def _infer_v2(
-        self, scope: Scope, receive: Receive, send: Send, outcome: dict, name: str, version: str | None
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
     ) -> None:
-        outcome["model"] = self._known(name)
-        try:
-            raw = await self._read_body(receive)
+        refuse_simple_media(_header(scope, b"content-type"))
+        raw = await self._read_body(receive)
+        with self.state.registry.gate(name):
             header_length = _header(scope, b"inference-header-content-length")
-            content, json_length = await self.api.state.dataplane.infer_v2(
+            content, json_length = await self.state.dataplane.infer_v2(
                 name, check_version(version), raw, header_length
             )
-        except ServingError as exc:
-            await _respond(send, *self._error(exc))
-            return
-        except _Disconnected:
-            raise
-        except Exception as exc:
-            log.exception("unhandled error on POST %s", scope["path"])
-            await _respond(send, *self._error(InferenceFailed(f"internal error: {type(exc).__name__}")))
-            return
         if json_length is None:
             headers = [(b"content-type", JSON)]
         else:
@@ -142,47 +220,64 @@ class Frontend:
 
     def _known(self, name: str) -> str:
         """The model label: the name when the repository has it, else empty (bounded cardinality)."""
-        return name if self.api.state.registry.has(name) else ""
+        return name if self.state.registry.has(name) else ""
 
     def _too_large(self) -> str:
         return f"request body is larger than {self.max_body_bytes} bytes"
 
+    async def _read_json(self, scope: Scope, receive: Receive) -> bytes:
+        require_json(_header(scope, b"content-type"))
+        raw = await self._read_body(receive)
+        check_json_size(raw, self.settings.max_json_bytes)
+        return raw
+
     async def _read_body(self, receive: Receive) -> bytes:
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise PayloadTooLarge(self._too_large())
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Disconnected
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        raise PayloadTooLarge(self._too_large())
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except TimeoutError:
+            raise RequestTimeout(self._slow_body()) from None
+
+    def _slow_body(self) -> str:
+        return f"the request body did not arrive within {self.settings.body_timeout_s:g} s"
 
     def _limited(self, receive: Receive) -> Receive:
-        """``receive`` for FastAPI routes that fails a streamed body past the limit with 413."""
+        """``receive`` for FastAPI routes: a streamed body past the size limit fails with 413, one that
+        does not arrive within the body timeout with 408."""
         received = 0
+        deadline: float | None = None
+        complete = False
 
         async def limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline, complete
+            if complete:  # only the disconnect is left to hear: no deadline
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.settings.body_timeout_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeout(self._slow_body()) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise PayloadTooLarge(self._too_large())
+                complete = not message.get("more_body", False)
             return message
 
         return limited
-
-    def _error(self, exc: ServingError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        if exc.status_code >= 500:
-            log.warning("-> %d: %s", exc.status_code, exc.message)
-        headers = [(b"content-type", JSON)] + [
-            (k.lower().encode(), v.encode()) for k, v in exc.headers.items()
-        ]
-        return exc.status_code, headers, orjson.dumps({"error": exc.message})
 
     def _observe(self, outcome: dict, seconds: float) -> None:
         key = (outcome["model"], outcome["endpoint"], str(outcome["status"]))
@@ -195,6 +290,13 @@ class Frontend:
         if latency is None:
             latency = self._latencies[latency_key] = metrics.REQUEST_LATENCY.labels(*latency_key)
         latency.observe(seconds)
+
+
+def _error(exc: ServingError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    if exc.status_code >= 500:
+        log.warning("-> %d: %s", exc.status_code, exc.message)
+    headers = [(b"content-type", JSON)] + [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    return exc.status_code, headers, orjson.dumps({"error": exc.message})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -61,9 +61,11 @@ def create_app(settings: Settings | None = None) -> Frontend:
             yield
         finally:
             await registry.stop()
+            app.state.dataplane.close()
+            app.state.generation.close()
 
     app = FastAPI(
-        title="onnx-serve",
+        title="deepserve",
         version=__version__,
         summary="Dynamic-batching ONNX inference for the classic deep-learning families.",
         lifespan=lifespan,
@@ -98,7 +100,7 @@ def create_app(settings: Settings | None = None) -> Frontend:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
-    return Frontend(app, settings.max_body_bytes, settings.direct_dispatch)
+    return Frontend(app, settings)
 
 
 app = create_app()

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from app import metrics
+from app.admission import Gate
 from app.errors import InvalidInput, ModelNotFound, ModelNotReady
 from app.runner import Runner
 from app.schema import CONFIG_FILE, REPORT_FILE, Batching, ModelConfig, Report
@@ -97,6 +100,7 @@ class Registry:
         self.root = settings.model_repository
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._default: dict[str, int] = {}
+        self._gates: dict[str, Gate] = {}
         self.loaded = False
         self.limits = GenerationLimits(
             settings.max_active_sequences, settings.max_queued_sequences, settings.max_cached_tokens
@@ -129,6 +133,7 @@ class Registry:
             )
             self._default[name] = pinned if pinned in versions else max(versions)
             default = versions[self._default[name]]
+            self._gates[name] = Gate(name, self._admission_limit(default), self.settings.retry_after_s)
             for state in (READY, FAILED):
                 metrics.MODEL_STATE.labels(name, state).set(1 if default.state == state else 0)
         self.loaded = True
@@ -141,11 +146,34 @@ class Registry:
             self._load_or_raise(mv)
             mv.state, mv.reason = READY, None
         except Exception as exc:  # a broken model disables itself, never the server
-            mv.state, mv.reason = FAILED, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            mv.state, mv.reason = FAILED, self._reason(exc)
             mv.runners, mv.generator = {}, None
-            log.error("model %s version %s failed to load: %s", mv.name, mv.version, mv.reason)
+            log.error(
+                "model %s version %s failed to load: %s: %s", mv.name, mv.version, type(exc).__name__, exc
+            )
         mv.load_seconds = time.perf_counter() - started
         metrics.LOAD_TIME.labels(mv.name).set(mv.load_seconds)
+
+    def _reason(self, exc: Exception) -> str:
+        """Why a model failed, as clients see it (in /models and 503s): paths relative to the repository,
+        no config excerpts; the log has the full exception."""
+        if isinstance(exc, ValidationError):
+            fields = sorted({".".join(str(p) for p in e["loc"]) or "(root)" for e in exc.errors()})
+            return f"{exc.title} is invalid: {', '.join(fields)}"
+        text = str(exc)
+        for root in {str(self.root.resolve()), str(self.root)}:
+            text = text.replace(root + "/", "").replace(root, "")
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+    def _admission_limit(self, mv: ModelVersion) -> int:
+        """Requests a model may hold in progress (app/admission.py): what its batching can absorb."""
+        if mv.generator is not None:
+            return self.settings.max_active_sequences + self.settings.max_queued_sequences
+        if mv.config is None:
+            return 1  # failed before its config was read: answers 503 anyway
+        if mv.config.task == "seq2seq":
+            return self.settings.max_concurrent_searches
+        return mv.config.batching.max_queue_size
 
     def _load_or_raise(self, mv: ModelVersion) -> None:
         model_dir = mv.path.parent
@@ -207,6 +235,13 @@ class Registry:
 
     def all_versions(self) -> list[ModelVersion]:
         return [mv for versions in self._models.values() for mv in versions.values()]
+
+    def gate(self, name: str) -> Gate:
+        """The model's admission gate (ModelNotFound for a name the repository does not have)."""
+        gate = self._gates.get(name)
+        if gate is None:
+            self.versions(name)  # raises with the list of known models
+        return gate
 
     def has(self, name: str) -> bool:
         return name in self._models

@@ -260,9 +260,11 @@ class Runner:
             results = await loop.run_in_executor(self._executor, self._run_batch, session, batch)
         except ServingError as exc:
             results = [exc] * len(batch)
-        except Exception as exc:  # any onnxruntime failure fails this batch only
+        except Exception:  # any onnxruntime failure fails this batch only
             log.exception("model %s: batch of %d requests failed", self.name, len(batch))
-            results = [InferenceFailed(f"model {self.name!r}: inference failed: {exc}")] * len(batch)
+            results = [
+                InferenceFailed(f"model {self.name!r}: inference failed; the server log has the details")
+            ] * len(batch)
         finally:
             self._in_flight_gauge.dec()
             self._busy -= 1

@@ -41,9 +41,41 @@ class Settings(BaseSettings):
     max_queued_sequences: int = Field(default=64, gt=0)  # waiting to join; beyond this, 429
     max_cached_tokens: int = Field(default=32 * 128, gt=0)  # KV-cache tokens over all active sequences
     max_new_tokens: int = Field(default=1024, gt=0)  # the most a request may ask for
-    max_images: int = Field(default=64, gt=0)  # image generators: samples per request
+    max_stop_strings: int = Field(default=8, gt=0)
+    max_stop_length: int = Field(default=64, gt=0)  # characters per stop string
+    max_images: int = Field(
+        default=64, gt=0
+    )  # image generators: samples (or interpolation steps) per request
+    max_beams: int = Field(default=16, gt=0)  # seq2seq beam width
+    # Seq2seq searches running at once (each holds a worker thread between its batched graph calls);
+    # also the model's admission bound, so a search never waits for a thread.
+    max_concurrent_searches: int = Field(default=32, gt=0)
 
-    # Request limits: bodies are parsed into memory, so cap them before they are.
-    max_items_per_request: int = Field(default=256, gt=0)
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
-    max_image_pixels: int = Field(default=4096 * 4096, gt=0)  # decoded size; guards decompression bombs
+    # Admission. Every request is admitted or refused before its body is parsed: per model, at most
+    # batching.max_queue_size requests in progress (language models: max_active_sequences +
+    # max_queued_sequences; seq2seq: max_concurrent_searches), beyond that 429; and at most this many
+    # requests in progress over the whole server, beyond that 503. Both answer with Retry-After.
+    max_concurrent_requests: int = Field(default=2048, gt=0)
+    retry_after_s: int = Field(default=1, gt=0)
+
+    # Request limits, each checked before the work it bounds.
+    max_items_per_request: int = Field(default=256, gt=0)  # /predict items, V2 rows
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)  # any body (V2 binary tensors)
+    # JSON is parsed in one call that holds the interpreter (~3 ms per MiB here): this bound keeps the
+    # longest such pause, and the memory a parsed body takes, small. Large tensors: V2 binary.
+    max_json_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    max_tensor_elements: int = Field(default=1 << 20, gt=0)  # per input tensor, V2 and /predict
+    max_image_pixels: int = Field(default=4096 * 4096, gt=0)  # per decoded image (decompression bombs)
+    max_request_pixels: int = Field(default=4096 * 4096, gt=0)  # decoded pixels summed over a request
+
+    # Slow and broken clients (applied by ``python -m app``, app/server.py).
+    body_timeout_s: float = Field(default=30.0, gt=0)  # the whole body must arrive within this: else 408
+    header_timeout_s: float = Field(default=10.0, gt=0)  # request line + headers, once begun
+    max_header_bytes: int = Field(default=16 * 1024, gt=0)  # request line + headers: else 431
+    keep_alive_s: float = Field(default=5.0, gt=0)  # an idle connection is closed after this
+    # On SIGTERM: readiness turns false and new inference requests get 503 at once; after drain_s the
+    # listener closes, in-flight requests get up to shutdown_grace_s to finish, then the rest are cut.
+    drain_s: float = Field(default=0.0, ge=0)
+    shutdown_grace_s: float = Field(default=30.0, gt=0)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, gt=0, lt=65536)

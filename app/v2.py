@@ -8,12 +8,14 @@ Outputs go back as binary when the request asks (``parameters.binary_data`` on a
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
-from app.errors import BadRequest, InvalidInput
+from app.errors import BadRequest, InvalidInput, PayloadTooLarge
 from app.schema import GraphSpec
 
 V2_DTYPES = {"float32": "FP32", "int64": "INT64", "bool": "BOOL"}
@@ -28,7 +30,7 @@ NUMPY_OF_V2 = {
 CASTS = {("INT32", "INT64"), ("FP64", "FP32")}
 
 
-def parse_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+def parse_body(body: bytes, header_length: str | None, max_json_bytes: int) -> tuple[dict, bytes]:
     """Split a request into its JSON header and the binary tail."""
     if header_length is None:
         json_part, binary = body, b""
@@ -44,6 +46,11 @@ def parse_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
                 f"Inference-Header-Content-Length is {length} but the body has {len(body)} bytes"
             )
         json_part, binary = body[:length], body[length:]
+    if len(json_part) > max_json_bytes:
+        raise PayloadTooLarge(
+            f"the JSON part of the request is {len(json_part)} bytes; at most {max_json_bytes} "
+            "(send large tensors with the binary tensor extension)"
+        )
     try:
         header = orjson.loads(json_part)
     except orjson.JSONDecodeError as exc:
@@ -53,15 +60,30 @@ def parse_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     return header, binary
 
 
-def _shape(value: Any, where: str) -> list[int]:
+@dataclass(frozen=True)
+class TensorLimits:
+    max_rows: int  # the batch axis
+    max_elements: int  # per tensor
+
+
+def _shape(value: Any, where: str, limits: TensorLimits) -> list[int]:
+    """The tensor's shape, checked before anything of that size is built (Python ints: no overflow)."""
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
         raise InvalidInput(f"{where}.shape must be a list of integers")
     if any(d < 0 for d in value):
         raise InvalidInput(f"{where}.shape must not be negative")
+    if value and value[0] > limits.max_rows:
+        raise InvalidInput(f"{where}.shape: {value[0]} rows; at most {limits.max_rows} per request")
+    if math.prod(value) > limits.max_elements:
+        raise InvalidInput(
+            f"{where}.shape {value} holds more than the {limits.max_elements} elements allowed per tensor"
+        )
     return value
 
 
-def decode_inputs(header: dict, binary: bytes, graph: GraphSpec) -> dict[str, np.ndarray]:
+def decode_inputs(
+    header: dict, binary: bytes, graph: GraphSpec, limits: TensorLimits
+) -> dict[str, np.ndarray]:
     """The request's inputs as arrays of the graph's dtypes, checked against its specs."""
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -74,19 +96,23 @@ def decode_inputs(header: dict, binary: bytes, graph: GraphSpec) -> dict[str, np
         if not isinstance(tensor, dict):
             raise InvalidInput(f"{where} must be an object")
         name = tensor.get("name")
+        if not isinstance(name, str):
+            raise InvalidInput(f"{where}.name must be a string")
         if name not in specs:
             raise InvalidInput(f"{where}: unknown input {name!r}; the model takes {sorted(specs)}")
         if name in feeds:
             raise InvalidInput(f"{where}: input {name!r} given twice")
         where = f"input {name!r}"
         spec = specs[name]
-        shape = _shape(tensor.get("shape"), where)
+        shape = _shape(tensor.get("shape"), where, limits)
         datatype = tensor.get("datatype")
+        if not isinstance(datatype, str):
+            raise InvalidInput(f"{where}.datatype must be a string such as FP32 or INT64")
         expected = V2_DTYPES[spec.dtype]
         if datatype != expected and (datatype, expected) not in CASTS:
             raise InvalidInput(f"{where}: datatype {datatype!r}; the model takes {expected}")
         dtype = np.dtype(NUMPY_OF_V2[datatype]).newbyteorder("<")
-        count = int(np.prod(shape))
+        count = math.prod(shape)
         params = tensor.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidInput(f"{where}.parameters must be an object")
@@ -101,8 +127,11 @@ def decode_inputs(header: dict, binary: bytes, graph: GraphSpec) -> dict[str, np
         else:
             if "data" not in tensor:
                 raise InvalidInput(f"{where}: no data (and no binary_data_size)")
+            data = tensor["data"]
+            if not isinstance(data, list):
+                raise InvalidInput(f"{where}: data must be a list of {datatype} values")
             try:
-                array = np.asarray(tensor["data"], dtype=dtype)
+                array = np.asarray(data, dtype=dtype)
             except (ValueError, TypeError, OverflowError):
                 raise InvalidInput(f"{where}: data is not a list of {datatype} values") from None
             if array.size != count:
@@ -129,12 +158,19 @@ def decode_inputs(header: dict, binary: bytes, graph: GraphSpec) -> dict[str, np
     return feeds
 
 
-def check_token_inputs(feeds: dict[str, np.ndarray], vocab_size: int) -> None:
-    """Text graphs index embedding tables: an id outside the vocabulary, a length outside the row or a
-    mask that is not 0/1 would fail inside onnxruntime (or worse, silently read the wrong row)."""
+def check_token_inputs(feeds: dict[str, np.ndarray], vocab_size: int, max_length: int) -> None:
+    """Text graphs index embedding tables: an id outside the vocabulary, a row longer than the model's
+    positions, a length outside the row or a mask that is not 0/1 would fail inside onnxruntime (or
+    worse, silently read the wrong row); a long row also costs memory quadratic in its length."""
     width = None
     for name, array in feeds.items():
-        if array.dtype != np.int64 or array.ndim != 2 or name in ("attention_mask", "position_ids"):
+        if array.dtype != np.int64 or array.ndim != 2:
+            continue
+        if array.shape[1] > max_length:
+            raise InvalidInput(
+                f"input {name!r}: {array.shape[1]} tokens per row; the model accepts at most {max_length}"
+            )
+        if name in ("attention_mask", "position_ids"):
             continue
         width = array.shape[1]
         if array.size and (array.min() < 0 or array.max() >= vocab_size):

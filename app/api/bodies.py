@@ -1,15 +1,60 @@
-"""Request bodies parsed by pydantic straight from the bytes: one pass, no intermediate dicts, and any
-Content-Type accepted, so `curl -d '{...}'` (form-encoded by default) works as typed."""
+"""Request bodies: the content-type rule, the model name read off the raw bytes for admission, and
+parsing by pydantic straight from the bytes (one pass, no intermediate dicts)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from app.errors import BadRequest, InvalidInput
+from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from app.registry import Registry
 
 Body = TypeVar("Body", bound=BaseModel)
+
+# The "model" member as a client writes it (model names are [a-z0-9_-], so no escapes). A quote inside
+# a JSON string is always escaped, so this cannot match inside another member's string value.
+MODEL_MEMBER = re.compile(rb'"model"\s*:\s*"([a-z0-9][a-z0-9_-]{0,127})"')
+
+# The media types a browser may POST to another origin without a CORS preflight: a body of one of
+# these is never parsed, so a web page cannot make a visitor's browser run work on this server.
+SIMPLE_MEDIA_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def media_type(content_type: str | None) -> str | None:
+    return None if content_type is None else content_type.split(";", 1)[0].strip().lower()
+
+
+def require_json(content_type: str | None) -> None:
+    """/predict and /generate parse JSON only when the Content-Type says JSON or is absent."""
+    media = media_type(content_type)
+    if (
+        media is None
+        or media == "application/json"
+        or (media.startswith("application/") and media.endswith("+json"))
+    ):
+        return
+    raise UnsupportedMediaType(f"Content-Type must be application/json (or absent); got {media!r}")
+
+
+def refuse_simple_media(content_type: str | None) -> None:
+    """V2 infer takes JSON, the binary extension, or no Content-Type (tritonclient sends none)."""
+    media = media_type(content_type)
+    if media in SIMPLE_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type {media!r} is not accepted; send application/json, application/octet-stream or none"
+        )
+
+
+def check_json_size(raw: bytes, max_json_bytes: int) -> None:
+    if len(raw) > max_json_bytes:
+        raise PayloadTooLarge(
+            f"the JSON body is {len(raw)} bytes; at most {max_json_bytes} "
+            "(send large tensors to the V2 infer endpoint with the binary tensor extension)"
+        )
 
 
 def parse_body(model: type[Body], raw: bytes) -> Body:
@@ -23,11 +68,38 @@ def parse_body(model: type[Body], raw: bytes) -> Body:
         raise InvalidInput("; ".join(parts)) from None
 
 
+@contextmanager
+def admitted(registry: Registry, schema: type[Body], raw: bytes) -> Iterator[Body]:
+    """The parsed body, inside its model's admission gate (app/admission.py): the gate is passed on
+    the model name read off the raw bytes, before the body is parsed."""
+    match = MODEL_MEMBER.search(raw)
+    if match is None:  # no plainly written model: the parse says what is wrong, or finds the name
+        body = parse_body(schema, raw)
+        name = body.model
+    else:
+        body, name = None, match[1].decode()
+    with registry.gate(name):
+        if body is None:
+            body = parse_body(schema, raw)
+            if body.model != name:
+                raise InvalidInput("model: given more than once")
+        yield body
+
+
 def documented_body(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` that documents ``model`` as the JSON body of a route that reads it raw."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema(by_alias=True)}},
-        }
-    }
+    """``openapi_extra`` that documents ``model`` as the JSON body of a route that reads it raw. The
+    schema's own definitions are inlined: a ``$ref`` to ``#/$defs/...`` does not resolve in OpenAPI."""
+    schema = model.model_json_schema(by_alias=True)
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}

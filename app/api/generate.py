@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from contextlib import ExitStack
+from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from app.api.bodies import documented_body, parse_body
+from app.api.bodies import admitted, check_json_size, documented_body, require_json
 from app.api.deps import RegistryDep, mark_model
 from app.api.responses import JSONResponse
 from app.api.schemas import ERROR_RESPONSES, GenerateRequest, GenerateResponse
 from app.dataplane import GenerationPlane
-from app.errors import InferenceFailed, InvalidInput
-from app.textgen import Sequence
 
 router = APIRouter(tags=["generation"])
 
@@ -34,7 +31,16 @@ STREAM_RESPONSE = {
             'JSON; with stream=true, text/event-stream: `data: {"token": ...}` per token, then '
             '`data: {"finish_reason": ..., "usage": ..., "text": ...}`.'
         ),
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # One schema per event (what an SSE client hands over): ``data`` holds the event's JSON.
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                }
+            }
+        },
     }
 }
 
@@ -48,72 +54,29 @@ STREAM_RESPONSE = {
 async def generate(request: Request, plane: GenerationDep, registry: RegistryDep):
     """Generate text (continuous batching; optionally streamed), translate with a seq2seq model, or
     sample images from a generator."""
-    body = parse_body(GenerateRequest, await request.body())
-    mark_model(request, body.model, registry)
-    mv = plane.model(body)
-    head = {"model": mv.name, "version": mv.version, "task": mv.config.task}
-    started = time.perf_counter()
-    if mv.config.task == "text_generation" and mv.generator is not None:
-        seq, prompt_tokens = plane.start_text(mv, body)
-        if body.stream:
-            return StreamingResponse(
-                _stream(plane, mv, seq, prompt_tokens, started), media_type="text/event-stream"
-            )
-        try:
-            await _wait(seq)
-        finally:
-            if seq.finish_reason is None:  # the client went away while waiting
-                mv.generator.cancel(seq)
-        return JSONResponse({**head, **_summary(seq, prompt_tokens, started)})
-    if mv.config.task == "seq2seq":
-        return JSONResponse({**head, **await plane.translate(mv, body)})
-    if mv.config.generation is not None and mv.config.generation.latent_dim is not None:
-        return JSONResponse({**head, **await plane.images(mv, body)})
-    raise InvalidInput(f"model {mv.name!r} is a {mv.config.task} model; use POST /predict")
-
-
-async def _wait(seq: Sequence) -> None:
-    while True:
-        kind, error = await seq.events.get()
-        if kind == "done":
-            if error is not None:
-                raise InferenceFailed(f"generation failed: {error}")
-            return
-
-
-def _summary(seq: Sequence, prompt_tokens: int, started: float) -> dict[str, Any]:
-    total = time.perf_counter() - started
-    ttft = (seq.first_token_at - seq.created) if seq.first_token_at else None
-    timings = {"total_s": round(total, 6)}
-    if ttft is not None:
-        timings["time_to_first_token_s"] = round(ttft, 6)
-        timings["tokens_per_s"] = round(len(seq.new) / total, 2) if total > 0 else 0.0
-    return {
-        "text": seq.text,
-        "finish_reason": seq.finish_reason,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(seq.new)},
-        "timings": timings,
-    }
-
-
-async def _stream(
-    plane: GenerationPlane, mv, seq: Sequence, prompt_tokens: int, started: float
-) -> AsyncIterator[bytes]:
-    """Server-Sent Events. Starlette cancels this generator when the client disconnects; ``finally``
-    then takes the sequence out of the decode loop before its next step."""
-    index = 0
+    require_json(request.headers.get("content-type"))
+    raw = await request.body()
+    check_json_size(raw, plane.settings.max_json_bytes)
+    admission = ExitStack()  # held until the answer is complete: for a stream, until its last event
+    body = admission.enter_context(admitted(registry, GenerateRequest, raw))
     try:
-        while True:
-            kind, payload = await seq.events.get()
-            if kind == "token":
-                yield b"data: " + orjson.dumps({"token": payload, "index": index}) + b"\n\n"
-                index += 1
-                continue
-            summary = _summary(seq, prompt_tokens, started)
-            if payload is not None:
-                summary["error"] = f"generation failed: {payload}"
-            yield b"data: " + orjson.dumps(summary) + b"\n\n"
-            return
+        mark_model(request, body.model, registry)
+        result = await plane.generate(body)
+    except BaseException:
+        admission.close()
+        raise
+    if isinstance(result, dict):
+        admission.close()
+        return JSONResponse(result)
+    return StreamingResponse(_holding(admission, result), media_type="text/event-stream")
+
+
+async def _holding(admission: ExitStack, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The stream's events; the admission is released when the stream ends or the client leaves
+    (Starlette then closes this generator, which closes ``events``)."""
+    try:
+        async for event in events:
+            yield event
     finally:
-        if seq.finish_reason is None:
-            mv.generator.cancel(seq)
+        await events.aclose()
+        admission.close()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from app.api.deps import RegistryDep, mark_model
 from app.api.responses import JSONResponse
@@ -39,6 +39,7 @@ def describe(mv: ModelVersion, registry: Registry, full: bool) -> dict[str, Any]
     info["generation"] = config.generation.model_dump() if config.generation else None
     info["batching"] = config.batching.model_dump()
     info["instances"] = config.instances.model_dump()
+    info["limits"] = request_limits(mv, registry)
     if mv.runners:
         info["queue_depth"] = {role: runner.queue_depth for role, runner in mv.runners.items()}
     if mv.report is not None:
@@ -46,6 +47,41 @@ def describe(mv: ModelVersion, registry: Registry, full: bool) -> dict[str, Any]
         info["parity"] = mv.report.parity.model_dump()
         info["trained_by"] = mv.report.command
     return info
+
+
+def request_limits(mv: ModelVersion, registry: Registry) -> dict[str, Any]:
+    """The limits that apply to this model's requests (settings, app/settings.py), and its admission
+    bound (requests in progress before 429)."""
+    settings, config = registry.settings, mv.config
+    limits: dict[str, Any] = {
+        "max_in_progress": registry.gate(mv.name).limit,
+        "max_body_bytes": settings.max_body_bytes,
+        "max_json_bytes": settings.max_json_bytes,
+    }
+    if config.task in ("classification", "reconstruction"):
+        limits.update(
+            max_items=settings.max_items_per_request, max_tensor_elements=settings.max_tensor_elements
+        )
+    pre = config.preprocessing
+    if pre is not None and pre.kind == "image":
+        limits.update(
+            max_image_pixels=settings.max_image_pixels, max_request_pixels=settings.max_request_pixels
+        )
+    if pre is not None and pre.kind == "text":
+        limits["max_length"] = pre.max_length
+    if config.task == "text_generation":
+        limits.update(
+            max_new_tokens=settings.max_new_tokens,
+            max_stop_strings=settings.max_stop_strings,
+            max_stop_length=settings.max_stop_length,
+        )
+    elif config.task == "seq2seq":
+        limits.update(
+            max_new_tokens=min(settings.max_new_tokens, pre.max_length), max_beams=settings.max_beams
+        )
+    if config.generation is not None and config.generation.latent_dim is not None:
+        limits["max_images"] = settings.max_images
+    return limits
 
 
 @router.get("/models", tags=["models"], response_model=ModelList)
@@ -57,7 +93,7 @@ async def list_models(registry: RegistryDep) -> JSONResponse:
 
 @router.get("/models/{name}", tags=["models"], response_model=ModelDetails, responses=ERROR_RESPONSES)
 async def model_metadata(
-    name: str, registry: RegistryDep, request: Request, version: int | None = None
+    name: str, registry: RegistryDep, request: Request, version: Annotated[int | None, Query(ge=0)] = None
 ) -> JSONResponse:
     """Task, graphs (inputs/outputs), labels, batching, provider, and quality and parity figures."""
     mark_model(request, name, registry)
@@ -76,12 +112,14 @@ async def live() -> dict[str, str]:
     response_model=ReadyResponse,
     responses={503: {"model": ReadyResponse, "description": "Not ready yet."}},
 )
-async def ready(registry: RegistryDep) -> JSONResponse:
-    """Loading finished and at least one model is ready; lists every model's state and provider."""
+async def ready(registry: RegistryDep, request: Request) -> JSONResponse:
+    """Loading finished and at least one model is ready, and the server is not shutting down; lists
+    every model's state and provider."""
     served = [registry.find(n) for n in registry.names()] if registry.loaded else []
+    ready = registry.ready and not request.app.state.draining
     body = {
-        "status": "ready" if registry.ready else "not ready",
+        "status": "ready" if ready else "not ready",
         "models": {mv.name: mv.state for mv in served},
         "providers": {mv.name: mv.provider for mv in served},
     }
-    return JSONResponse(body, status_code=200 if registry.ready else 503)
+    return JSONResponse(body, status_code=200 if ready else 503)

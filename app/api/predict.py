@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.api.bodies import documented_body, parse_body
+from app.api.bodies import admitted, check_json_size, documented_body, require_json
 from app.api.deps import DataPlaneDep, RegistryDep, mark_model
 from app.api.responses import JSONResponse
 from app.api.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse
@@ -34,7 +34,10 @@ async def run_predict(dataplane: DataPlane, body: PredictRequest) -> dict[str, A
 @router.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=_BODY)
 async def predict(request: Request, dataplane: DataPlaneDep, registry: RegistryDep) -> JSONResponse:
     """Classify or reconstruct one item or a list of items; the items are batched with other callers'."""
-    body = parse_body(PredictRequest, await request.body())
-    mark_model(request, body.model, registry)
-    # Built from plain dicts and lists: skipping response-model validation saves time per request.
-    return JSONResponse(await run_predict(dataplane, body))
+    require_json(request.headers.get("content-type"))
+    raw = await request.body()
+    check_json_size(raw, dataplane.settings.max_json_bytes)
+    with admitted(registry, PredictRequest, raw) as body:
+        mark_model(request, body.model, registry)
+        # Built from plain dicts and lists: skipping response-model validation saves time per request.
+        return JSONResponse(await run_predict(dataplane, body))

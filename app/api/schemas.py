@@ -110,9 +110,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (404, "Unknown model or version."),
         (413, "The body is larger than the server accepts."),
         (422, "The request does not fit the model (shape, dtype, length, NaN, unknown field)."),
-        (429, "The model's queue is full; retry after the Retry-After header's seconds."),
-        (500, "Inference failed for this request's batch."),
-        (503, "The model failed to load (see GET /models/{name} for the reason)."),
+        (408, "The body did not arrive within the body timeout."),
+        (415, "The Content-Type is not JSON."),
+        (429, "The model has as many requests in progress as it admits; retry after Retry-After seconds."),
+        (500, "Inference failed for this request's batch (a server fault)."),
+        (
+            503,
+            "The model failed to load (see GET /models/{name}), or the server is at its bound of requests "
+            "in progress or shutting down (with Retry-After).",
+        ),
         (504, "The request's deadline passed before its batch started."),
     )
 }
@@ -163,6 +169,9 @@ class ModelDetails(ModelSummary):
     batching: dict[str, Any] | None = None
     instances: dict[str, Any] | None = None
     queue_depth: dict[str, int] | None = None
+    limits: dict[str, Any] | None = Field(
+        default=None, description="The request limits that apply to this model."
+    )
     metrics: dict[str, float] | None = None
     parity: dict[str, Any] | None = None
     trained_by: str | None = None
@@ -227,7 +236,9 @@ class Interpolation(BaseModel):
 
     from_seed: int = Field(alias="from", ge=0, description="Seed of the first latent.")
     to_seed: int = Field(alias="to", ge=0, description="Seed of the last latent.")
-    steps: int = Field(ge=2, le=64, description="Images along the straight line between them.")
+    steps: int = Field(
+        ge=2, description="Images along the straight line between them (at most SERVE_MAX_IMAGES)."
+    )
 
 
 class GenerateRequest(BaseModel):
@@ -256,21 +267,28 @@ class GenerateRequest(BaseModel):
     version: int | None = Field(default=None, ge=0)
     # Language models.
     prompt: str | None = Field(default=None, description="Language models: the text to continue.")
-    max_new_tokens: int | None = Field(default=None, description="Default: the model's config.")
-    temperature: float | None = Field(default=None, ge=0, description="0 = greedy.")
-    top_k: int | None = Field(default=None, ge=0, description="0 = off.")
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    repetition_penalty: float = Field(default=1.0, gt=0)
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, description="Default: the model's config; at most SERVE_MAX_NEW_TOKENS."
+    )
+    temperature: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="0 = greedy.")
+    top_k: int | None = Field(default=None, ge=0, description="0 = off; at most the vocabulary size.")
+    top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    repetition_penalty: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     seed: int | None = Field(default=None, ge=0, description="Same seed, same output.")
-    stop: list[str] = Field(default=[], max_length=8, description="Generation ends before any of these.")
+    stop: list[str] = Field(
+        default=[],
+        description="Generation ends before any of these (at most SERVE_MAX_STOP_STRINGS strings).",
+    )
     stream: bool = Field(
         default=False, description="Server-Sent Events: one event per token, then a summary."
     )
     # Encoder-decoder models.
     input: str | None = Field(default=None, description="Seq2seq models: the text to translate.")
-    num_beams: int | None = Field(default=None, ge=1, le=16, description="1 = greedy.")
+    num_beams: int | None = Field(default=None, ge=1, description="1 = greedy; at most SERVE_MAX_BEAMS.")
     # Image generators (GAN generator, VAE decoder).
-    num_samples: int | None = Field(default=None, ge=1, description="Images from seeds seed, seed+1, ...")
+    num_samples: int | None = Field(
+        default=None, ge=1, description="Images from seeds seed, seed+1, ... (at most SERVE_MAX_IMAGES)."
+    )
     latent: list[list[float]] | None = Field(default=None, description="Explicit latent vectors instead.")
     interpolate: Interpolation | None = None
     format: Literal["png", "array"] = "png"

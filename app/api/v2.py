@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 
 from app import __version__
+from app.api.bodies import refuse_simple_media
 from app.api.deps import DataPlaneDep, RegistryDep, mark_model
 from app.api.responses import JSONResponse
 from app.api.schemas import (
@@ -92,7 +93,7 @@ def _model_metadata(registry: Registry, name: str, version: str | None) -> dict[
 
 @router.get("", response_model=V2ServerMetadata)
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "onnx-serve", "version": __version__, "extensions": ["binary_tensor_data"]}
+    return {"name": "deepserve", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
 @router.get("/health/live", response_model=V2Live)
@@ -103,8 +104,9 @@ async def server_live() -> dict[str, bool]:
 @router.get(
     "/health/ready", response_model=V2Ready, responses={400: {"model": V2Ready, "description": "Not ready."}}
 )
-async def server_ready(registry: RegistryDep) -> JSONResponse:
-    return JSONResponse({"ready": registry.ready}, status_code=200 if registry.ready else 400)
+async def server_ready(registry: RegistryDep, request: Request) -> JSONResponse:
+    ready = registry.ready and not request.app.state.draining
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 400)
 
 
 @router.get("/models/{name}", response_model=V2ModelMetadata, responses=ERROR_RESPONSES)
@@ -150,10 +152,12 @@ async def infer(
 ) -> Response:
     """Run the model's graph on V2 tensors (JSON data or the binary extension)."""
     mark_model(request, name, registry)
+    refuse_simple_media(request.headers.get("content-type"))
     raw = await request.body()
-    content, header_length = await dataplane.infer_v2(
-        name, check_version(version), raw, inference_header_content_length
-    )
+    with registry.gate(name):
+        content, header_length = await dataplane.infer_v2(
+            name, check_version(version), raw, inference_header_content_length
+        )
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(

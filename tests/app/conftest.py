@@ -14,9 +14,8 @@ from pathlib import Path
 import httpx
 import onnxruntime as ort
 import pytest
-import uvicorn
 
-from app.main import create_app
+from app.server import build_server
 from app.settings import Settings
 
 ZOO = Path(__file__).resolve().parents[2] / "models"
@@ -61,16 +60,15 @@ def reference_session(repository: Path, name: str, graph_file: str = "model.onnx
 
 
 class LiveServer:
-    """uvicorn serving ``create_app(settings)`` in a background thread: real HTTP on 127.0.0.1."""
+    """The server ``python -m app`` runs (app/server.py: uvicorn with its guards), in a background
+    thread: real HTTP on 127.0.0.1 at a free port."""
 
     def __init__(self, settings: Settings) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(settings)
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
+        settings = settings.model_copy(update={"host": "127.0.0.1", "port": self.port})
+        self.server = build_server(settings, log_level="warning")
+        self.app = self.server.frontend
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveServer:

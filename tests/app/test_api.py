@@ -155,7 +155,7 @@ def test_autoencoder_and_vae_outputs(client, digits) -> None:
         ({"model": "mlp-digits", "inputs": [[["a"] * 64]]}, 422, "inputs"),
         ({"model": "mlp-digits", "inputs": []}, 422, "inputs is empty"),
         ({"model": "mlp-digits", "inputs": "!!notbase64!!"}, 400, "inputs[0]: not valid base64"),
-        ({"model": "mlp-digits", "inputs": base64.b64encode(b"GIF89a....").decode()}, 400, "cannot decode"),
+        ({"model": "mlp-digits", "inputs": base64.b64encode(b"GIF89a....").decode()}, 400, "not a PNG or JPEG"),
         ({"model": "lstm-order", "inputs": "x" * 500}, 422, "at most 40"),
         ({"model": "lstm-order", "inputs": ""}, 422, "empty text"),
         ({"model": "lstm-order", "inputs": [[1, 2]]}, 422, "string"),
@@ -180,13 +180,18 @@ def test_nan_infinity_and_malformed_json(client) -> None:
     assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]
 
 
-def test_any_content_type_is_read_as_json(client) -> None:
-    # What `curl -d '{...}'` sends: application/x-www-form-urlencoded.
+def test_json_is_parsed_only_as_json(client) -> None:
     body = b'{"model": "lstm-order", "inputs": "abc"}'
-    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+    for content_type in ("application/json", "application/json; charset=utf-8", "application/x+json", None):
         headers = {"content-type": content_type} if content_type else {}
         response = client.post("/predict", content=body, headers=headers)
         assert response.status_code == 200 and response.json()["outputs"][0]["label"]
+    # What a web page can make a browser send to another origin without asking first (and what
+    # `curl -d` sends): never parsed.
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x"):
+        for path in ("/predict", "/generate"):
+            response = client.post(path, content=body, headers={"content-type": content_type})
+            assert response.status_code == 415 and "Content-Type" in response.json()["error"]
     huge = client.post("/predict", json={"model": "mlp-digits", "inputs": [[1e39] * 64]})
     assert huge.status_code == 422 and "float32" in huge.json()["error"]
 

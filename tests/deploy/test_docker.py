@@ -209,13 +209,11 @@ def test_runtime_stage(target: str) -> None:
     copies = stage.args("COPY")
     assert "--from=models /models/ /srv/models/" in copies
     assert "app/ /srv/app/" in copies
-    assert stage.args("WORKDIR")[-1] == "/srv"  # uvicorn imports app.main from the working directory
+    assert stage.args("WORKDIR")[-1] == "/srv"  # python -m app imports the package from the working directory
 
-    cmd = exec_form(stage.args("CMD")[-1])
-    assert cmd[:2] == ["uvicorn", "app.main:app"]
-    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
-    assert cmd[cmd.index("--port") + 1] == str(PORT)
-    assert "--no-access-log" in cmd
+    # The launcher (app/server.py) runs uvicorn with the slow-client guards and graceful shutdown.
+    assert exec_form(stage.args("CMD")[-1]) == ["python", "-m", "app"]
+    assert env["SERVE_HOST"] == "0.0.0.0" and env["SERVE_PORT"] == str(PORT)
 
     healthcheck = stage.args("HEALTHCHECK")[-1]
     probe = exec_form(healthcheck)
@@ -453,9 +451,8 @@ def test_image_layout_serves_and_passes_its_healthcheck(serve_venv: Path, tmp_pa
     env.update(stage_env(stage))
     env["SERVE_MODEL_REPOSITORY"] = str(srv / "models")
     env["PATH"] = f"{serve_venv / 'bin'}:{os.environ['PATH']}"
+    env["SERVE_HOST"], env["SERVE_PORT"] = "127.0.0.1", port
     cmd = exec_form(stage.args("CMD")[-1])
-    cmd[cmd.index("--port") + 1] = port
-    cmd[cmd.index("--host") + 1] = "127.0.0.1"
     check = [a.replace(f":{PORT}/", f":{port}/") for a in exec_form(stage.args("HEALTHCHECK")[-1])]
 
     server = subprocess.Popen(
