@@ -1,41 +1,128 @@
 """Admission: a request is admitted or refused before any work that grows with it is done.
 
 Each model has a :class:`Gate`: a count of its requests in progress (from the moment the model's name
-is read off the body until the answer is sent) and a bound on it. The front door (app/frontend.py)
-passes a request through the gate before its body is parsed, images decoded or arrays built, so a
-refusal costs a few microseconds of the event loop, and an overloaded model spends its time on the
-requests it admitted instead of parsing requests it then turns away (which collapsed goodput at a
-thousand connections).
+is read off the body until the answer is ready) and a bound on it, the model's own capacity to hold
+work: ``batching.max_queue_size`` for batched graphs, the decode loop's active + queued sequences for
+language models, the search threads for seq2seq. The front door (app/frontend.py) passes a request
+through the gate before its body is parsed, images decoded or arrays built.
 
-The bound is the model's own capacity to hold work: ``batching.max_queue_size`` for batched graphs,
-the decode loop's active + queued sequences for language models, and the number of search threads for
-seq2seq. The gate runs on the event loop only, so it needs no lock.
+A request that finds its model at the bound waits, unparsed, in a FIFO for a slot: at most
+``admission_wait_s``, and only while fewer than ``max_waiting`` wait and the waiting bodies hold less
+than ``max_waiting_bytes`` in all; otherwise, or when the wait runs out, 429 with Retry-After. The
+wait is what keeps goodput under a flood: clients that retry a 429 at once (most load generators,
+many scripts) would otherwise come back within microseconds, and answering them would take the
+event loop from the admitted requests; a waiting request costs no CPU, and the FIFO hands slots out
+oldest first, so none starves. The wait is short because it counts towards the admitted request's
+latency.
+
+Gates run on the event loop only, so they need no lock.
 """
 
 from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass
 
 from app import metrics
 from app.errors import QueueFull
 
 
-class Gate:
-    def __init__(self, model: str, limit: int, retry_after_s: float = 1.0) -> None:
-        self.model = model
-        self.limit = limit
-        self.retry_after_s = retry_after_s
-        self.held = 0
-        # Created now, at 0: a series born with its first event loses that event to rate().
-        self._rejected = metrics.REJECTED.labels(model, "admission")
+@dataclass
+class WaitingRoom:
+    """What all gates' waiting requests hold together (their bodies are in memory)."""
 
-    def __enter__(self) -> Gate:
-        if self.held >= self.limit:
-            self._rejected.inc()
-            raise QueueFull(
-                f"model {self.model!r} has {self.held} requests in progress, its limit; retry later",
-                self.retry_after_s,
-            )
-        self.held += 1
+    max_bytes: int
+    bytes: int = 0
+
+
+class Ticket:
+    """One admitted request's slot; released once, at the end of its ``with`` block or earlier."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: Gate) -> None:
+        self._gate: Gate | None = gate
+
+    def release(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate._release()
+
+    def __enter__(self) -> Ticket:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Gate:
+    def __init__(
+        self,
+        model: str,
+        limit: int,
+        *,
+        wait_s: float = 0.0,
+        max_waiting: int = 0,
+        room: WaitingRoom | None = None,
+        retry_after_s: float = 1.0,
+    ) -> None:
+        self.model = model
+        self.limit = limit
+        self.wait_s = wait_s
+        self.max_waiting = max_waiting
+        self.room = room or WaitingRoom(0)
+        self.retry_after_s = retry_after_s
+        self.held = 0
+        self.waiting = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        # Created now, at 0: a series born with its first event loses that event to rate().
+        self._rejected = metrics.REJECTED.labels(model, "admission")
+
+    async def admit(self, body_bytes: int = 0) -> Ticket:
+        """A slot for one request (waiting for one if allowed), or QueueFull."""
+        if self.held < self.limit and not self.waiting:
+            self.held += 1
+            return Ticket(self)
+        room = self.room
+        if self.wait_s <= 0 or self.waiting >= self.max_waiting or room.bytes + body_bytes > room.max_bytes:
+            raise self._refusal()
+        slot = asyncio.get_running_loop().create_future()
+        self._waiters.append(slot)
+        self.waiting += 1
+        room.bytes += body_bytes
+        expiry = asyncio.get_running_loop().call_later(self.wait_s, self._expire, slot)
+        try:
+            await slot  # set by _release, which hands its slot straight over (held stays the same)
+        except asyncio.CancelledError:
+            if slot.done() and not slot.cancelled() and slot.exception() is None:
+                self._release()  # the slot arrived as the client left: pass it on
+            raise
+        finally:
+            expiry.cancel()
+            room.bytes -= body_bytes
+            if not slot.done() or slot.cancelled():
+                self.waiting -= 1  # cancelled while waiting (expired and handed-over ones are counted)
+        return Ticket(self)
+
+    def _expire(self, slot: asyncio.Future) -> None:
+        if not slot.done():
+            self.waiting -= 1
+            slot.set_exception(self._refusal())
+
+    def _release(self) -> None:
+        while self._waiters:
+            slot = self._waiters.popleft()
+            if not slot.done():
+                self.waiting -= 1
+                slot.set_result(None)
+                return
         self.held -= 1
+
+    def _refusal(self) -> QueueFull:
+        self._rejected.inc()
+        return QueueFull(
+            f"model {self.model!r} has {self.held} requests in progress and {self.waiting} waiting, "
+            "its limit; retry later",
+            self.retry_after_s,
+        )

@@ -188,9 +188,17 @@ class PredictLimits:
     max_request_pixels: int
 
 
-# Decoding more pixels than this goes to a worker thread (Pillow decodes and resizes without holding
-# the interpreter); below it the thread hop would cost more than the decoding.
+# Work on more than this goes to a worker thread; below it the thread hop would cost more than the
+# work. Pixels: Pillow decodes and resizes without holding the interpreter. Numbers: nested lists are
+# converted item by item, and between items the interpreter lets the event loop run.
 INLINE_PIXELS = 256 * 256
+INLINE_NUMBERS = 64 * 1024
+
+
+def many_numbers(inputs: str | list) -> bool:
+    """Whether ``inputs`` is a nested list of more than INLINE_NUMBERS numbers (estimated from the
+    outer lengths, without walking it)."""
+    return isinstance(inputs, list) and _outer_size(inputs) > INLINE_NUMBERS
 
 
 class PredictFeeds:
@@ -265,13 +273,24 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def classification_items(labels: list[str], logits: np.ndarray, top_k: int | None) -> list[dict]:
-    bad = np.flatnonzero(np.isnan(logits).any(axis=-1) | np.isneginf(logits).all(axis=-1))
+def refuse_rows(bad: np.ndarray) -> None:
+    """Rows whose output is not a number (JSON has none for NaN or infinity) come from inputs far
+    outside what the model was trained on: the client's to fix, so 422 naming the first."""
     if len(bad):
         raise InvalidInput(
-            f"inputs[{bad[0]}]: the model's output is not a number for this input "
+            f"inputs[{bad[0]}]: the model's output is not a finite number for this input "
             "(values far outside the range it was trained on?)"
         )
+
+
+def check_finite(array: np.ndarray) -> None:
+    if array.dtype.kind == "f":
+        refuse_rows(np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1)))
+
+
+def classification_items(labels: list[str], logits: np.ndarray, top_k: int | None) -> list[dict]:
+    # Infinite logits still rank (softmax below handles them); NaN, or every class at -inf, does not.
+    refuse_rows(np.flatnonzero(np.isnan(logits).any(axis=-1) | np.isneginf(logits).all(axis=-1)))
     probs = softmax(logits)
     best = probs.argmax(axis=-1)
     items = []

@@ -82,11 +82,15 @@ class DataPlane:
         if config.task != "classification" and top_k is not None:
             raise InvalidInput("top_k applies to classifiers only")
         runner = mv.runner()
-        prepared = codecs.PredictFeeds(mv, runner.graph, inputs, self.predict_limits)
-        if prepared.heavy:
-            feeds = await asyncio.get_running_loop().run_in_executor(self._decoders, prepared.build)
+        prepare = functools.partial(codecs.PredictFeeds, mv, runner.graph, inputs, self.predict_limits)
+        loop = asyncio.get_running_loop()
+        if codecs.many_numbers(inputs):
+            prepared = await loop.run_in_executor(self._decoders, prepare)
         else:
-            feeds = prepared.build()
+            prepared = prepare()
+        feeds = (
+            await loop.run_in_executor(self._decoders, prepared.build) if prepared.heavy else prepared.build()
+        )
         results = await run_rows(runner, feeds)
         if config.task == "classification":
             logits = results[runner.graph.outputs[0].name]
@@ -106,6 +110,8 @@ class DataPlane:
         image_format: str,
     ) -> list[dict[str, Any]]:
         post = mv.config.postprocessing
+        for array in results.values():
+            codecs.check_finite(array)
         columns: dict[str, list] = {}
         if "mu" in results:  # a VAE encoder: the posterior, and optionally the decoded mean
             columns["mu"] = results["mu"].tolist()
@@ -113,6 +119,7 @@ class DataPlane:
             if return_reconstruction and "decoder" in mv.runners:
                 decoder = mv.runners["decoder"]
                 decoded = await run_rows(decoder, {decoder.graph.inputs[0].name: results["mu"]})
+                codecs.check_finite(decoded["reconstruction"])
                 columns["reconstruction"] = codecs.image_values(decoded["reconstruction"], post, image_format)
         else:
             for name, array in results.items():

@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
 from app import metrics
+from app.admission import Ticket
 from app.api.bodies import admitted, check_json_size, refuse_simple_media, require_json
 from app.api.predict import run_predict
 from app.api.schemas import GenerateRequest, PredictRequest
@@ -157,20 +158,22 @@ class Frontend:
 
     async def _predict(self, scope: Scope, receive: Receive, send: Send, outcome: dict) -> None:
         raw = await self._read_json(scope, receive)
-        with admitted(self.state.registry, PredictRequest, raw) as body:
+        async with admitted(self.state.registry, PredictRequest, raw) as (body, _):
             outcome["model"] = body.model
             result = await run_predict(self.state.dataplane, body)
-            await _respond(send, 200, [(b"content-type", JSON)], orjson.dumps(result))
+        # Answered after the slot is free: the client may send its next request the moment it reads this.
+        await _respond(send, 200, [(b"content-type", JSON)], orjson.dumps(result))
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send, outcome: dict) -> None:
         raw = await self._read_json(scope, receive)
-        with admitted(self.state.registry, GenerateRequest, raw) as body:
+        async with admitted(self.state.registry, GenerateRequest, raw) as (body, ticket):
             outcome["model"] = body.model
-            await self._until_disconnect(receive, self._generate_and_send(body, send))
+            await self._until_disconnect(receive, self._generate_and_send(body, ticket, send))
 
-    async def _generate_and_send(self, body: GenerateRequest, send: Send) -> None:
+    async def _generate_and_send(self, body: GenerateRequest, ticket: Ticket, send: Send) -> None:
         result = await self.state.generation.generate(body)
         if isinstance(result, dict):
+            ticket.release()  # before the answer, as in _predict
             await _respond(send, 200, [(b"content-type", JSON)], orjson.dumps(result))
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
@@ -179,6 +182,7 @@ class Frontend:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
         finally:
             await result.aclose()  # on cancellation too: takes the sequence out of the decode loop
+        ticket.release()
         await send({"type": "http.response.body", "body": b""})
 
     async def _until_disconnect(self, receive: Receive, work: Awaitable[None]) -> None:
@@ -202,7 +206,7 @@ class Frontend:
     ) -> None:
         refuse_simple_media(_header(scope, b"content-type"))
         raw = await self._read_body(receive)
-        with self.state.registry.gate(name):
+        with await self.state.registry.gate(name).admit(len(raw)):
             header_length = _header(scope, b"inference-header-content-length")
             content, json_length = await self.state.dataplane.infer_v2(
                 name, check_version(version), raw, header_length

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from app import metrics
-from app.admission import Gate
+from app.admission import Gate, WaitingRoom
 from app.errors import InvalidInput, ModelNotFound, ModelNotReady
 from app.runner import Runner
 from app.schema import CONFIG_FILE, REPORT_FILE, Batching, ModelConfig, Report
@@ -101,6 +101,7 @@ class Registry:
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._default: dict[str, int] = {}
         self._gates: dict[str, Gate] = {}
+        self._waiting_room = WaitingRoom(settings.max_waiting_bytes)
         self.loaded = False
         self.limits = GenerationLimits(
             settings.max_active_sequences, settings.max_queued_sequences, settings.max_cached_tokens
@@ -133,7 +134,14 @@ class Registry:
             )
             self._default[name] = pinned if pinned in versions else max(versions)
             default = versions[self._default[name]]
-            self._gates[name] = Gate(name, self._admission_limit(default), self.settings.retry_after_s)
+            self._gates[name] = Gate(
+                name,
+                self._admission_limit(default),
+                wait_s=self.settings.admission_wait_s,
+                max_waiting=self.settings.max_waiting_per_model,
+                room=self._waiting_room,
+                retry_after_s=self.settings.retry_after_s,
+            )
             for state in (READY, FAILED):
                 metrics.MODEL_STATE.labels(name, state).set(1 if default.state == state else 0)
         self.loaded = True

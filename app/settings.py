@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     # requests in progress over the whole server, beyond that 503. Both answer with Retry-After.
     max_concurrent_requests: int = Field(default=2048, gt=0)
     retry_after_s: int = Field(default=1, gt=0)
+    # A request that finds its model at the bound waits (unparsed, FIFO) this long for a slot before
+    # its 429: it counts towards its latency, and it keeps clients that retry at once from flooding
+    # the event loop with refusals (app/admission.py). 0 refuses at once.
+    admission_wait_s: float = Field(default=0.1, ge=0)
+    max_waiting_per_model: int = Field(default=1024, ge=0)
+    max_waiting_bytes: int = Field(default=64 * 1024 * 1024, ge=0)  # bodies held by waiters, all models
 
     # Request limits, each checked before the work it bounds.
     max_items_per_request: int = Field(default=256, gt=0)  # /predict items, V2 rows

@@ -4,12 +4,13 @@ parsing by pydantic straight from the bytes (one pass, no intermediate dicts).""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from app.admission import Ticket
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.registry import Registry
 
@@ -64,26 +65,30 @@ def parse_body(model: type[Body], raw: bytes) -> Body:
         errors = exc.errors(include_url=False)
         if any(e["type"] == "json_invalid" for e in errors):
             raise BadRequest(f"request body is not valid JSON: {errors[0]['msg']}") from None
+        if any(e["type"] == "model_type" and not e["loc"] for e in errors):
+            raise BadRequest("request body must be a JSON object") from None
         parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors]
         raise InvalidInput("; ".join(parts)) from None
 
 
-@contextmanager
-def admitted(registry: Registry, schema: type[Body], raw: bytes) -> Iterator[Body]:
-    """The parsed body, inside its model's admission gate (app/admission.py): the gate is passed on
-    the model name read off the raw bytes, before the body is parsed."""
+@asynccontextmanager
+async def admitted(registry: Registry, schema: type[Body], raw: bytes) -> AsyncIterator[tuple[Body, Ticket]]:
+    """The parsed body and its admission ticket (app/admission.py): the model's gate is passed on the
+    name read off the raw bytes, before the body is parsed. The ticket is released when the block
+    ends, or earlier by the caller once its answer is ready (so that the next request, which the
+    client may send the moment it has the answer, finds the slot free)."""
     match = MODEL_MEMBER.search(raw)
     if match is None:  # no plainly written model: the parse says what is wrong, or finds the name
         body = parse_body(schema, raw)
         name = body.model
     else:
         body, name = None, match[1].decode()
-    with registry.gate(name):
+    with await registry.gate(name).admit(len(raw)) as ticket:
         if body is None:
             body = parse_body(schema, raw)
             if body.model != name:
                 raise InvalidInput("model: given more than once")
-        yield body
+        yield body, ticket
 
 
 def documented_body(model: type[BaseModel]) -> dict[str, Any]:

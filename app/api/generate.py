@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import ExitStack
+from contextlib import AsyncExitStack
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -57,21 +57,21 @@ async def generate(request: Request, plane: GenerationDep, registry: RegistryDep
     require_json(request.headers.get("content-type"))
     raw = await request.body()
     check_json_size(raw, plane.settings.max_json_bytes)
-    admission = ExitStack()  # held until the answer is complete: for a stream, until its last event
-    body = admission.enter_context(admitted(registry, GenerateRequest, raw))
+    admission = AsyncExitStack()  # held until the answer is complete: for a stream, until its last event
+    body, _ = await admission.enter_async_context(admitted(registry, GenerateRequest, raw))
     try:
         mark_model(request, body.model, registry)
         result = await plane.generate(body)
     except BaseException:
-        admission.close()
+        await admission.aclose()
         raise
     if isinstance(result, dict):
-        admission.close()
+        await admission.aclose()
         return JSONResponse(result)
     return StreamingResponse(_holding(admission, result), media_type="text/event-stream")
 
 
-async def _holding(admission: ExitStack, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _holding(admission: AsyncExitStack, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """The stream's events; the admission is released when the stream ends or the client leaves
     (Starlette then closes this generator, which closes ``events``)."""
     try:
@@ -79,4 +79,4 @@ async def _holding(admission: ExitStack, events: AsyncIterator[bytes]) -> AsyncI
             yield event
     finally:
         await events.aclose()
-        admission.close()
+        await admission.aclose()

@@ -37,7 +37,8 @@ async def predict(request: Request, dataplane: DataPlaneDep, registry: RegistryD
     require_json(request.headers.get("content-type"))
     raw = await request.body()
     check_json_size(raw, dataplane.settings.max_json_bytes)
-    with admitted(registry, PredictRequest, raw) as body:
+    async with admitted(registry, PredictRequest, raw) as (body, _):
         mark_model(request, body.model, registry)
-        # Built from plain dicts and lists: skipping response-model validation saves time per request.
-        return JSONResponse(await run_predict(dataplane, body))
+        result = await run_predict(dataplane, body)
+    # Built from plain dicts and lists: skipping response-model validation saves time per request.
+    return JSONResponse(result)

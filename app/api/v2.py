@@ -154,7 +154,7 @@ async def infer(
     mark_model(request, name, registry)
     refuse_simple_media(request.headers.get("content-type"))
     raw = await request.body()
-    with registry.gate(name):
+    with await registry.gate(name).admit(len(raw)):
         content, header_length = await dataplane.infer_v2(
             name, check_version(version), raw, inference_header_content_length
         )

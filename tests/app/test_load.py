@@ -59,7 +59,8 @@ def load_server(tmp_path_factory):
     set_batching(root, "lenet5-digits", count=1, max_batch_size=1, max_queue_size=2)
     set_batching(root, "autoencoder-digits", count=1, max_batch_size=1, timeout_ms=1)
     write_lookup_model(root)
-    with LiveServer(Settings(model_repository=root)) as live:
+    # No admission wait: a request over the bound is refused at once (the wait has its own tests).
+    with LiveServer(Settings(model_repository=root, admission_wait_s=0)) as live:
         yield live, root
 
 
