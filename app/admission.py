@@ -6,14 +6,15 @@ work: ``batching.max_queue_size`` for batched graphs, the decode loop's active +
 language models, the search threads for seq2seq. The front door (app/frontend.py) passes a request
 through the gate before its body is parsed, images decoded or arrays built.
 
-A request that finds its model at the bound waits, unparsed, in a FIFO for a slot: at most
-``admission_wait_s``, and only while fewer than ``max_waiting`` wait and the waiting bodies hold less
-than ``max_waiting_bytes`` in all; otherwise, or when the wait runs out, 429 with Retry-After. The
-wait is what keeps goodput under a flood: clients that retry a 429 at once (most load generators,
-many scripts) would otherwise come back within microseconds, and answering them would take the
-event loop from the admitted requests; a waiting request costs no CPU, and the FIFO hands slots out
-oldest first, so none starves. The wait is short because it counts towards the admitted request's
-latency.
+A request that finds its model at the bound waits, unparsed, in a FIFO for a slot, for at most
+``wait_s``: that wait counts towards its latency, so it is short. If no slot comes, the answer is
+429 with Retry-After, sent ``hold_s`` after the request arrived. The hold is what keeps goodput under
+a flood: clients that retry a 429 at once (most load generators, many scripts) would otherwise come
+back within microseconds, and answering them would take the event loop from the admitted requests;
+held, they come back at the pace Retry-After asks for, and a held request costs no CPU. The FIFO
+hands slots out oldest first, so none starves. At most ``max_waiting`` requests wait or are held per
+model, and their bodies hold less than ``max_waiting_bytes`` over all models; beyond either, 429 at
+once.
 
 Gates run on the event loop only, so they need no lock.
 """
@@ -63,6 +64,7 @@ class Gate:
         limit: int,
         *,
         wait_s: float = 0.0,
+        hold_s: float = 0.0,
         max_waiting: int = 0,
         room: WaitingRoom | None = None,
         retry_after_s: float = 1.0,
@@ -70,11 +72,13 @@ class Gate:
         self.model = model
         self.limit = limit
         self.wait_s = wait_s
+        self.hold_s = max(hold_s, wait_s)
         self.max_waiting = max_waiting
         self.room = room or WaitingRoom(0)
         self.retry_after_s = retry_after_s
         self.held = 0
-        self.waiting = 0
+        self.waiting = 0  # waiting for a slot
+        self.holding = 0  # refused, held until their 429 is due
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         # Created now, at 0: a series born with its first event loses that event to rate().
         self._rejected = metrics.REJECTED.labels(model, "admission")
@@ -94,6 +98,13 @@ class Gate:
         expiry = asyncio.get_running_loop().call_later(self.wait_s, self._expire, slot)
         try:
             await slot  # set by _release, which hands its slot straight over (held stays the same)
+        except QueueFull:  # no slot within wait_s: refused, answered once the hold is over
+            self.holding += 1
+            try:
+                await asyncio.sleep(self.hold_s - self.wait_s)
+            finally:
+                self.holding -= 1
+            raise
         except asyncio.CancelledError:
             if slot.done() and not slot.cancelled() and slot.exception() is None:
                 self._release()  # the slot arrived as the client left: pass it on
@@ -122,7 +133,7 @@ class Gate:
     def _refusal(self) -> QueueFull:
         self._rejected.inc()
         return QueueFull(
-            f"model {self.model!r} has {self.held} requests in progress and {self.waiting} waiting, "
-            "its limit; retry later",
+            f"model {self.model!r} has {self.held} requests in progress and "
+            f"{self.waiting + self.holding} waiting, its limit; retry later",
             self.retry_after_s,
         )

@@ -138,6 +138,7 @@ class Registry:
                 name,
                 self._admission_limit(default),
                 wait_s=self.settings.admission_wait_s,
+                hold_s=self.settings.admission_hold_s,
                 max_waiting=self.settings.max_waiting_per_model,
                 room=self._waiting_room,
                 retry_after_s=self.settings.retry_after_s,

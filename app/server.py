@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any
 
 import uvicorn
@@ -174,4 +175,6 @@ def build_server(settings: Settings, **config: Any) -> Server:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    build_server(Settings()).run()
+    settings = Settings()
+    sys.setswitchinterval(settings.switch_interval_s)
+    build_server(settings).run()

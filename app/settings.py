@@ -57,10 +57,12 @@ class Settings(BaseSettings):
     # requests in progress over the whole server, beyond that 503. Both answer with Retry-After.
     max_concurrent_requests: int = Field(default=2048, gt=0)
     retry_after_s: int = Field(default=1, gt=0)
-    # A request that finds its model at the bound waits (unparsed, FIFO) this long for a slot before
-    # its 429: it counts towards its latency, and it keeps clients that retry at once from flooding
-    # the event loop with refusals (app/admission.py). 0 refuses at once.
+    # A request that finds its model at the bound waits (unparsed, FIFO) this long for a slot; it
+    # counts towards its latency. Without one it is refused, and its 429 is sent admission_hold_s
+    # after it arrived, so that clients that retry at once cannot flood the event loop with refusals
+    # (app/admission.py). 0 and 0: refuse at once.
     admission_wait_s: float = Field(default=0.1, ge=0)
+    admission_hold_s: float = Field(default=0.5, ge=0)
     max_waiting_per_model: int = Field(default=1024, ge=0)
     max_waiting_bytes: int = Field(default=64 * 1024 * 1024, ge=0)  # bodies held by waiters, all models
 
@@ -83,5 +85,8 @@ class Settings(BaseSettings):
     # listener closes, in-flight requests get up to shutdown_grace_s to finish, then the rest are cut.
     drain_s: float = Field(default=0.0, ge=0)
     shutdown_grace_s: float = Field(default=30.0, gt=0)
+    # How long a Python thread (a decode loop, a search, a decoder) may hold the interpreter while
+    # the event loop waits for it (Python's default: 5 ms, paid again after every socket call).
+    switch_interval_s: float = Field(default=0.001, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, gt=0, lt=65536)

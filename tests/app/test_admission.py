@@ -59,6 +59,21 @@ def test_waiters_get_slots_oldest_first_and_expire() -> None:
         assert gate.waiting == 0 and gate.held == 1
         blocker.release()
 
+        # Refused after wait_s, answered after hold_s; a slot freed during the hold goes to the next
+        # waiter, not to the refused one.
+        held = Gate("h", 1, wait_s=0.05, hold_s=0.3, max_waiting=10, room=WaitingRoom(1 << 20))
+        blocker = await held.admit()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        refused = asyncio.create_task(held.admit())
+        await asyncio.sleep(0.1)
+        assert held.holding == 1 and held.waiting == 0 and not refused.done()
+        blocker.release()
+        assert held.held == 0
+        with pytest.raises(QueueFull):
+            await refused
+        assert loop.time() - started >= 0.29 and held.holding == 0
+
     run(scenario())
 
 
