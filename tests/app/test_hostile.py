@@ -77,8 +77,6 @@ def hc(hostile_server) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def slow_body_server(tmp_path_factory) -> Iterator[LiveServer]:
-    if "body_timeout_s" not in Settings.model_fields:
-        pytest.xfail("body_timeout_s not in Settings yet")
     repo = copy_models(tmp_path_factory.mktemp("slow-body"), ("mlp-digits",))
     with LiveServer(Settings(model_repository=repo, body_timeout_s=1.0)) as live:
         yield live
@@ -1352,8 +1350,8 @@ def test_raw_header_of_200kb(hostile_server, hc, path) -> None:
     )
     status, data, took = raw_exchange(hostile_server.port, head, b"{}")
     problems = []
-    if status is not None and status not in (400, 431):
-        problems.append(f"status {status}, expected 400 or 431 (or the connection closed): {data[:200]!r}")
+    if status != 431:  # the launcher's head bound (app/server.py)
+        problems.append(f"status {status}, expected 431: {data[:200]!r}")
     if took > 2.0:
         problems.append(f"took {took:.2f} s")
     problems += health_problems(hc)
