@@ -147,7 +147,7 @@ async def infer(
     request: Request,
     dataplane: DataPlaneDep,
     registry: RegistryDep,
-    inference_header_content_length: Annotated[str | None, Header()] = None,
+    inference_header_content_length: Annotated[int | None, Header(ge=0)] = None,
     version: str | None = None,
 ) -> Response:
     """Run the model's graph on V2 tensors (JSON data or the binary extension)."""
@@ -155,9 +155,8 @@ async def infer(
     refuse_simple_media(request.headers.get("content-type"))
     raw = await request.body()
     with await registry.gate(name).admit(len(raw)):
-        content, header_length = await dataplane.infer_v2(
-            name, check_version(version), raw, inference_header_content_length
-        )
+        header = None if inference_header_content_length is None else str(inference_header_content_length)
+        content, header_length = await dataplane.infer_v2(name, check_version(version), raw, header)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(
