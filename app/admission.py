@@ -11,7 +11,8 @@ A request that finds its model at the bound waits, unparsed, in a FIFO for a slo
 429 with Retry-After, sent ``hold_s`` after the request arrived. The hold is what keeps goodput under
 a flood: clients that retry a 429 at once (most load generators, many scripts) would otherwise come
 back within microseconds, and answering them would take the event loop from the admitted requests;
-held, they come back at the pace Retry-After asks for, and a held request costs no CPU. The FIFO
+held (for a jittered time, so that they do not come back in step), they come back at about the pace
+Retry-After asks for, and a held request costs no CPU. The FIFO
 hands slots out oldest first, so none starves. At most ``max_waiting`` requests wait or are held per
 model, and their bodies hold less than ``max_waiting_bytes`` over all models; beyond either, 429 at
 once.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import random
 from dataclasses import dataclass
 
 from app import metrics
@@ -72,7 +74,7 @@ class Gate:
         self.model = model
         self.limit = limit
         self.wait_s = wait_s
-        self.hold_s = max(hold_s, wait_s)
+        self.hold_s = max(hold_s, wait_s / 0.75)
         self.max_waiting = max_waiting
         self.room = room or WaitingRoom(0)
         self.retry_after_s = retry_after_s
@@ -101,7 +103,9 @@ class Gate:
         except QueueFull:  # no slot within wait_s: refused, answered once the hold is over
             self.holding += 1
             try:
-                await asyncio.sleep(self.hold_s - self.wait_s)
+                # Jittered (0.75-1.25x): refusals handed out together would otherwise come back
+                # together, a burst that holds up the event loop, and stay in step.
+                await asyncio.sleep(self.hold_s * (0.75 + random.random() / 2) - self.wait_s)
             finally:
                 self.holding -= 1
             raise

@@ -187,19 +187,29 @@ class Frontend:
 
     async def _until_disconnect(self, receive: Receive, work: Awaitable[None]) -> None:
         """Run ``work`` while watching the connection: if the client goes away first, ``work`` is
-        cancelled (a generation leaves its batch at the next step) and nothing is answered."""
-        task = asyncio.ensure_future(work)
-        gone = asyncio.ensure_future(receive())  # the body is read: the next message is the disconnect
-        try:
-            await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not task.done():
+        cancelled (a generation leaves its batch at the next step) and nothing is answered. One
+        watcher task per request; the work runs in this task."""
+        task = asyncio.current_task()
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            await receive()  # the body is read: the next message is the disconnect
+            if not finished:
+                gone = True
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                gone.cancel()
-                raise _Disconnected
-            gone.cancel()
-        task.result()  # re-raise the handler's error, if any
+
+        finished = False
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await work
+        except asyncio.CancelledError:
+            if gone and task.uncancel() == 0:
+                raise _Disconnected from None
+            raise
+        finally:
+            finished = True
+            watcher.cancel()
 
     async def _infer_v2(
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None

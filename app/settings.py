@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     max_beams: int = Field(default=16, gt=0)  # seq2seq beam width
     # Seq2seq searches running at once (each holds a worker thread between its batched graph calls);
     # also the model's admission bound, so a search never waits for a thread.
-    max_concurrent_searches: int = Field(default=32, gt=0)
+    max_concurrent_searches: int = Field(default=16, gt=0)
 
     # Admission. Every request is admitted or refused before its body is parsed: per model, at most
     # batching.max_queue_size requests in progress (language models: max_active_sequences +
@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     # after it arrived, so that clients that retry at once cannot flood the event loop with refusals
     # (app/admission.py). 0 and 0: refuse at once.
     admission_wait_s: float = Field(default=0.1, ge=0)
-    admission_hold_s: float = Field(default=0.5, ge=0)
+    admission_hold_s: float = Field(default=1.0, ge=0)
     max_waiting_per_model: int = Field(default=1024, ge=0)
     max_waiting_bytes: int = Field(default=64 * 1024 * 1024, ge=0)  # bodies held by waiters, all models
 

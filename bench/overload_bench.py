@@ -1186,7 +1186,8 @@ async def run_all(args: argparse.Namespace, server: ManagedServer, work: Path, n
     await check_cases(server, mixed)
     results: dict[str, Any] = {"meta": metadata(args, server, nofile)}
     if "overload" in args.sections:
-        results["overload"] = await measure_overload(server, mixed, args.warmup, args.duration, work)
+        flooded = [case for case in mixed if args.only in case.name]
+        results["overload"] = await measure_overload(server, flooded, args.warmup, args.duration, work)
         results["overload_targets"] = overload_targets(results["overload"])
     if "worst" in args.sections:
         progress("building the worst requests' bodies")
@@ -1219,6 +1220,14 @@ def parse_args() -> argparse.Namespace:
         help="which sections run (default both; none with --soak: only the soak)",
     )
     parser.add_argument("--rss-cap-mb", type=float, default=6144, help="kill the server past this RSS")
+    parser.add_argument("--only", default="", help="flood only the endpoints whose name contains this")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SERVE_X=V",
+        help="a server setting for this run (repeatable), e.g. for an A/B of one setting",
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where overload_bench.md/.json go")
     parser.add_argument("--loadgen", metavar="SPEC", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
@@ -1226,6 +1235,11 @@ def parse_args() -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
     if args.warmup < RAMP_S:
         parser.error(f"--warmup must be at least {RAMP_S:g} s (the connections open during it)")
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("SERVE_"):
+            parser.error(f"--set takes SERVE_NAME=VALUE; got {item!r}")
+        SERVER_SETTINGS[name] = value
     return args
 
 

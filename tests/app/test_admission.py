@@ -72,7 +72,7 @@ def test_waiters_get_slots_oldest_first_and_expire() -> None:
         assert held.held == 0
         with pytest.raises(QueueFull):
             await refused
-        assert loop.time() - started >= 0.29 and held.holding == 0
+        assert loop.time() - started >= 0.22 and held.holding == 0  # 0.75-1.25x the hold
 
     run(scenario())
 
