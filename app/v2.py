@@ -130,10 +130,17 @@ def decode_inputs(
             data = tensor["data"]
             if not isinstance(data, list):
                 raise InvalidInput(f"{where}: data must be a list of {datatype} values")
+            # JSON numbers are doubles: read FP32 data as float64 first, so that a value beyond float32's
+            # range is named as such instead of becoming an infinity in the cast.
+            wide = np.float64 if dtype == np.float32 else dtype
             try:
-                array = np.asarray(data, dtype=dtype)
+                array = np.asarray(data, dtype=wide)
             except (ValueError, TypeError, OverflowError):
                 raise InvalidInput(f"{where}: data is not a list of {datatype} values") from None
+            if wide is np.float64 and dtype == np.float32 and array.size:
+                if np.isfinite(array).all() and np.abs(array).max() > np.finfo(np.float32).max:
+                    raise InvalidInput(f"{where}: a value overflows {datatype}")
+                array = array.astype(np.float32)
             if array.size != count:
                 raise InvalidInput(f"{where}: {array.size} values do not fill shape {shape}")
             array = array.reshape(shape)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.api.schemas import GenerateRequest
 from app.generation import generate
 from app.sampling import SamplingParams
 from app.schema import ModelConfig
@@ -198,6 +199,46 @@ def test_seq2seq_greedy_and_beams(gen_server) -> None:
     inputs = ["5 May 1999", "1999-05-05", "May 5th, 1999", "05/05/99"]
     results = _post_all(gen_server, [{"model": "seq2seq-dates", "input": i} for i in inputs])
     assert [r.json()["text"] for r in results] == ["1999-05-05"] * 4
+
+
+def test_a_cancelled_search_stops_at_its_next_graph_call(gen_server) -> None:
+    """A seq2seq search runs in a thread; cancelling its caller (what a client that disconnects does)
+    stops it at its next encoder/decoder call instead of letting it run to the end."""
+    plane, registry = gen_server.app.state.generation, gen_server.app.state.registry
+    mv = registry.get("seq2seq-dates")
+    decoder, loop = mv.runners["decoder"], gen_server.server._loop
+    body = GenerateRequest(model="seq2seq-dates", input="Wednesday, 3rd of March 2021", num_beams=16)
+    before = decoder.requests_run
+    asyncio.run_coroutine_threadsafe(plane.translate(mv, body), loop).result(30)
+    full = decoder.requests_run - before
+    assert full >= 8  # one decoder call per output token
+
+    before = decoder.requests_run
+    search = asyncio.run_coroutine_threadsafe(plane.translate(mv, body), loop)
+    deadline = time.monotonic() + 10
+    while decoder.requests_run == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.0002)
+    at_cancel = decoder.requests_run - before
+    search.cancel()
+    time.sleep(0.5)  # the thread would finish the whole search in far less
+    after = decoder.requests_run - before
+    assert after <= at_cancel + 2 and after < full, (at_cancel, after, full)
+    # The search pool is free again: a new search runs to the end.
+    assert asyncio.run_coroutine_threadsafe(plane.translate(mv, body), loop).result(30)["text"]
+
+
+def test_models_list_the_limits_that_apply(gen_server) -> None:
+    with gen_server.client() as c:
+        gpt = c.get("/models/gpt-corpus").json()["limits"]
+        s2s = c.get("/models/seq2seq-dates").json()["limits"]
+        gan = c.get("/models/dcgan-digits").json()["limits"]
+    settings = gen_server.app.state.registry.settings
+    assert gpt["max_new_tokens"] == 256 and gpt["max_length"] == 128 and gpt["max_stop_strings"] == 8
+    assert gpt["max_in_progress"] == settings.max_active_sequences + settings.max_queued_sequences
+    assert s2s["max_beams"] == 16 and s2s["max_new_tokens"] == 64  # the decoder's positions
+    assert s2s["max_in_progress"] == settings.max_concurrent_searches
+    assert gan["max_images"] == 8 and gan["max_in_progress"] == 256 and "max_beams" not in gan
 
 
 def test_image_generators(gen_server) -> None:
