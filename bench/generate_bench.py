@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from ports import free_port  # bench/ports.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "gpt-corpus"
@@ -141,12 +141,6 @@ def _graph_scaling(new_tokens: int) -> dict[str, float]:
         result[f"{key}_batch16_tokens_per_s"] = statistics.median(sixteen for _, sixteen in rounds)
         result[f"{key}_scaling"] = statistics.median(sixteen / one for one, sixteen in rounds)
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(extra_env: dict[str, str]) -> tuple[subprocess.Popen, str]:

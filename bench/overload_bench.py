@@ -29,7 +29,7 @@ What it measures, and why:
 How:
 - The server gets core 1 (``taskset``), one onnxruntime instance per model with one intra-op thread
   (SERVE_INSTANCES=1, SERVE_INTRA_OP_THREADS=1): more would only time-slice the same core. It is started
-  with ``python -m app`` (the launcher) when ``app/__main__.py`` exists, else with uvicorn directly.
+  as users start it, with ``python -m app`` (the launcher, app/server.py).
 - The load generator is this file run with ``--loadgen`` in a child process on core 0: asyncio (uvloop
   when importable) over raw keep-alive HTTP/1.1 sockets, one closed loop per connection (send the
   pre-serialised request, read the status line, headers and Content-Length or chunked body, record
@@ -61,7 +61,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -73,10 +72,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ports import free_port  # bench/ports.py, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SERVER_CORE, CLIENT_CORE = "1", "0"
-RESERVED_PORTS = {8000, 9090}  # other processes on these machines may hold them
 MODELS = ("lenet5-digits", "gpt-corpus", "seq2seq-dates", "resnet-shapes", "bilstm-order", "dcgan-digits")
 SERVER_SETTINGS = {"SERVE_INSTANCES": "1", "SERVE_INTRA_OP_THREADS": "1"}
 LOW_CONNECTIONS, HIGH_CONNECTIONS = 32, 1000
@@ -332,23 +332,6 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def free_port() -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in RESERVED_PORTS:
-            return port
-
-
-def launcher(port: int) -> list[str]:
-    """``python -m app`` once the launcher exists (it reads SERVE_HOST/SERVE_PORT), else uvicorn."""
-    if (ROOT / "app" / "__main__.py").exists():
-        return [sys.executable, "-m", "app"]
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    return [*command, "--log-level", "warning", "--no-access-log"]
-
-
 def process_tree(pid: int) -> list[int]:
     """The pid and its descendants (a launcher may run workers), from /proc/<pid>/task/*/children."""
     pids, index = [pid], 0
@@ -414,7 +397,14 @@ class ManagedServer:
     def start(self) -> None:
         self.starts += 1
         self.port = free_port()
-        self.command = ["taskset", "-c", SERVER_CORE, *launcher(self.port)]
+        self.command = [
+            "taskset",
+            "-c",
+            SERVER_CORE,
+            sys.executable,
+            "-m",
+            "app",
+        ]  # reads SERVE_HOST/SERVE_PORT (env below)
         with self.log_path.open("wb") as log:
             # Own session: a Ctrl-C in the terminal reaches only this script, which then stops the server.
             self.process = subprocess.Popen(

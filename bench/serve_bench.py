@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime
+from ports import free_port  # bench/ports.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -53,7 +53,6 @@ MODELS = ("lenet5-digits", "resnet-shapes", "mlp-digits")
 SERVER_CORE, CLIENT_CORE = "1", "0"
 CONCURRENCY, QUICK_CONCURRENCY = (1, 8, 32, 64), (1, 32)
 CEILING_BATCHES = (1, 32)
-RESERVED_PORTS = {8000, 9090}  # other processes on these machines may hold them
 # wrk drops requests slower than its timeout from the latency statistics; well above any latency
 # expected here (the server's own request deadline is 5 s), so a slow tail shows up as latency.
 WRK_TIMEOUT_S = 10
@@ -149,15 +148,6 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
     """The caller's environment without SERVE_/BASELINE_ settings, so only ``extra`` configures a server."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVE_", "BASELINE_"))}
     return {**env, **extra}
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in RESERVED_PORTS:
-            return port
 
 
 def start_server(
