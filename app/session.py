@@ -27,8 +27,8 @@ NUMPY_DTYPES = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}
 @dataclass(frozen=True)
 class SessionOptions:
     device: str = "auto"  # auto | cpu | cuda
-    # Measured on the 2-core CPU (DESIGN.md): one single-threaded session per core beats one session
-    # with both threads, and onnxruntime's default (all cores, spinning) starves the HTTP layer.
+    # Measured on the 2-core CPU (docs/ARCHITECTURE.md): one single-threaded session per core beats one
+    # session with both threads, and onnxruntime's default (all cores, spinning) starves the HTTP layer.
     intra_op_threads: int = 1
 
 

@@ -2,8 +2,8 @@
 
 bench/serve_bench.py runs it as ``taskset -c 1 python bench/ort_ceiling.py MODEL.onnx --batch 1 32``
 (the core its servers get) and reads one JSON object per batch size from stdout. Random normal data
-of the graph's input shape; session settings are the best measured here (DESIGN.md): ORT_ENABLE_ALL,
-one intra-op thread, no spinning.
+of the graph's input shape; session settings are the best measured here (docs/ARCHITECTURE.md):
+ORT_ENABLE_ALL, one intra-op thread, no spinning.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ How it measures, and why:
 - The three HTTP candidates run side by side (an idle one uses no CPU: uvicorn waits in epoll, the
   batchers on events, and single-threaded onnxruntime has no spinning pool), and the cells are
   interleaved per (model, concurrency): absolute numbers drift 30-50% between runs on these
-  machines (DESIGN.md), so every comparison is taken minutes apart at most, never a run apart.
+  machines (docs/ARCHITECTURE.md), so every comparison is taken minutes apart at most, never a run apart.
 - Bodies carry one sample each, already preprocessed: JSON nested lists for ``/predict``, and the V2
   binary tensor extension for ``/v2/models/{name}/infer`` (the baseline has no V2 route, so V2 rows
   are compared with the same server's JSON rows).

@@ -23,5 +23,5 @@ class GraphExport:
     # Sizes to check parity at per symbolic non-batch axis (e.g. {"past": [0, 5]}); by default
     # the example size -1 and +3. Batch sizes are always 1, 7 and 32.
     parity_sizes: dict[str, list[int]] = field(default_factory=dict)
-    # "torchscript" for graphs dynamo cannot export with dynamic sizes (packed RNNs, per DESIGN.md).
+    # "torchscript" for graphs dynamo cannot export with dynamic sizes (packed RNNs; docs/ARCHITECTURE.md).
     exporter: Literal["dynamo", "torchscript"] = "dynamo"

@@ -5,8 +5,8 @@ tokens (B, T) + lengths (B,) -> embedding -> packed RNN -> final state of each d
 Padding-correct by construction: a right-padded row gives the same logits as the same sequence run
 alone. The forward direction's final state is its output at position ``length - 1`` (not at ``T - 1``,
 which would have run over padding), and the backward direction's is its output at position 0 (it
-must *start* at ``length - 1``, which only packing gives it). Packing is also what exports: per
-DESIGN.md, ``pack_padded_sequence`` -> ``h_n`` fails with both ONNX exporters, while pack -> RNN ->
+must *start* at ``length - 1``, which only packing gives it). Packing is also what exports (see
+docs/ARCHITECTURE.md): ``pack_padded_sequence`` -> ``h_n`` fails with both ONNX exporters, while pack -> RNN ->
 ``pad_packed_sequence`` -> gather exports with the TorchScript exporter (dynamo unrolls the RNN to
 the example length), where the RNN becomes one ONNX LSTM/GRU/RNN node fed ``sequence_lens``.
 """
@@ -87,7 +87,7 @@ class RNNClassifier(nn.Module):
         # enforce_sorted=False: callers batch requests in arrival order, not by length. Packing wants
         # lengths on the CPU whatever the model's device.
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)  # h_n of a packed RNN does not export (DESIGN.md); use the outputs
+        out, _ = self.rnn(packed)  # h_n of a packed RNN does not export (docs/ARCHITECTURE.md); use the outputs
         # total_length keeps the width at T even when every row is shorter; zeros beyond each length.
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])  # (B, T, D*H)
         # Forward direction: its output at the last real step, gathered per row.
