@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from app.core.repository_format import GraphSpec, ImagePostprocessing, ImagePreprocessing, TensorSpec
 from app.errors import BadRequest, InvalidInput
 from app.registry import ModelVersion
-from app.schema import GraphSpec, ImagePostprocessing, ImagePreprocessing, TensorSpec
 from app.session import NUMPY_DTYPES
 
 log = logging.getLogger(__name__)

@@ -14,15 +14,16 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app import codecs, v2
-from app.decoding import beam_search, greedy_decode
+from app import codecs
+from app import v2_tensors as v2
+from app.core.decoding import beam_search, greedy_decode
+from app.core.repository_format import GenerationDefaults
+from app.core.sampling import SamplingParams
+from app.decode_loop import Sequence
 from app.errors import InferenceFailed, InvalidInput
 from app.registry import ModelVersion, Registry
 from app.runner import Runner
-from app.sampling import SamplingParams
-from app.schema import GenerationDefaults
 from app.settings import Settings
-from app.textgen import Sequence
 
 PREDICT_TASKS = ("classification", "reconstruction")
 

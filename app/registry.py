@@ -19,13 +19,13 @@ from pydantic import ValidationError
 
 from app import metrics
 from app.admission import Gate, WaitingRoom
+from app.core.repository_format import CONFIG_FILE, REPORT_FILE, Batching, ModelConfig, Report
+from app.core.tokenizer import CharTokenizer
+from app.decode_loop import GenerationLimits, TextGenerator
 from app.errors import InvalidInput, ModelNotFound, ModelNotReady
 from app.runner import Runner
-from app.schema import CONFIG_FILE, REPORT_FILE, Batching, ModelConfig, Report
 from app.session import Session, SessionOptions
 from app.settings import Settings
-from app.textgen import GenerationLimits, TextGenerator
-from app.tokenizer import CharTokenizer
 
 log = logging.getLogger(__name__)
 

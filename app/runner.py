@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app import metrics
+from app.core.repository_format import Batching, GraphSpec
 from app.errors import DeadlineExceeded, InferenceFailed, QueueFull, ServingError
-from app.schema import Batching, GraphSpec
 from app.session import Session
 
 log = logging.getLogger(__name__)

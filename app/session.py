@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app.schema import GraphSpec
+from app.core.repository_format import GraphSpec
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ def _one_core_sessions(*roles: str):
     """The model's config and one single-threaded, non-spinning onnxruntime session per graph role."""
     import onnxruntime as ort
 
-    from app.schema import ModelConfig
+    from app.core.repository_format import ModelConfig
 
     config = ModelConfig.model_validate_json((MODEL_DIR / "config.json").read_text())
     options = ort.SessionOptions()
@@ -61,8 +61,8 @@ def _one_core_sessions(*roles: str):
 
 
 def _kv_vs_recompute(new_tokens: int) -> dict[str, float]:
-    from app.generation import generate
-    from app.sampling import SamplingParams
+    from app.core.kv_cache import generate
+    from app.core.sampling import SamplingParams
 
     config, step, full = _one_core_sessions("decoder_step", "model")
     block = config.preprocessing.max_length
@@ -105,8 +105,8 @@ def _kv_vs_recompute(new_tokens: int) -> dict[str, float]:
 def _graph_scaling(new_tokens: int) -> dict[str, float]:
     """Greedy decode steps of 1 and 16 rows through the step graph and KVCache alone: how much
     batching the graph itself allows on this core (prompt "The ", as the HTTP load)."""
-    from app.generation import KVCache
-    from app.tokenizer import CharTokenizer
+    from app.core.kv_cache import KVCache
+    from app.core.tokenizer import CharTokenizer
 
     config, step = _one_core_sessions("decoder_step")
     graph = config.graphs["decoder_step"]

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.schema import CONFIG_FILE, REPORT_FILE, ModelConfig, Report
+from app.core.repository_format import CONFIG_FILE, REPORT_FILE, ModelConfig, Report
 
 EXIT_USAGE = 2
 
@@ -223,8 +223,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """Generate text with an exported language model, through its ONNX KV-cache step graph."""
     import onnxruntime as ort
 
-    from app.generation import generate
-    from app.sampling import SamplingParams
+    from app.core.kv_cache import generate
+    from app.core.sampling import SamplingParams
     from training.text import CharTokenizer
 
     model_dir: Path = args.model

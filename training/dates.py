@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from app.decoding import DecodeFn, EncodeFn, beam_search, greedy_decode, strip_eos
+from app.core.decoding import DecodeFn, EncodeFn, beam_search, greedy_decode, strip_eos
 from training.data import DatasetBundle
 from training.text import CharTokenizer, pad_batch
 
@@ -213,7 +213,7 @@ def translate(
     max_len: int = TARGET_LEN,
     batch_size: int = 256,
 ) -> list[str]:
-    """Decode ``sources`` with :mod:`app.decoding` (greedy for ``beam_size=1``, else the best beam)
+    """Decode ``sources`` with :mod:`app.core.decoding` (greedy for ``beam_size=1``, else the best beam)
     over ``encode``/``decode`` callables: the PyTorch model's or the exported ONNX graphs'."""
     tokenizer = tokenizer or date_tokenizer()
     out: list[str] = []

@@ -24,7 +24,15 @@ import onnxruntime as ort
 import torch
 from torch import Tensor
 
-from app.schema import CONFIG_FILE, REPORT_FILE, GraphSpec, ModelConfig, Parity, Report, TensorSpec
+from app.core.repository_format import (
+    CONFIG_FILE,
+    REPORT_FILE,
+    GraphSpec,
+    ModelConfig,
+    Parity,
+    Report,
+    TensorSpec,
+)
 from training.graphs import GraphExport
 
 PARITY_BATCH_SIZES = (1, 7, 32)

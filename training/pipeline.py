@@ -14,9 +14,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from app.generation import KVCache
-from app.sampling import SamplingParams, select_next_tokens
-from app.schema import (
+from app.core.kv_cache import KVCache
+from app.core.repository_format import (
     CONFIG_FILE,
     REPORT_FILE,
     GenerationDefaults,
@@ -26,6 +25,7 @@ from app.schema import (
     Report,
     TextPreprocessing,
 )
+from app.core.sampling import SamplingParams, select_next_tokens
 from training import plots
 from training.bert_data import mlm_bundle
 from training.data import DatasetBundle, add_noise, load_dataset, normalize

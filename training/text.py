@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.tokenizer import BOS, EOS, MASK, PAD, SPECIAL_TOKENS, UNK, CharTokenizer  # noqa: F401
+from app.core.tokenizer import BOS, EOS, MASK, PAD, SPECIAL_TOKENS, UNK, CharTokenizer  # noqa: F401
 from training.data import DataError
 
 

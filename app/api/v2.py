@@ -20,7 +20,7 @@ from app.api.schemas import (
     V2ServerMetadata,
 )
 from app.registry import Registry, check_version
-from app.v2 import V2_DTYPES
+from app.v2_tensors import V2_DTYPES
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 

@@ -1,4 +1,4 @@
-"""Greedy and beam search (app.decoding) on hand-built numpy "models": Markov transition tables."""
+"""Greedy and beam search (app.core.decoding) on hand-built numpy "models": Markov transition tables."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.decoding import BeamResult, beam_search, greedy_decode, log_softmax, strip_eos
+from app.core.decoding import BeamResult, beam_search, greedy_decode, log_softmax, strip_eos
 
 PAD, BOS, EOS, A, B = 0, 1, 2, 3, 4
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,5 +160,5 @@ def test_invalid_arguments() -> None:
 
 
 def test_decoding_module_imports_no_torch() -> None:
-    code = "import sys, app.decoding; sys.exit('torch' in sys.modules or 'onnxruntime' in sys.modules)"
+    code = "import sys, app.core.decoding; sys.exit('torch' in sys.modules or 'onnxruntime' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

@@ -17,13 +17,13 @@ import pytest
 from PIL import Image
 
 from app.api.schemas import GenerateRequest
-from app.generation import generate
-from app.sampling import SamplingParams
-from app.schema import ModelConfig
+from app.core.kv_cache import generate
+from app.core.repository_format import ModelConfig
+from app.core.sampling import SamplingParams
+from app.core.tokenizer import CharTokenizer
+from app.decode_loop import GenerationLimits, TextGenerator
 from app.session import Session, SessionOptions
 from app.settings import Settings
-from app.textgen import GenerationLimits, TextGenerator
-from app.tokenizer import CharTokenizer
 from tests.app.conftest import LiveServer, copy_models, reference_session
 
 MODELS = ("gpt-corpus", "seq2seq-dates", "dcgan-digits", "vae-digits")
@@ -46,7 +46,7 @@ def _post_all(server, bodies, workers=16):
 
 
 def _alone_greedy(repo, prompt: str, max_new: int, slide: bool = False) -> str:
-    """The same graph decoded one sequence at a time (app.generation, which the training package's
+    """The same graph decoded one sequence at a time (app.core.kv_cache, which the training package's
     `sample` command uses and whose greedy output is tested equal to PyTorch's). With ``slide``, past
     the context the last half of the text is prefilled again (the server's sliding window)."""
     config = ModelConfig.model_validate_json((repo / "gpt-corpus" / "config.json").read_text())

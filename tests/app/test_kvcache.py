@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.generation import KVCache
-from app.schema import GraphSpec, TensorSpec
+from app.core.kv_cache import KVCache
+from app.core.repository_format import GraphSpec, TensorSpec
 
 H, D = 2, 3
 # The GPT step graph's layout: keys (B, H, D, T), values (B, H, T, D).

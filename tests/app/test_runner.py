@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
+from app.core.repository_format import Batching, ModelConfig
 from app.errors import DeadlineExceeded, InferenceFailed, QueueFull
 from app.runner import Runner
-from app.schema import Batching, ModelConfig
 from app.session import Session, SessionOptions
 from tests.app.conftest import ZOO, reference_session
 

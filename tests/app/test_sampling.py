@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from app.sampling import (
+from app.core.sampling import (
     SamplingParams,
     apply_repetition_penalty,
     next_token_distribution,
@@ -135,5 +135,5 @@ def test_sampling_needs_a_generator_and_2d_logits() -> None:
 
 
 def test_module_does_not_import_torch() -> None:
-    code = "import sys, app.sampling; assert 'torch' not in sys.modules"
+    code = "import sys, app.core.sampling; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

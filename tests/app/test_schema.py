@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from app.schema import ImagePreprocessing, ModelConfig
+from app.core.repository_format import ImagePreprocessing, ModelConfig
 
 GRAPH = {
     "file": "model.onnx",

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from app.schema import ModelConfig, Report
+from app.core.repository_format import ModelConfig, Report
 from training.bert_data import IGNORE_INDEX, mask_tokens, scramble_word, scrambled_words_bundle
 from training.export import export_to_repository
 from training.models.bert import BERT, BERTConfig

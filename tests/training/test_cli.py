@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from app.schema import ModelConfig
+from app.core.repository_format import ModelConfig
 from tests.conftest import run_cli
 
 TINY = ["--epochs", "1", "--max-steps", "2", "--limit", "64", "--no-progress"]

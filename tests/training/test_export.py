@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from app.schema import ModelConfig, Report
+from app.core.repository_format import ModelConfig, Report
 from training.export import ExportError, export_to_repository, sha256_of
 from training.registry import build_model
 

@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from app.generation import KVCache
-from app.schema import ModelConfig, Report
+from app.core.kv_cache import KVCache
+from app.core.repository_format import ModelConfig, Report
 from training.export import export_to_repository
 from training.models.gpt import GPT, GPTDecoderStep
 from training.registry import build_model, model_family
@@ -239,7 +239,7 @@ def test_export_writes_both_graphs_with_parity(exported: Path) -> None:
 
 
 def test_onnx_cached_decoding_matches_the_full_forward(model: GPT, exported: Path) -> None:
-    """The exported graph driven by the server's in-place cache (app.generation.KVCache)."""
+    """The exported graph driven by the server's in-place cache (app.core.kv_cache.KVCache)."""
     config = ModelConfig.model_validate_json((exported / "config.json").read_text())
     session = ort.InferenceSession(
         str(exported / "1" / "decoder_step.onnx"), providers=["CPUExecutionProvider"]

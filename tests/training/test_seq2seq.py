@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.decoding import beam_search, greedy_decode
-from app.schema import ModelConfig, Report
+from app.core.decoding import beam_search, greedy_decode
+from app.core.repository_format import ModelConfig, Report
 from training.dates import (
     FORMATS,
     MAX_SOURCE_LEN,

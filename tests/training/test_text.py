@@ -1,6 +1,6 @@
 import pytest
 
-from app.schema import TokenizerSpec
+from app.core.repository_format import TokenizerSpec
 from training.data import DataError
 from training.text import CharTokenizer, builtin_corpus, load_corpus, pad_batch
 

@@ -6,7 +6,7 @@ Two graphs leave this file. ``model`` is the training forward, tokens (B, T) -> 
 logits plus only the new positions' keys and values, which the caller stores in place. The same graph
 prefills a prompt (T = 0, S = prompt length) and decodes one token at a time (S = 1); rows of different
 lengths share one batch because each row's length, not the tensor's width, says which slots are real.
-Sampling lives in ``app/sampling.py``: ``forward`` never samples.
+Sampling lives in ``app/core/sampling.py``: ``forward`` never samples.
 """
 
 from __future__ import annotations

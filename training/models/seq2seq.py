@@ -9,7 +9,7 @@ Attention is hand-written (:mod:`training.layers`) with ADDITIVE masks computed 
 (``src == pad_id``, ``arange``), so there is no data-dependent Python branching and both graphs
 export with dynamic batch, source and target lengths. The model is exported as two graphs, the
 ``encoder`` (``src -> memory``) and the ``decoder`` (``tgt, memory, src -> logits``, recomputed over
-the prefix at each step); :mod:`app.decoding` runs greedy and beam search over either the PyTorch
+the prefix at each step); :mod:`app.core.decoding` runs greedy and beam search over either the PyTorch
 module (:func:`torch_callables`) or the ONNX graphs (:func:`onnx_callables`).
 """
 
@@ -243,7 +243,7 @@ def seq2seq(**overrides) -> Seq2Seq:
 
 
 # --------------------------------------------------------------------------------------------------
-# The callables app.decoding searches over: numpy in, numpy out.
+# The callables app.core.decoding searches over: numpy in, numpy out.
 
 EncodeFn = Callable[[np.ndarray], np.ndarray]
 DecodeFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]

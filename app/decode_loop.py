@@ -3,7 +3,7 @@
 One loop per model advances every active sequence by one token per step, as text-generation-inference
 and vLLM do. New requests join at step boundaries: their prompts are prefilled together in one call
 (right-padded, on empty caches) and their cache entries are stored as new rows of the batch's
-:class:`~app.generation.KVCache`. Each row keeps its own length, so sequences of any lengths share a
+:class:`~app.core.kv_cache.KVCache`. Each row keeps its own length, so sequences of any lengths share a
 decode step without padding or realignment, and a decode step writes only the new position of each
 row instead of copying the cache. Rows that leave (finished, disconnected) are dropped between steps. A
 sequence that fills the context window continues on a sliding window: it leaves and its last half
@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app import metrics
+from app.core.kv_cache import KVCache
+from app.core.sampling import SamplingParams, select_next_tokens
+from app.core.tokenizer import CharTokenizer
 from app.errors import QueueFull
-from app.generation import KVCache
-from app.sampling import SamplingParams, select_next_tokens
 from app.session import Session
-from app.tokenizer import CharTokenizer
 
 log = logging.getLogger(__name__)
 

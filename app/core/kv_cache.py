@@ -1,7 +1,7 @@
 """Text generation over an exported GPT ``decoder_step`` graph with its KV cache (no torch).
 
 One prompt is prefilled in a single step call, then every new token is one step call over the cache,
-which :class:`KVCache` keeps in place. The continuous-batching loop of the server (``app/textgen.py``)
+which :class:`KVCache` keeps in place. The continuous-batching loop of the server (``app/decode_loop.py``)
 batches these same calls over many sequences with the same cache.
 """
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from app.sampling import SamplingParams, select_next_tokens
-from app.schema import GraphSpec
+from app.core.repository_format import GraphSpec
+from app.core.sampling import SamplingParams, select_next_tokens
 
 
 @dataclass

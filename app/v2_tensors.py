@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from app.core.repository_format import GraphSpec
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge
-from app.schema import GraphSpec
 
 V2_DTYPES = {"float32": "FP32", "int64": "INT64", "bool": "BOOL"}
 NUMPY_OF_V2 = {
