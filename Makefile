@@ -8,7 +8,7 @@ MODELS ?= models
 # Debian's prometheus package brings promtool, which the metrics test runs.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test build verify lint format clean
+.PHONY: run test build verify format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,13 @@ run: $(PY)
 		$(PY) -m pip install -q -e '.[train,serve]' && $(PY) -m training build --skip-existing --out $(MODELS); }
 	SERVE_MODEL_REPOSITORY=$(MODELS) SERVE_HOST=$(HOST) SERVE_PORT=$(PORT) $(PY) -m app
 
-# Whole test suite, with lint, after installing what tests need.
+# Whole test suite, with lint and the import contracts, after installing what tests need.
 test: $(PY)
 	@command -v promtool >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q prometheus; }
 	$(PY) -m pip install -q -e '.[train,serve,dev]'
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # Rebuild the whole default zoo from scratch and check its quality bars.

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from app.core.repository_format import GraphSpec, ImagePostprocessing, ImagePreprocessing, TensorSpec
+from app.core.sampling import softmax
 from app.errors import BadRequest, InvalidInput
 from app.registry import ModelVersion
 from app.session import NUMPY_DTYPES
@@ -259,18 +260,6 @@ def _check_count(items: list, max_items: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------- outputs
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Stable for any finite or infinite logits: +inf logits share the mass, -inf get none."""
-    logits = np.asarray(logits, np.float64)
-    top = logits.max(axis=-1, keepdims=True)
-    infinite = np.isposinf(top)
-    if infinite.any():  # a row with +inf logits: those classes split the probability, the rest get 0
-        logits = np.where(infinite, np.where(np.isposinf(logits), 0.0, -np.inf), logits)
-        top = np.where(infinite, 0.0, top)
-    exp = np.exp(logits - top)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def refuse_rows(bad: np.ndarray) -> None:

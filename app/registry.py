@@ -7,7 +7,6 @@ A model that fails any step is kept with its reason and state ``failed``; the ot
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from pydantic import ValidationError
 
 from app import metrics
 from app.admission import Gate, WaitingRoom
-from app.core.repository_format import CONFIG_FILE, REPORT_FILE, Batching, ModelConfig, Report
+from app.core.repository_format import CONFIG_FILE, REPORT_FILE, Batching, ModelConfig, Report, sha256_of
 from app.core.tokenizer import CharTokenizer
 from app.decode_loop import GenerationLimits, TextGenerator
 from app.errors import InvalidInput, ModelNotFound, ModelNotReady
@@ -60,14 +59,6 @@ class ModelVersion:
 
     def runner(self, role: str | None = None) -> Runner:
         return self.runners[role or self.primary_role]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _effective_config(config: ModelConfig, settings: Settings) -> ModelConfig:

@@ -169,7 +169,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check every model in the repository: files match sha256, parity and quality bars hold."""
-    from training.export import PARITY_TOLERANCE, sha256_of
+    from app.core.repository_format import sha256_of
+    from training.export import PARITY_TOLERANCE
     from training.recipes import UnknownRecipeError, get_recipe
 
     repo: Path = args.repository

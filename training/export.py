@@ -8,7 +8,6 @@ temporary folder and renamed into place, so a failed export never leaves a half-
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -32,6 +31,7 @@ from app.core.repository_format import (
     Parity,
     Report,
     TensorSpec,
+    sha256_of,
 )
 from training.graphs import GraphExport
 
@@ -41,14 +41,6 @@ PARITY_TOLERANCE = 1e-4
 
 class ExportError(RuntimeError):
     """The export or its verification failed; the message says which graph and why."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _dynamic_shapes(graph: GraphExport) -> tuple[dict[int, torch.export.Dim], ...]:

@@ -11,6 +11,8 @@ Torch-free on purpose: the exporter imports these models to write the files, the
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -174,3 +176,12 @@ class Report(_Strict):
     notes: list[str] = []
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def sha256_of(path: Path) -> str:
+    """The digest report.json records for a graph and the server checks at load."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

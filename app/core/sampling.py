@@ -75,10 +75,16 @@ def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64; -inf logits get probability exactly 0."""
+    """Row-wise softmax in float64, stable for any logits a row can hold: -inf logits get probability
+    exactly 0, and in a row with +inf logits those share the probability (a classifier whose logits
+    overflowed still ranks). A row needs one logit above -inf."""
     z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
+    top = z.max(axis=-1, keepdims=True)
+    infinite = np.isposinf(top)
+    if infinite.any():
+        z = np.where(infinite, np.where(np.isposinf(z), 0.0, -np.inf), z)
+        top = np.where(infinite, 0.0, top)
+    e = np.exp(z - top)
     return e / e.sum(axis=-1, keepdims=True)
 
 

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.special import softmax
 from sklearn.datasets import load_digits
 
 from tests.app.conftest import reference_session
@@ -25,11 +26,6 @@ def png_b64(pixels: np.ndarray, fmt: str = "PNG") -> str:
 def digits():
     data = load_digits()
     return data.images, data.target
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 def test_health_and_model_list(client) -> None:
@@ -64,7 +60,7 @@ def test_image_classifier_from_png_matches_onnxruntime(client, repository, digit
     pre = json.loads((repository / "mlp-digits" / "config.json").read_text())["preprocessing"]
     x = (np.stack(pixels).astype(np.float32) / 255 - pre["mean"][0]) / pre["std"][0]
     logits = reference_session(repository, "mlp-digits").run(None, {"input": x.reshape(6, 64)})[0]
-    expected = softmax(logits.astype(np.float64))
+    expected = softmax(logits.astype(np.float64), axis=-1)
     for out, probs in zip(outputs, expected, strict=True):
         assert out["index"] == int(probs.argmax()) and out["label"] == str(probs.argmax())
         np.testing.assert_allclose(out["probabilities"], probs, atol=1e-5)
@@ -109,7 +105,9 @@ def test_text_classifier_pads_and_matches_alone(client, repository) -> None:
     logits = reference_session(repository, "lstm-order").run(
         None, {"tokens": ids, "lengths": np.array([ids.shape[1]], np.int64)}
     )[0]
-    np.testing.assert_allclose(batch[0]["probabilities"], softmax(logits.astype(np.float64))[0], atol=1e-5)
+    np.testing.assert_allclose(
+        batch[0]["probabilities"], softmax(logits.astype(np.float64), axis=-1)[0], atol=1e-5
+    )
 
 
 def test_bert_classifier_gets_bos_and_attention_mask(client, repository) -> None:
@@ -122,7 +120,9 @@ def test_bert_classifier_gets_bos_and_attention_mask(client, repository) -> None
     for text, out in zip(texts, batch, strict=True):
         ids = np.array([[1] + [chars.index(c) + specials for c in text]], np.int64)  # bos = 1, as trained
         logits = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
-        np.testing.assert_allclose(out["probabilities"], softmax(logits.astype(np.float64))[0], atol=1e-5)
+        np.testing.assert_allclose(
+            out["probabilities"], softmax(logits.astype(np.float64), axis=-1)[0], atol=1e-5
+        )
 
 
 def test_autoencoder_and_vae_outputs(client, digits) -> None:

@@ -6,8 +6,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from app.core.repository_format import ModelConfig, Report
-from training.export import ExportError, export_to_repository, sha256_of
+from app.core.repository_format import ModelConfig, Report, sha256_of
+from training.export import ExportError, export_to_repository
 from training.registry import build_model
 
 
