@@ -6,6 +6,12 @@ expect), with the status code of its class.
 
 from __future__ import annotations
 
+import logging
+
+import orjson
+
+log = logging.getLogger("app")
+
 
 class ServingError(Exception):
     status_code = 500
@@ -76,3 +82,20 @@ class InferenceFailed(ServingError):
 
 class PayloadTooLarge(ServingError):
     status_code = 413
+
+
+def render(exc: ServingError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The one rendering of an error, for the front door and the FastAPI handlers: status, headers,
+    ``{"error": message}``. Server faults are logged (the message is all the client sees)."""
+    if exc.status_code >= 500:
+        log.warning("-> %d: %s", exc.status_code, exc.message)
+    headers = [(b"content-type", b"application/json")]
+    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    return exc.status_code, headers, orjson.dumps({"error": exc.message})
+
+
+def with_status(message: str, status_code: int, headers: dict[str, str] | None = None) -> ServingError:
+    """An error of any status (Starlette's HTTPExceptions: 404 route, 405 method)."""
+    error = ServingError(message, headers=headers)
+    error.status_code = status_code
+    return error

@@ -17,33 +17,25 @@ sends the inference endpoints there too.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
-import orjson
 from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
 from app import metrics
-from app.admission import Ticket
-from app.api.bodies import admitted, check_json_size, refuse_simple_media, require_json
-from app.api.predict import run_predict
-from app.api.schemas import GenerateRequest, PredictRequest
-from app.errors import InferenceFailed, PayloadTooLarge, RequestTimeout, ServerBusy, ServingError
-from app.registry import check_version
+from app.api import handlers
+from app.api.handlers import JSON_ENDPOINTS, V2_INFER, V2_INFER_TEMPLATES, Answer, Call
+from app.errors import InferenceFailed, PayloadTooLarge, RequestTimeout, ServerBusy, ServingError, render
 from app.settings import Settings
 
 log = logging.getLogger("app")
 
-V2_INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
-V2_INFER_TEMPLATES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 # Never refused, never counted against the bound: probes and scrapes must see an overloaded server.
 UNBOUNDED_PATHS = ("/health/", "/v2/health/", "/metrics")
-JSON = b"application/json"
-SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
 class _Disconnected(Exception):
@@ -58,10 +50,6 @@ class Frontend:
         self.direct_dispatch = settings.direct_dispatch
         self.in_progress = 0  # requests past the server-wide bound's check, not yet answered
         api.state.draining = False
-        self._direct: dict[str, Callable[..., Awaitable[None]]] = {
-            "/predict": self._predict,
-            "/generate": self._generate,
-        }
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._latencies: dict[tuple[str, str], Any] = {}
         self._busy = metrics.REJECTED.labels("", "server_busy")
@@ -109,12 +97,12 @@ class Frontend:
     async def _bounded(self, scope: Scope, receive: Receive, send: Send, outcome: dict) -> None:
         if self.draining:
             self._draining.inc()
-            await _respond(send, *_error(ServerBusy("the server is shutting down; retry on another replica")))
+            await _respond(send, *render(ServerBusy("the server is shutting down; retry on another replica")))
             return
         if self.in_progress >= self.settings.max_concurrent_requests:
             self._busy.inc()
             message = f"the server has {self.in_progress} requests in progress, its limit; retry later"
-            await _respond(send, *_error(ServerBusy(message, self.settings.retry_after_s)))
+            await _respond(send, *render(ServerBusy(message, self.settings.retry_after_s)))
             return
         self.in_progress += 1
         try:
@@ -125,64 +113,54 @@ class Frontend:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, outcome: dict) -> None:
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            await _respond(send, *_error(PayloadTooLarge(self._too_large())))
+            await _respond(send, *render(PayloadTooLarge(self._too_large())))
             return
         path, method = scope["path"], scope["method"]
         if self.direct_dispatch and method == "POST":
-            handler = self._direct.get(path)
-            if handler is not None:
+            endpoint = JSON_ENDPOINTS.get(path)
+            if endpoint is not None:
                 outcome["endpoint"] = path
-                await self._guarded(handler, scope, receive, send, outcome)
+                await self._direct(scope, receive, send, outcome, *endpoint)
                 return
             match = V2_INFER.match(path)
             if match:
                 outcome["endpoint"] = V2_INFER_TEMPLATES[match["version"] is not None]
-                outcome["model"] = self._known(match["name"])
-                await self._guarded(self._infer_v2, scope, receive, send, match["name"], match["version"])
+                infer = functools.partial(handlers.infer_v2, name=match["name"], version=match["version"])
+                await self._direct(scope, receive, send, outcome, infer, False)
                 return
         await self.api(scope, self._limited(receive), send)
 
-    async def _guarded(self, handler, scope: Scope, receive: Receive, send: Send, *args) -> None:
-        """Run a direct handler; its errors become their responses (500 for anything unexpected)."""
+    async def _direct(
+        self, scope: Scope, receive: Receive, send: Send, outcome: dict, handler, watch: bool
+    ) -> None:
+        """Read the body, run the endpoint's handler (app/api/handlers.py) and send its answer; its
+        errors become their responses (500 for anything unexpected)."""
+        call = Call({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}, b"")
         try:
-            await handler(scope, receive, send, *args)
+            call.body = await self._read_body(receive)
+            exchange = self._exchange(handler, call, send)
+            await (self._until_disconnect(receive, exchange) if watch else exchange)
         except ServingError as exc:
-            await _respond(send, *_error(exc))
+            await _respond(send, *render(exc))
         except _Disconnected:
             raise  # nobody to answer
         except Exception as exc:  # the FastAPI path's catch-all handler, for the direct path
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            await _respond(send, *_error(InferenceFailed(f"internal error: {type(exc).__name__}")))
+            await _respond(send, *render(InferenceFailed(f"internal error: {type(exc).__name__}")))
+        finally:
+            outcome["model"] = call.model
 
-    # ---------------------------------------------------------------------------- direct endpoints
-
-    async def _predict(self, scope: Scope, receive: Receive, send: Send, outcome: dict) -> None:
-        raw = await self._read_json(scope, receive)
-        async with admitted(self.state.registry, PredictRequest, raw) as (body, _):
-            outcome["model"] = body.model
-            result = await run_predict(self.state.dataplane, body)
-        # Answered after the slot is free: the client may send its next request the moment it reads this.
-        await _respond(send, 200, [(b"content-type", JSON)], orjson.dumps(result))
-
-    async def _generate(self, scope: Scope, receive: Receive, send: Send, outcome: dict) -> None:
-        raw = await self._read_json(scope, receive)
-        async with admitted(self.state.registry, GenerateRequest, raw) as (body, ticket):
-            outcome["model"] = body.model
-            await self._until_disconnect(receive, self._generate_and_send(body, ticket, send))
-
-    async def _generate_and_send(self, body: GenerateRequest, ticket: Ticket, send: Send) -> None:
-        result = await self.state.generation.generate(body)
-        if isinstance(result, dict):
-            ticket.release()  # before the answer, as in _predict
-            await _respond(send, 200, [(b"content-type", JSON)], orjson.dumps(result))
+    async def _exchange(self, handler, call: Call, send: Send) -> None:
+        answer: Answer = await handler(self.state, call)
+        if answer.stream is None:
+            await _respond(send, answer.status, answer.headers, answer.body)
             return
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         try:
-            async for event in result:
+            await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+            async for event in answer.stream:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
         finally:
-            await result.aclose()  # on cancellation too: takes the sequence out of the decode loop
-        ticket.release()
+            await answer.close()  # on cancellation too: the sequence leaves the decode loop, the slot frees
         await send({"type": "http.response.body", "body": b""})
 
     async def _until_disconnect(self, receive: Receive, work: Awaitable[None]) -> None:
@@ -211,39 +189,10 @@ class Frontend:
             finished = True
             watcher.cancel()
 
-    async def _infer_v2(
-        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
-    ) -> None:
-        refuse_simple_media(_header(scope, b"content-type"))
-        raw = await self._read_body(receive)
-        with await self.state.registry.gate(name).admit(len(raw)):
-            header_length = _header(scope, b"inference-header-content-length")
-            content, json_length = await self.state.dataplane.infer_v2(
-                name, check_version(version), raw, header_length
-            )
-        if json_length is None:
-            headers = [(b"content-type", JSON)]
-        else:
-            headers = [
-                (b"content-type", b"application/octet-stream"),
-                (b"inference-header-content-length", str(json_length).encode()),
-            ]
-        await _respond(send, 200, headers, content)
-
     # ---------------------------------------------------------------------------- helpers
-
-    def _known(self, name: str) -> str:
-        """The model label: the name when the repository has it, else empty (bounded cardinality)."""
-        return name if self.state.registry.has(name) else ""
 
     def _too_large(self) -> str:
         return f"request body is larger than {self.max_body_bytes} bytes"
-
-    async def _read_json(self, scope: Scope, receive: Receive) -> bytes:
-        require_json(_header(scope, b"content-type"))
-        raw = await self._read_body(receive)
-        check_json_size(raw, self.settings.max_json_bytes)
-        return raw
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks, size = [], 0
@@ -304,13 +253,6 @@ class Frontend:
         if latency is None:
             latency = self._latencies[latency_key] = metrics.REQUEST_LATENCY.labels(*latency_key)
         latency.observe(seconds)
-
-
-def _error(exc: ServingError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    if exc.status_code >= 500:
-        log.warning("-> %d: %s", exc.status_code, exc.message)
-    headers = [(b"content-type", JSON)] + [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    return exc.status_code, headers, orjson.dumps({"error": exc.message})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

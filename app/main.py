@@ -18,7 +18,7 @@ from app import __version__
 from app.api import generate, models, predict, v2
 from app.api.responses import JSONResponse
 from app.dataplane import DataPlane, GenerationPlane
-from app.errors import ServingError
+from app.errors import InferenceFailed, InvalidInput, ServingError, render, with_status
 from app.frontend import Frontend
 from app.registry import Registry
 from app.settings import Settings
@@ -81,24 +81,27 @@ def create_app(settings: Settings | None = None) -> Frontend:
         """Prometheus text exposition of every serve_* metric (and the process's own)."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    # One rendering for every error (app/errors.py), on this path and on the front door's.
+    def error_response(exc: ServingError) -> Response:
+        status, headers, body = render(exc)
+        return Response(body, status, {k.decode(): v.decode() for k, v in headers[1:]}, "application/json")
+
     @app.exception_handler(ServingError)
-    async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
-        if exc.status_code >= 500:
-            log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.message)
-        return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=exc.headers)
+    async def serving_error(request: Request, exc: ServingError) -> Response:
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": _validation_message(exc)}, status_code=422)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(InvalidInput(_validation_message(exc)))
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return error_response(with_status(str(exc.detail), exc.status_code, exc.headers))
 
     @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+        return error_response(InferenceFailed(f"internal error: {type(exc).__name__}"))
 
     return Frontend(app, settings)
 

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from typing import Annotated
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
-
-from app.api.bodies import admitted, check_json_size, documented_body, require_json
+from app.api import handlers
+from app.api.bodies import documented_body
 from app.api.deps import RegistryDep, mark_model
-from app.api.responses import JSONResponse
 from app.api.schemas import ERROR_RESPONSES, GenerateRequest, GenerateResponse
-from app.dataplane import GenerationPlane
 
 router = APIRouter(tags=["generation"])
 
-
-async def get_generation(request: Request) -> GenerationPlane:
-    return request.app.state.generation
-
-
-GenerationDep = Annotated[GenerationPlane, Depends(get_generation)]
 
 STREAM_RESPONSE = {
     200: {
@@ -51,32 +40,11 @@ STREAM_RESPONSE = {
     responses={**ERROR_RESPONSES, **STREAM_RESPONSE},
     openapi_extra=documented_body(GenerateRequest),
 )
-async def generate(request: Request, plane: GenerationDep, registry: RegistryDep):
+async def generate(request: Request, registry: RegistryDep) -> Response:
     """Generate text (continuous batching; optionally streamed), translate with a seq2seq model, or
     sample images from a generator."""
-    require_json(request.headers.get("content-type"))
-    raw = await request.body()
-    check_json_size(raw, plane.settings.max_json_bytes)
-    admission = AsyncExitStack()  # held until the answer is complete: for a stream, until its last event
-    body, _ = await admission.enter_async_context(admitted(registry, GenerateRequest, raw))
+    call = handlers.Call(request.headers, await request.body())
     try:
-        mark_model(request, body.model, registry)
-        result = await plane.generate(body)
-    except BaseException:
-        await admission.aclose()
-        raise
-    if isinstance(result, dict):
-        await admission.aclose()
-        return JSONResponse(result)
-    return StreamingResponse(_holding(admission, result), media_type="text/event-stream")
-
-
-async def _holding(admission: AsyncExitStack, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The stream's events; the admission is released when the stream ends or the client leaves
-    (Starlette then closes this generator, which closes ``events``)."""
-    try:
-        async for event in events:
-            yield event
+        return (await handlers.generate(request.app.state, call)).response()
     finally:
-        await events.aclose()
-        await admission.aclose()
+        mark_model(request, call.model, registry)

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 
 from app import __version__
-from app.api.bodies import refuse_simple_media
-from app.api.deps import DataPlaneDep, RegistryDep, mark_model
+from app.api import handlers
+from app.api.deps import RegistryDep, mark_model
 from app.api.responses import JSONResponse
 from app.api.schemas import (
     ERROR_RESPONSES,
@@ -145,22 +145,10 @@ _INFER_RESPONSES = {
 async def infer(
     name: str,
     request: Request,
-    dataplane: DataPlaneDep,
-    registry: RegistryDep,
+    # Documented here; the handler reads it from the headers (the front door's path has no FastAPI).
     inference_header_content_length: Annotated[int | None, Header(ge=0)] = None,
     version: str | None = None,
 ) -> Response:
     """Run the model's graph on V2 tensors (JSON data or the binary extension)."""
-    mark_model(request, name, registry)
-    refuse_simple_media(request.headers.get("content-type"))
-    raw = await request.body()
-    with await registry.gate(name).admit(len(raw)):
-        header = None if inference_header_content_length is None else str(inference_header_content_length)
-        content, header_length = await dataplane.infer_v2(name, check_version(version), raw, header)
-    if header_length is None:
-        return Response(content, media_type="application/json")
-    return Response(
-        content,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(header_length)},
-    )
+    call = handlers.Call(request.headers, await request.body())
+    return (await handlers.infer_v2(request.app.state, call, name, version)).response()

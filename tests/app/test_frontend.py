@@ -78,3 +78,23 @@ def test_binary_v2_and_body_limit_on_both_paths(server, fastapi_path) -> None:
             big = c.post("/predict", content=b" " * (limit + 1))
             assert big.status_code == 413 and "larger than" in big.json()["error"]
     np.testing.assert_array_equal(answers[0], answers[1])
+
+
+def test_generate_answers_the_same_on_both_paths(server, fastapi_path) -> None:
+    """The handler table (app/api/handlers.py) serves /generate on both paths, streamed too."""
+    body = {"model": "gpt-corpus", "prompt": "The ", "max_new_tokens": 12, "temperature": 0}
+    answers = []
+    for live in (server, fastapi_path):
+        with live.client() as c:
+            plain = c.post("/generate", json=body).json()
+            with c.stream("POST", "/generate", json={**body, "stream": True}) as stream:
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                events = [orjson.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: ")]
+            refused = c.post("/generate", content=orjson.dumps(body), headers={"content-type": "text/plain"})
+            assert refused.status_code == 415
+        assert "".join(e["token"] for e in events[:-1]) == events[-1]["text"] == plain["text"]
+        answers.append((plain["text"], plain["finish_reason"], plain["usage"], refused.json()))
+    assert answers[0] == answers[1]
+    # Both paths freed their admission slots (a stream holds one until it ends).
+    for live in (server, fastapi_path):
+        assert live.app.state.registry.gate("gpt-corpus").held == 0
