@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -19,11 +20,13 @@ from app import v2_tensors as v2
 from app.core.decoding import beam_search, greedy_decode
 from app.core.repository_format import GenerationDefaults
 from app.core.sampling import SamplingParams
-from app.decode_loop import Sequence
+from app.decode_loop import GenerationFailed, Sequence, StoppingCriteria
 from app.errors import InferenceFailed, InvalidInput
 from app.registry import ModelVersion, Registry
 from app.runner import Runner
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 PREDICT_TASKS = ("classification", "reconstruction")
 
@@ -247,7 +250,8 @@ class GenerationPlane:
             top_p=request.top_p if request.top_p is not None else (defaults.top_p or 1.0),
             repetition_penalty=request.repetition_penalty,
         )
-        seq = mv.generator.submit(ids, params, max_new, stop, request.seed, tokenizer.eos_id, request.stream)
+        stopping = StoppingCriteria(max_new, stop, tokenizer.eos_id)
+        seq = mv.generator.submit(ids, params, stopping, request.seed, request.stream)
         return seq, len(ids)
 
     def _max_new_tokens(self, request, defaults: GenerationDefaults, limit: int) -> int:
@@ -270,12 +274,10 @@ class GenerationPlane:
     async def _finished(mv: ModelVersion, seq: Sequence) -> None:
         """Wait for the sequence's end; if the caller is cancelled, the sequence leaves the batch."""
         try:
-            while True:
-                kind, error = await seq.events.get()
-                if kind == "done":
-                    if error is not None:
-                        raise InferenceFailed("generation failed; the server log has the details")
-                    return
+            await seq.wait()
+        except GenerationFailed as exc:
+            log.warning("model %s: generation failed: %s", mv.name, exc)
+            raise InferenceFailed("generation failed; the server log has the details") from None
         finally:
             if seq.finish_reason is None:
                 mv.generator.cancel(seq)
@@ -284,21 +286,21 @@ class GenerationPlane:
     async def _stream(
         mv: ModelVersion, seq: Sequence, prompt_tokens: int, started: float
     ) -> AsyncIterator[bytes]:
-        """Server-Sent Events: one per token, then a summary. Closing the iterator early (the client
-        went away) takes the sequence out of the decode loop before its next step."""
-        index = 0
+        """Server-Sent Events: one per piece of text, then a summary. Closing the iterator early (the
+        client went away) takes the sequence out of the decode loop before its next step."""
+        index, failed = 0, False
         try:
-            while True:
-                kind, payload = await seq.events.get()
-                if kind == "token":
-                    yield b"data: " + orjson.dumps({"token": payload, "index": index}) + b"\n\n"
+            try:
+                async for text in seq.text_stream():
+                    yield b"data: " + orjson.dumps({"token": text, "index": index}) + b"\n\n"
                     index += 1
-                    continue
-                summary = _summary(seq, prompt_tokens, started)
-                if payload is not None:
-                    summary["error"] = "generation failed; the server log has the details"
-                yield b"data: " + orjson.dumps(summary) + b"\n\n"
-                return
+            except GenerationFailed as exc:
+                log.warning("model %s: generation failed: %s", mv.name, exc)
+                failed = True
+            summary = _summary(seq, prompt_tokens, started)
+            if failed:
+                summary["error"] = "generation failed; the server log has the details"
+            yield b"data: " + orjson.dumps(summary) + b"\n\n"
         finally:
             if seq.finish_reason is None:
                 mv.generator.cancel(seq)

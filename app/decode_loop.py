@@ -11,7 +11,7 @@ is prefilled again.
 
 The loop runs in its own thread and never waits for the event loop: a step (feeds, onnxruntime, cache
 bookkeeping, sampling, stop strings, finishing) is followed at once by the next, and the event loop
-only hears of a step's events (tokens for streams, "done"), one call per step. Handing every step to
+only hears of a step's events (text for streams, the end), one call per step. Handing every step to
 a worker and back cost a round trip through the event loop per token, which on one core was as much
 as the step's own onnxruntime time for a single stream.
 """
@@ -19,9 +19,11 @@ as the step's own onnxruntime time for a single stream.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +38,55 @@ from app.session import Session
 log = logging.getLogger(__name__)
 
 
-FINISH_REASONS = ("length", "stop", "eos", "cancelled", "error", "shutdown")
+class FinishReason(enum.StrEnum):
+    """Why a sequence ended (the ``finish_reason`` of a response; its value is the metric label)."""
+
+    LENGTH = "length"  # max_new_tokens generated
+    STOP = "stop"  # a stop string appeared (it is cut from the text)
+    EOS = "eos"  # the model produced its end-of-sequence token
+    CANCELLED = "cancelled"  # the client went away
+    ERROR = "error"  # the step failed (the server log has why)
+    SHUTDOWN = "shutdown"  # the server stopped
+
+
+@dataclass(frozen=True)
+class StoppingCriteria:
+    """When a sequence ends on its own: after ``max_new_tokens``, at ``eos_id``, or before the first
+    of the ``stop`` strings."""
+
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    eos_id: int | None = None
+
+    def is_eos(self, token: int) -> bool:
+        return self.eos_id is not None and token == self.eos_id
+
+    def stop_at(self, text: str, new_from: int) -> int | None:
+        """Where the earliest stop string starts in ``text``, when one ends in its new part
+        (``text[new_from:]``); None if none does."""
+        hits = [i for i in (text.find(s, max(0, new_from - len(s) + 1)) for s in self.stop) if i >= 0]
+        return min(hits) if hits else None
+
+    def is_exhausted(self, generated: int) -> bool:
+        return generated >= self.max_new_tokens
+
+
+@dataclass(frozen=True)
+class TokenText:
+    """A stream's next piece of text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The sequence's last event; ``error`` is set when a step failed."""
+
+    error: str | None = None
+
+
+class GenerationFailed(Exception):
+    """The decode step failed for this sequence; the message is onnxruntime's, for the log."""
 
 
 @dataclass(frozen=True)
@@ -48,24 +98,23 @@ class GenerationLimits:
 
 @dataclass(eq=False)
 class Sequence:
-    """One generation request as the loop sees it; its events go to ``events`` on the event loop."""
+    """One generation request: the decode thread's record of it, and the caller's handle
+    (:meth:`text_stream`, :meth:`wait`). Its events reach ``events`` on the event loop."""
 
     prompt: list[int]
     params: SamplingParams
-    max_new_tokens: int
-    stop: tuple[str, ...]
+    stopping: StoppingCriteria
     seed: int | None
-    eos_id: int | None
     # Token events only for streams: waking a waiting request per token costs the loop a task switch.
     stream: bool = False
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    events: asyncio.Queue[TokenText | Finished] = field(default_factory=asyncio.Queue)
     seen: list[int] = field(default_factory=list)  # prompt + generated ids
     new: list[int] = field(default_factory=list)
     text: str = ""  # decoded generated text (cut at a stop string)
     prefill: list[int] | None = None  # ids to prefill next step (None: the sequence is decoding)
     cached: int = 0  # tokens in this sequence's cache (= the position of the next token fed)
     cancelled: bool = False
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     created: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
 
@@ -85,6 +134,23 @@ class Sequence:
     @property
     def decoding(self) -> bool:
         return self.prefill is None and self.finish_reason is None
+
+    async def text_stream(self) -> AsyncIterator[str]:
+        """The generated text piece by piece (a sequence submitted with ``stream=True``), until it
+        ends; raises GenerationFailed if a step failed."""
+        while True:
+            event = await self.events.get()
+            if isinstance(event, Finished):
+                if event.error is not None:
+                    raise GenerationFailed(event.error)
+                return
+            yield event.text
+
+    async def wait(self) -> None:
+        """Until the sequence ends (``finish_reason`` says why); raises GenerationFailed if a step
+        failed."""
+        async for _ in self.text_stream():
+            pass
 
 
 class TextGenerator:
@@ -111,7 +177,7 @@ class TextGenerator:
         self._wake = threading.Condition(self._lock)
         self._waiting: list[Sequence] = []
         self._active: list[Sequence] = []  # decode thread only
-        self._outbox: list[tuple[Sequence, tuple]] = []  # events of this step, for the event loop
+        self._outbox: list[tuple[Sequence, TokenText | Finished]] = []  # this step's events, for the loop
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
@@ -129,7 +195,7 @@ class TextGenerator:
         self._ttft = metrics.GEN_TTFT.labels(name)
         self._time_per_token = metrics.GEN_TIME_PER_TOKEN.labels(name)
         self._rejected_full = metrics.REJECTED.labels(name, "generation_queue_full")
-        self._finished = {r: metrics.GEN_FINISHED.labels(name, r) for r in FINISH_REASONS}
+        self._finished = {r: metrics.GEN_FINISHED.labels(name, r.value) for r in FinishReason}
         self._queued_gauge = metrics.GEN_QUEUED.labels(name)
         self._cached_gauge = metrics.GEN_CACHED_TOKENS.labels(name)
 
@@ -154,13 +220,11 @@ class TextGenerator:
         self,
         prompt: list[int],
         params: SamplingParams,
-        max_new_tokens: int,
-        stop: tuple[str, ...] = (),
+        stopping: StoppingCriteria,
         seed: int | None = None,
-        eos_id: int | None = None,
         stream: bool = False,
     ) -> Sequence:
-        seq = Sequence(prompt, params, max_new_tokens, stop, seed, eos_id, stream)
+        seq = Sequence(prompt, params, stopping, seed, stream)
         with self._lock:
             if len(self._waiting) >= self.limits.max_queued_sequences:
                 self._rejected_full.inc()
@@ -193,7 +257,7 @@ class TextGenerator:
                     self._wake.wait()
                 if self._stopping:
                     for seq in self._waiting + self._active:
-                        self._finish(seq, "shutdown")
+                        self._finish(seq, FinishReason.SHUTDOWN)
                     self._publish()
                     return
                 self._admit()
@@ -211,7 +275,7 @@ class TextGenerator:
             log.exception("model %s: generation step failed", self.name)
             self._reset()
             for seq in batch:
-                self._finish(seq, "error", error=str(exc))
+                self._finish(seq, FinishReason.ERROR, error=str(exc))
 
     def _publish(self) -> None:
         if self._outbox:
@@ -221,7 +285,7 @@ class TextGenerator:
     def _admit(self) -> None:
         """Drop cancelled sequences, then move waiting ones in while the limits allow (lock held)."""
         for seq in [s for s in self._active + self._waiting if s.cancelled]:
-            self._finish(seq, "cancelled")
+            self._finish(seq, FinishReason.CANCELLED)
         cached = int(self._cache.lengths.sum()) + sum(len(s.prefill or ()) for s in self._active)
         while self._waiting and len(self._active) < self.limits.max_active_sequences:
             need = len(self._waiting[0].prefill)
@@ -240,27 +304,27 @@ class TextGenerator:
             self._ttft.observe(now - seq.created)
         seq.new.append(token)
         seq.seen.append(token)
-        if seq.eos_id is not None and token == seq.eos_id:
-            self._finish(seq, "eos")
+        stopping = seq.stopping
+        if stopping.is_eos(token):
+            self._finish(seq, FinishReason.EOS)
             return
         before = len(seq.text)
         seq.text += self._pieces[token]
-        hits = [i for i in (seq.text.find(s, max(0, before - len(s) + 1)) for s in seq.stop) if i >= 0]
-        if hits:
-            cut = min(hits)
+        cut = stopping.stop_at(seq.text, before)
+        if cut is not None:
             if cut > before and seq.stream:
-                self._outbox.append((seq, ("token", seq.text[before:cut])))
+                self._outbox.append((seq, TokenText(seq.text[before:cut])))
             seq.text = seq.text[:cut]
-            self._finish(seq, "stop")
+            self._finish(seq, FinishReason.STOP)
             return
         if seq.stream:
-            self._outbox.append((seq, ("token", seq.text[before:])))
-        if len(seq.new) >= seq.max_new_tokens:
-            self._finish(seq, "length")
+            self._outbox.append((seq, TokenText(seq.text[before:])))
+        if stopping.is_exhausted(len(seq.new)):
+            self._finish(seq, FinishReason.LENGTH)
         elif seq.cached >= self.block_size:  # no position left for the new token: slide the window
             seq.prefill = seq.seen[-(self.block_size // 2) :]
 
-    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+    def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
         if seq.finish_reason is not None:
             return
         seq.finish_reason = reason
@@ -274,7 +338,7 @@ class TextGenerator:
         if seq.first_token_at is not None and len(seq.new) > 1:
             per_token = (time.perf_counter() - seq.first_token_at) / (len(seq.new) - 1)
             self._time_per_token.observe(per_token)
-        self._outbox.append((seq, ("done", error)))
+        self._outbox.append((seq, Finished(error)))
 
     # ------------------------------------------------------------------------------ one step (decode thread)
 
@@ -344,7 +408,7 @@ class TextGenerator:
         return list(zip(seqs, tokens.tolist(), strict=True))
 
 
-def _dispatch(events: list[tuple[Sequence, tuple]]) -> None:
+def _dispatch(events: list[tuple[Sequence, TokenText | Finished]]) -> None:
     """On the event loop: hand one step's events to the requests waiting for them."""
     for seq, event in events:
         seq.events.put_nowait(event)

@@ -21,7 +21,13 @@ from app.core.kv_cache import generate
 from app.core.repository_format import ModelConfig
 from app.core.sampling import SamplingParams
 from app.core.tokenizer import CharTokenizer
-from app.decode_loop import GenerationLimits, TextGenerator
+from app.decode_loop import (
+    FinishReason,
+    GenerationFailed,
+    GenerationLimits,
+    StoppingCriteria,
+    TextGenerator,
+)
 from app.session import Session, SessionOptions
 from app.settings import Settings
 from tests.app.conftest import LiveServer, copy_models, reference_session
@@ -283,10 +289,12 @@ def _decode_thread(repo) -> tuple[TextGenerator, CharTokenizer]:
 
 
 async def _finish(seq) -> str | None:
-    while True:
-        kind, payload = await asyncio.wait_for(seq.events.get(), timeout=30)
-        if kind == "done":
-            return payload
+    """The sequence's error, or None once it ended without one."""
+    try:
+        await asyncio.wait_for(seq.wait(), timeout=30)
+    except GenerationFailed as exc:
+        return str(exc)
+    return None
 
 
 def test_a_failing_step_ends_its_sequences_and_the_loop_goes_on(gen_repo) -> None:
@@ -297,12 +305,12 @@ def test_a_failing_step_ends_its_sequences_and_the_loop_goes_on(gen_repo) -> Non
         generator.start()
         try:
             greedy = SamplingParams(temperature=0)
-            bad = generator.submit([tokenizer.vocab_size + 1000], greedy, 5)
+            bad = generator.submit([tokenizer.vocab_size + 1000], greedy, StoppingCriteria(5))
             error = await _finish(bad)
-            assert bad.finish_reason == "error" and error
-            good = generator.submit(tokenizer.encode("The "), greedy, 5)
+            assert bad.finish_reason is FinishReason.ERROR and error
+            good = generator.submit(tokenizer.encode("The "), greedy, StoppingCriteria(5))
             assert await _finish(good) is None
-            assert good.finish_reason == "length" and len(good.new) == 5 and generator.active == 0
+            assert good.finish_reason is FinishReason.LENGTH and len(good.new) == 5 and generator.active == 0
         finally:
             await generator.stop()
 
@@ -314,14 +322,26 @@ def test_stop_finishes_running_and_waiting_sequences(gen_repo) -> None:
         generator, tokenizer = _decode_thread(gen_repo)
         generator.start()
         params, prompt = SamplingParams(temperature=0.8), tokenizer.encode("The ")
-        running = generator.submit(prompt, params, 100_000, seed=1)  # slides forever until stopped
+        running = generator.submit(prompt, params, StoppingCriteria(100_000), seed=1)  # slides until stopped
         while not running.new:
             await asyncio.sleep(0.01)
-        waiting = [generator.submit(prompt, params, 10, seed=i) for i in range(3)]
+        waiting = [generator.submit(prompt, params, StoppingCriteria(10), seed=i) for i in range(3)]
         await generator.stop()
         for seq in [running, *waiting]:
             assert await _finish(seq) is None
-            assert seq.finish_reason in {"shutdown", "length"}
-        assert running.finish_reason == "shutdown" and not generator._thread.is_alive()
+            assert seq.finish_reason in {FinishReason.SHUTDOWN, FinishReason.LENGTH}
+        assert running.finish_reason is FinishReason.SHUTDOWN and not generator._thread.is_alive()
 
     asyncio.run(run())
+
+
+def test_stopping_criteria() -> None:
+    stopping = StoppingCriteria(max_new_tokens=3, stop=("\n\n", "END"), eos_id=2)
+    assert stopping.is_eos(2) and not stopping.is_eos(3) and not StoppingCriteria(3).is_eos(2)
+    assert not stopping.is_exhausted(2) and stopping.is_exhausted(3)
+    # A stop string is found when it ends in the new text, also when it began in earlier pieces...
+    assert stopping.stop_at("abc\n\n", 4) == 3 and stopping.stop_at("xxEN" + "D", 4) == 2
+    # ...and the earliest one wins; none ending in the new part, or none at all: None.
+    assert stopping.stop_at("xEN" + "D\n\n", 3) == 1
+    assert stopping.stop_at("END then", 5) is None and stopping.stop_at("plain", 0) is None
+    assert [r.value for r in FinishReason] == ["length", "stop", "eos", "cancelled", "error", "shutdown"]
