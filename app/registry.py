@@ -18,7 +18,16 @@ from pydantic import ValidationError
 
 from app import metrics
 from app.admission import Gate, WaitingRoom
-from app.core.repository_format import CONFIG_FILE, REPORT_FILE, Batching, ModelConfig, Report, sha256_of
+from app.core.repository_format import (
+    CONFIG_FILE,
+    REPORT_FILE,
+    Batching,
+    ModelConfig,
+    Report,
+    served_version,
+    sha256_of,
+    version_folders,
+)
 from app.core.tokenizer import CharTokenizer
 from app.decode_loop import GenerationLimits, TextGenerator
 from app.errors import InvalidInput, ModelNotFound, ModelNotReady
@@ -110,7 +119,7 @@ class Registry:
             return
         jobs = []
         for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+            versions = version_folders(model_dir)
             if not versions:
                 versions = [0]  # a folder without versions is listed as failed
             for version in versions:
@@ -123,7 +132,7 @@ class Registry:
             pinned = next(
                 (v.config.version for v in versions.values() if v.config and v.config.version), None
             )
-            self._default[name] = pinned if pinned in versions else max(versions)
+            self._default[name] = served_version(list(versions), pinned)
             default = versions[self._default[name]]
             self._gates[name] = Gate(
                 name,

@@ -9,7 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.core.repository_format import CONFIG_FILE, REPORT_FILE, ModelConfig, Report
+from app.core.repository_format import (
+    CONFIG_FILE,
+    REPORT_FILE,
+    ModelConfig,
+    Report,
+    served_version,
+    version_folders,
+)
 
 EXIT_USAGE = 2
 
@@ -180,8 +187,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(f"{'model':22s} {'parity':>9s}  quality")
     for model_dir in sorted(p for p in repo.iterdir() if (p / CONFIG_FILE).is_file()):
         config = ModelConfig.model_validate_json((model_dir / CONFIG_FILE).read_text())
-        versions = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
-        version = config.version or (versions[-1] if versions else None)
+        version = served_version(version_folders(model_dir), config.version)
         if version is None:
             print(f"{config.name:22s} no version folder")
             problems += 1
@@ -236,7 +242,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{config.name} is a {config.task} model, not a language model with a decoder_step graph"
         )
-    version = config.version or max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+    version = served_version(version_folders(model_dir), config.version)
     graph = config.graphs["decoder_step"]
     session = ort.InferenceSession(
         str(model_dir / str(version) / graph.file), providers=["CPUExecutionProvider"]

@@ -185,3 +185,16 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def version_folders(model_dir: Path) -> list[int]:
+    """The model's version numbers (its integer-named folders), ascending."""
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def served_version(versions: list[int], pinned: int | None) -> int | None:
+    """The version a model serves: the one its config pins when that folder exists, else the
+    highest; None when it has none. The server, the CLI and the benchmarks all pick it this way."""
+    if pinned is not None and pinned in versions:
+        return pinned
+    return max(versions, default=None)
