@@ -229,7 +229,7 @@ def test_a_cancelled_search_stops_at_its_next_graph_call(gen_server) -> None:
     search.cancel()
     time.sleep(0.5)  # the thread would finish the whole search in far less
     after = decoder.requests_run - before
-    assert after <= at_cancel + 2 and after < full, (at_cancel, after, full)
+    assert after <= at_cancel + 3 and after < full, (at_cancel, after, full)
     # The search pool is free again: a new search runs to the end.
     assert asyncio.run_coroutine_threadsafe(plane.translate(mv, body), loop).result(30)["text"]
 
