@@ -11,18 +11,6 @@ from typing import Literal
 
 from training.trainer import TrainConfig
 
-Objective = Literal[
-    "classification",
-    "reconstruction",
-    "denoising",
-    "vae",
-    "gan",
-    "sequence_classification",
-    "language_model",
-    "seq2seq",
-    "masked_sequence_classification",
-]
-
 
 class UnknownRecipeError(KeyError):
     def __str__(self) -> str:
@@ -47,7 +35,7 @@ class Recipe:
     name: str
     model: str  # registry builder name
     dataset: str  # training.data dataset name
-    objective: Objective
+    objective: str  # a name registered in training.objectives: what the model learns and how it serves
     description: str
     train: TrainConfig
     model_overrides: dict = field(default_factory=dict)
@@ -59,18 +47,6 @@ class Recipe:
     # build also fine-tunes a from-scratch copy with the same settings, to report what pre-training gained.
     pretrain: TrainConfig | None = None
     quality: tuple[QualityBar, ...] = ()
-
-    @property
-    def task(self) -> str:
-        tasks = {
-            "classification": "classification",
-            "sequence_classification": "classification",
-            "masked_sequence_classification": "classification",
-            "gan": "generation",
-            "language_model": "text_generation",
-            "seq2seq": "seq2seq",
-        }
-        return tasks.get(self.objective, "reconstruction")
 
 
 _RECIPES: dict[str, Recipe] = {}

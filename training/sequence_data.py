@@ -66,14 +66,14 @@ def _windows(ids: list[int], length: int) -> torch.Tensor:
     return torch.tensor(ids[: n * length], dtype=torch.long).view(n, length)
 
 
-def _corpus(seed: int, limit: int | None, root: str | None, block_size: int) -> DatasetBundle:
+def _corpus(seed: int, limit: int | None, root: str | None, context_length: int) -> DatasetBundle:
     train_text, val_text = load_corpus(root, seed=seed)
     tokenizer = CharTokenizer.fit([train_text])
-    # Windows of block_size + 1 tokens: inputs are the first block_size, targets the last.
-    train = _windows(tokenizer.encode(train_text), block_size + 1)
-    val = _windows(tokenizer.encode(val_text), block_size + 1)
+    # Windows of context_length + 1 tokens: inputs are the first context_length, targets the last.
+    train = _windows(tokenizer.encode(train_text), context_length + 1)
+    val = _windows(tokenizer.encode(val_text), context_length + 1)
     if len(train) < 2 or len(val) < 1:
-        raise DataError(f"the text is too short for windows of {block_size + 1} characters")
+        raise DataError(f"the text is too short for windows of {context_length + 1} characters")
     if limit:
         train = train[:limit]
     return DatasetBundle(
@@ -83,7 +83,7 @@ def _corpus(seed: int, limit: int | None, root: str | None, block_size: int) -> 
         # The corpus has no third split: the held-out figures are on the validation text.
         test=TensorDataset(val, torch.zeros(len(val), dtype=torch.long)),
         labels=[],
-        input_shape=(block_size + 1,),
+        input_shape=(context_length + 1,),
         mean=(),
         std=(),
         description=(
@@ -96,21 +96,22 @@ def _corpus(seed: int, limit: int | None, root: str | None, block_size: int) -> 
 
 
 def load_sequence_dataset(
-    name: str, *, seed: int, limit: int | None, root: str | None = None, block_size: int = 128
+    name: str, *, seed: int, limit: int | None, root: str | None = None, context_length: int = 128
 ) -> DatasetBundle:
+    """A generated or built-in sequence dataset; ``context_length`` cuts text to the model's context."""
     if name == "order-task":
         return _order_task(seed, limit)
     if name == "dates":
         return _dates(seed, limit)
     if name == "corpus":
-        return _corpus(seed, limit, root, block_size)
+        return _corpus(seed, limit, root, context_length)
     if name == "scrambled-words":
         small = limit is not None
         return scrambled_words_bundle(
             n_train=min(limit, 4000) if small else 4000,
             n_val=64 if small else 1000,
             n_test=64 if small else 2000,
-            max_len=block_size,
+            max_len=context_length,
             seed=seed,
         )
     raise DataError(f"unknown sequence dataset {name!r}; known: {', '.join(SEQUENCE_DATASETS)}")

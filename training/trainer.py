@@ -16,7 +16,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from training.data import DatasetBundle, add_noise, make_augment, normalize
@@ -54,9 +53,6 @@ class TrainConfig:
     augment: str | None = None  # name understood by training.data.make_augment
     max_steps: int = 0  # stop after this many optimiser steps in total (tiny smoke runs); 0 = no cap
     grad_norm_every: int = 10  # record per-layer gradient norms every N steps
-    # GAN only: the exported generator is an exponential moving average of its weights over steps,
-    # which smooths the oscillation of adversarial training into cleaner samples; 0 turns it off.
-    ema_decay: float = 0.0
     seed: int = 0
     progress: bool = True
 
@@ -77,7 +73,6 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.early_stopping_patience >= 0, "early_stopping_patience must be >= 0"),
             (self.max_steps >= 0 and self.grad_norm_every >= 1, "max_steps >= 0, grad_norm_every >= 1"),
-            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -437,7 +432,76 @@ class TrainResult:
     seconds: float
     best_epoch: int
     stopped_early: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# The skeleton both loops share: one pass over the data per epoch behind a progress bar, and one
+# optimiser update per loss. Only what a step computes differs between them.
+
+
+def _epoch_batches(
+    bundle: DatasetBundle,
+    cfg: TrainConfig,
+    epoch: int,
+    generator: torch.Generator,
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None,
+    steps_per_epoch: int,
+    ctx: DistributedContext,
+) -> tqdm:
+    """One shuffled (and augmented) pass over the training split, behind a progress bar."""
+    batches = iterate_batches(bundle.train, cfg.batch_size, shuffle=True, generator=generator, ctx=ctx)
+    if augment is not None:
+        batches = ((augment(x, generator), y) for x, y in batches)
+    return tqdm(
+        batches,
+        total=steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not (cfg.progress and ctx.is_main),
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def _update(
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    module: nn.Module,
+    cfg: TrainConfig,
+    recorder: GradNormRecorder | None = None,
+    step: int = 0,
+) -> None:
+    """One optimiser step on ``module``: clear its gradients, backpropagate ``loss``, record per-layer
+    gradient norms every ``cfg.grad_norm_every`` steps (before clipping, so they show what the loss
+    asked for), clip the global norm, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if recorder is not None and step % cfg.grad_norm_every == 0:
+        recorder.record(step)
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
+    optimizer.step()
+
+
+def _save_last(
+    checkpoint_dir: Path,
+    meta: dict[str, Any] | None,
+    cfg: TrainConfig,
+    model: nn.Module,
+    history: list[dict[str, float]],
+    epoch: int,
+    step: int,
+    **state: Any,
+) -> None:
+    """``last.pt``: the run's metadata (enough to rebuild the model), its weights and its history."""
+    save_checkpoint(
+        checkpoint_dir / "last.pt",
+        **(meta or {}),
+        train_config=dataclasses.asdict(cfg),
+        state_dict=model.state_dict(),
+        history=history,
+        epoch=epoch,
+        step=step,
+        **state,
+    )
 
 
 def fit(
@@ -481,31 +545,15 @@ def fit(
         wrapped.train()
         totals: dict[str, float] = {}
         seen = 0
-        batches = iterate_batches(bundle.train, cfg.batch_size, shuffle=True, generator=generator, ctx=ctx)
-        bar = tqdm(
-            batches,
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not (cfg.progress and ctx.is_main),
-            leave=False,
-            dynamic_ncols=True,
-        )
+        bar = _epoch_batches(bundle, cfg, epoch, generator, augment, steps_per_epoch, ctx)
         for x, y in bar:
-            if augment is not None:
-                x = augment(x, generator)
             loss, metrics = objective.loss(wrapped, x, y, generator)
             if not math.isfinite(metrics["loss"]):
                 raise FloatingPointError(
                     f"loss became {metrics['loss']} at step {step}; "
                     "lower the learning rate or enable grad_clip"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if step % cfg.grad_norm_every == 0:
-                recorder.record(step)
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            _update(loss, optimizer, model, cfg, recorder, step)
             scheduler.step()
             step += 1
             for key, value in metrics.items():
@@ -537,17 +585,17 @@ def fit(
             stale_epochs += 1
 
         if checkpoint_dir is not None and ctx.is_main:
-            save_checkpoint(
-                checkpoint_dir / "last.pt",
-                **(checkpoint_meta or {}),
-                train_config=dataclasses.asdict(cfg),
-                state_dict=model.state_dict(),
+            _save_last(
+                checkpoint_dir,
+                checkpoint_meta,
+                cfg,
+                model,
+                history,
+                epoch + 1,
+                step,
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
                 generator=generator.get_state(),
-                history=history,
-                epoch=epoch + 1,
-                step=step,
                 best_metric=best_metric,
                 best_epoch=best_epoch,
                 best_state=best_state,
@@ -603,11 +651,6 @@ def fit_gan(
     sched_g = make_scheduler(opt_g, cfg, steps_per_epoch)
     sched_d = make_scheduler(opt_d, cfg, steps_per_epoch)
     recorder = GradNormRecorder(model)
-    ema = (
-        AveragedModel(g_net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-        if cfg.ema_decay > 0
-        else None
-    )
     history: list[dict[str, float]] = []
     step = 0
     started = time.perf_counter()
@@ -615,17 +658,8 @@ def fit_gan(
     for epoch in range(cfg.epochs):
         totals = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}
         batches = 0
-        bar = tqdm(
-            iterate_batches(bundle.train, cfg.batch_size, shuffle=True, generator=generator),
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress,
-            leave=False,
-            dynamic_ncols=True,
-        )
+        bar = _epoch_batches(bundle, cfg, epoch, generator, augment, steps_per_epoch, ctx)
         for x, _ in bar:
-            if augment is not None:
-                x = augment(x, generator)
             real = x * 2 - 1  # (B, C, H, W) in [-1, 1]
             b = real.shape[0]
             z = torch.randn(b, latent_dim, generator=generator)
@@ -637,24 +671,12 @@ def fit_gan(
             d_loss = F.binary_cross_entropy_with_logits(
                 d_real, torch.full_like(d_real, real_label)
             ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(d_net.parameters(), cfg.grad_clip)
-            opt_d.step()
+            _update(d_loss, opt_d, d_net, cfg)
 
             # Generator: non-saturating loss, gradients flow through D into G.
             d_on_fake = d_net(fake)
             g_loss = F.binary_cross_entropy_with_logits(d_on_fake, torch.ones_like(d_on_fake))
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            if step % cfg.grad_norm_every == 0:
-                recorder.record(step)
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(g_net.parameters(), cfg.grad_clip)
-            opt_g.step()
-            if ema is not None:
-                ema.update_parameters(g_net)
+            _update(g_loss, opt_g, g_net, cfg, recorder, step)
             sched_g.step()
             sched_d.step()
             step += 1
@@ -673,19 +695,9 @@ def fit_gan(
         if on_epoch is not None:
             on_epoch(row)
         if checkpoint_dir is not None:
-            save_checkpoint(
-                checkpoint_dir / "last.pt",
-                **(checkpoint_meta or {}),
-                train_config=dataclasses.asdict(cfg),
-                state_dict=model.state_dict(),
-                history=history,
-                epoch=epoch + 1,
-                step=step,
-            )
+            _save_last(checkpoint_dir, checkpoint_meta, cfg, model, history, epoch + 1, step)
         if cfg.max_steps and step >= cfg.max_steps:
             break
-    if ema is not None:  # serve the averaged generator (weights and batch-norm statistics)
-        g_net.load_state_dict(ema.module.state_dict())
     model.eval()
     return TrainResult(
         history=history,

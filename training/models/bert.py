@@ -81,6 +81,11 @@ class BERTConfig:
         check_bool("pre_norm", self.pre_norm)
         check_bool("distance_bias", self.distance_bias)
 
+    @property
+    def context_length(self) -> int:
+        """The longest sequence the model reads (the pipeline's one name for block_size / max_len)."""
+        return self.max_len
+
 
 def padding_mask(attention_mask: Tensor) -> Tensor:
     """(B, T) int, 1 real / 0 padding -> additive (B, 1, 1, T): 0 for real keys, MASK_VALUE for padding."""

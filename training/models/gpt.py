@@ -72,6 +72,11 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.dim // self.heads
 
+    @property
+    def context_length(self) -> int:
+        """The longest sequence the model reads (the pipeline's one name for block_size / max_len)."""
+        return self.block_size
+
 
 class CachedSelfAttention(MultiHeadSelfAttention):
     """The shared hand-written attention plus a key/value-cache path for decoding."""

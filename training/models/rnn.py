@@ -55,6 +55,11 @@ class RNNClassifierConfig:
         if not pad_ok or not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"pad_id must be an integer in [0, vocab_size); got {self.pad_id!r}")
 
+    @property
+    def context_length(self) -> None:
+        """None: a recurrent cell has no position table and reads a sequence of any length."""
+        return None
+
 
 class RNNClassifier(nn.Module):
     def __init__(self, config: RNNClassifierConfig) -> None:

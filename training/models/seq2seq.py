@@ -73,6 +73,11 @@ class Seq2SeqConfig:
         check_activation("activation", self.activation)
         check_bool("share_embeddings", self.share_embeddings)
 
+    @property
+    def context_length(self) -> int:
+        """The longest source or target the model reads (the pipeline's one name for block_size / max_len)."""
+        return self.max_len
+
 
 def padding_mask(ids: Tensor, pad_id: int) -> Tensor:
     """(B, S) ids -> (B, 1, 1, S) additive mask: 0 for real tokens, NEG_INF for padding keys."""
