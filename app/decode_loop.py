@@ -19,7 +19,6 @@ as the step's own onnxruntime time for a single stream.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import threading
 import time
@@ -29,24 +28,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app import metrics
-from app.core.kv_cache import KVCache
+from app.core.kv_cache import FinishReason, KVCache
 from app.core.sampling import SamplingParams, select_next_tokens
 from app.core.tokenizer import CharTokenizer
 from app.errors import QueueFull
 from app.session import Session
 
 log = logging.getLogger(__name__)
-
-
-class FinishReason(enum.StrEnum):
-    """Why a sequence ended (the ``finish_reason`` of a response; its value is the metric label)."""
-
-    LENGTH = "length"  # max_new_tokens generated
-    STOP = "stop"  # a stop string appeared (it is cut from the text)
-    EOS = "eos"  # the model produced its end-of-sequence token
-    CANCELLED = "cancelled"  # the client went away
-    ERROR = "error"  # the step failed (the server log has why)
-    SHUTDOWN = "shutdown"  # the server stopped
 
 
 @dataclass(frozen=True)
@@ -195,7 +183,12 @@ class TextGenerator:
         self._ttft = metrics.GEN_TTFT.labels(name)
         self._time_per_token = metrics.GEN_TIME_PER_TOKEN.labels(name)
         self._rejected_full = metrics.REJECTED.labels(name, "generation_queue_full")
-        self._finished = {r: metrics.GEN_FINISHED.labels(name, r.value) for r in FinishReason}
+        # Every reason the server can end a sequence with (CONTEXT is one-sequence decoding's only).
+        self._finished = {
+            r: metrics.GEN_FINISHED.labels(name, r.value)
+            for r in FinishReason
+            if r is not FinishReason.CONTEXT
+        }
         self._queued_gauge = metrics.GEN_QUEUED.labels(name)
         self._cached_gauge = metrics.GEN_CACHED_TOKENS.labels(name)
 

@@ -7,6 +7,7 @@ batches these same calls over many sequences with the same cache.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,10 +17,22 @@ from app.core.repository_format import GraphSpec
 from app.core.sampling import SamplingParams, select_next_tokens
 
 
+class FinishReason(enum.StrEnum):
+    """Why a generation ended (a response's ``finish_reason``; its value is the metric label)."""
+
+    LENGTH = "length"  # max_new_tokens generated
+    STOP = "stop"  # a stop string appeared (it is cut from the text)
+    EOS = "eos"  # the model produced its end-of-sequence token
+    CONTEXT = "context"  # the context is full and the text does not slide on (one-sequence decoding)
+    CANCELLED = "cancelled"  # the client went away
+    ERROR = "error"  # the step failed (the server log has why)
+    SHUTDOWN = "shutdown"  # the server stopped
+
+
 @dataclass
 class GeneratedText:
     token_ids: list[int]  # the new tokens only
-    finish_reason: str  # "length", "eos" or "context" (the model's block size was reached)
+    finish_reason: FinishReason  # LENGTH, EOS or CONTEXT
 
 
 class KVCache:
@@ -142,7 +155,7 @@ def generate(
 ) -> GeneratedText:
     """Sample up to ``max_new_tokens`` after ``prompt_ids`` (greedy when temperature is 0).
 
-    At ``block_size`` positions generation stops ("context"), or with ``slide`` goes on from the
+    At ``block_size`` positions generation stops (CONTEXT), or with ``slide`` goes on from the
     last half of the text, prefilled again, as the server does."""
     if not prompt_ids:
         raise ValueError("the prompt must hold at least one token")
@@ -166,10 +179,10 @@ def generate(
         new.append(token)
         seen.append(token)
         if eos_id is not None and token == eos_id:
-            return GeneratedText(new, "eos")
+            return GeneratedText(new, FinishReason.EOS)
         if len(new) >= max_new_tokens:
-            return GeneratedText(new, "length")
+            return GeneratedText(new, FinishReason.LENGTH)
         if cache.lengths[0] >= block_size:  # no position left for the token just picked
             if not slide:
-                return GeneratedText(new, "context")
+                return GeneratedText(new, FinishReason.CONTEXT)
             pending = seen[-(block_size // 2) :]

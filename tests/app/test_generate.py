@@ -17,12 +17,11 @@ import pytest
 from PIL import Image
 
 from app.api.schemas import GenerateRequest
-from app.core.kv_cache import generate
+from app.core.kv_cache import FinishReason, generate
 from app.core.repository_format import ModelConfig
 from app.core.sampling import SamplingParams
 from app.core.tokenizer import CharTokenizer
 from app.decode_loop import (
-    FinishReason,
     GenerationFailed,
     GenerationLimits,
     StoppingCriteria,
@@ -344,4 +343,12 @@ def test_stopping_criteria() -> None:
     # ...and the earliest one wins; none ending in the new part, or none at all: None.
     assert stopping.stop_at("xEN" + "D\n\n", 3) == 1
     assert stopping.stop_at("END then", 5) is None and stopping.stop_at("plain", 0) is None
-    assert [r.value for r in FinishReason] == ["length", "stop", "eos", "cancelled", "error", "shutdown"]
+    assert [r.value for r in FinishReason] == [
+        "length",
+        "stop",
+        "eos",
+        "context",
+        "cancelled",
+        "error",
+        "shutdown",
+    ]
