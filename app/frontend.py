@@ -5,11 +5,12 @@ the server-wide bound on requests in progress (503 + Retry-After beyond it, and 
 the body-size limit; and the body timeout (408). Health and /metrics are never refused.
 
 The inference endpoints, ``POST /predict``, ``POST /generate`` and ``POST /v2/models/{name}
-[/versions/{version}]/infer``, are dispatched here directly to the same data-plane calls their FastAPI
-routes make, skipping FastAPI's middleware, routing and dependency layers: measured on one core, that
-stack took ~60% of a request's time, and a refusal under overload must cost microseconds. Each is
-admitted by its model's gate (app/admission.py) before its body is parsed. ``/generate`` also watches
-the connection: a client that goes away cancels its generation at the next step. Everything else
+[/versions/{version}]/infer``, are dispatched here directly to the handlers their FastAPI routes call
+too (app/api/handlers.py), skipping FastAPI's middleware, routing and dependency layers: measured on
+one core, that stack took ~60% of a request's time, and a refusal under overload must cost
+microseconds. Each is admitted by its model's gate (app/admission.py) before its body is parsed.
+``/generate`` also watches the connection: a client that goes away cancels its generation at the next
+step. Everything else
 (metadata, /metrics, /openapi.json, /docs) goes through FastAPI, and ``SERVE_DIRECT_DISPATCH=false``
 sends the inference endpoints there too.
 """
