@@ -51,6 +51,10 @@ class Frontend:
         self.direct_dispatch = settings.direct_dispatch
         self.in_progress = 0  # requests past the server-wide bound's check, not yet answered
         api.state.draining = False
+        # The documentation's own routes, which are plain Starlette routes: fixed paths, safe as labels.
+        self._docs = {api.docs_url, api.redoc_url, api.openapi_url, api.swagger_ui_oauth2_redirect_url} - {
+            None
+        }
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._latencies: dict[tuple[str, str], Any] = {}
         self._busy = metrics.REJECTED.labels("", "server_busy")
@@ -90,8 +94,11 @@ class Frontend:
             outcome["status"] = 499  # client went away; nothing to answer
         finally:
             if outcome["endpoint"] == "unmatched":
-                route = scope.get("route")
-                outcome["endpoint"] = getattr(route, "path", None) or "unmatched"
+                route = scope.get("route")  # FastAPI's routes; the documentation's are plain Starlette ones
+                path = getattr(route, "path", None) or (
+                    scope["path"] if scope["path"] in self._docs else None
+                )
+                outcome["endpoint"] = path or "unmatched"
                 outcome["model"] = scope.get("state", {}).get("model", "")
             self._observe(outcome, time.perf_counter() - started)
 

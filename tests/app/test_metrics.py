@@ -29,6 +29,8 @@ def test_metrics_follow_traffic(client) -> None:
         assert client.post("/predict", json=body).status_code == 200
     assert client.post("/predict", json={"model": "mlp-digits", "inputs": [1.0]}).status_code == 422
     assert client.post("/predict", json={"model": "no-such-model", "inputs": [1.0]}).status_code == 404
+    assert client.get("/openapi.json").status_code == 200 and client.get("/docs").status_code == 200
+    assert client.get("/no/such/path").status_code == 404
     after = scrape(client)
 
     def delta(name, **labels):
@@ -39,6 +41,10 @@ def test_metrics_follow_traffic(client) -> None:
     # Unknown names never become label values.
     assert delta("serve_requests_total", model="", endpoint="/predict", status="404") == 1
     assert delta("serve_request_duration_seconds_count", model="mlp-digits", endpoint="/predict") == 6
+    # The documentation's routes have their own label; only paths no route matches are "unmatched".
+    assert delta("serve_requests_total", model="", endpoint="/openapi.json", status="200") == 1
+    assert delta("serve_requests_total", model="", endpoint="/docs", status="200") == 1
+    assert delta("serve_requests_total", model="", endpoint="unmatched", status="404") == 1
     assert delta("serve_batch_size_sum", model="mlp-digits") == 15  # 5 requests x 3 rows
     assert delta("serve_queue_duration_seconds_count", model="mlp-digits") == 5
     assert delta("serve_compute_duration_seconds_count", model="mlp-digits") >= 1
