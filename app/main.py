@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
@@ -64,7 +65,9 @@ def create_app(settings: Settings | None = None) -> Frontend:
             app.state.dataplane.close()
             app.state.generation.close()
 
-    app = FastAPI(
+    # FastAPIOffline: FastAPI whose /docs and /redoc load their scripts from this server (assets shipped
+    # in the fastapi-offline package), so the pages work offline and in air-gapped clusters.
+    app = FastAPIOffline(
         title="deepserve",
         version=__version__,
         summary="Dynamic-batching ONNX inference for the classic deep-learning families.",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -218,3 +219,18 @@ def test_openapi_documents_predict_examples(client) -> None:
     schema = predict["requestBody"]["content"]["application/json"]["schema"]
     assert schema["examples"][0]["model"] == "lenet5-digits"
     assert "PredictResponse" in spec["components"]["schemas"]
+
+
+def test_docs_pages_work_offline(client) -> None:
+    """/docs and /redoc load their scripts from this server (fastapi-offline's assets), never a CDN."""
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = client.get(page)
+        assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+        assert "http://" not in html.text and "https://" not in html.text and "cdn" not in html.text.lower()
+        src = re.search(rf'src="([^"]*{re.escape(asset)})"', html.text)
+        assert src, html.text[:500]
+        script = client.get(src[1])
+        assert script.status_code == 200 and len(script.content) > 100_000
+        assert "javascript" in script.headers["content-type"]
+    css = re.search(r'href="([^"]*swagger-ui\.css)"', client.get("/docs").text)
+    assert css and client.get(css[1]).status_code == 200
