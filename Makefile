@@ -8,7 +8,7 @@ MODELS ?= models
 # Debian's prometheus package brings promtool, which the metrics test runs.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test build verify format clean
+.PHONY: run test train-setup build verify format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,12 +30,17 @@ test: $(PY)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
+# The training side (torch, onnx, scikit-learn, matplotlib) beside the server. Where pip would take
+# torch's CUDA wheels and no GPU is wanted: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+train-setup: $(PY)
+	$(PY) -m pip install -q -e '.[train,serve]'
+
 # Rebuild the whole default zoo from scratch and check its quality bars.
-build: $(PY)
+build: train-setup
 	$(PY) -m training build --strict
 	$(PY) -m training verify
 
-verify: $(PY)
+verify: train-setup
 	$(PY) -m training verify
 
 format:

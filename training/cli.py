@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -338,8 +339,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the training extra brings (pyproject.toml); without it every command would end in a traceback.
+TRAINING_MODULES = ("torch", "onnx", "onnxscript", "sklearn", "matplotlib")
+INSTALL_HINT = "make train-setup  (or: .venv/bin/pip install -e '.[train,serve]'; README: Training CLI)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    missing = [name for name in TRAINING_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"error: the training extra is not installed ({', '.join(missing)} missing): {INSTALL_HINT}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     # Every expected failure is one line and a non-zero exit; a traceback means a bug.
     from training.data import DataError
     from training.export import ExportError

@@ -432,6 +432,26 @@ def test_serving_dependency_footprint(serve_venv: Path) -> None:
 
 
 @pytest.mark.slow
+def test_training_commands_without_the_training_extra_say_how_to_install_it(serve_venv: Path) -> None:
+    """After `make run` (the serving extra only), a training command prints one error line with the
+    install command, not a ModuleNotFoundError traceback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for command in (["list"], ["train", "mlp-digits", "--epochs", "1"], ["verify"]):
+        result = subprocess.run(
+            [str(serve_venv / "bin" / "python"), "-m", "training", *command],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: the training extra is not installed")
+        assert "torch" in lines[0] and "make train-setup" in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
 def test_image_layout_serves_and_passes_its_healthcheck(serve_venv: Path, tmp_path: Path) -> None:
     """/srv/app + /srv/models + the venv as the serve stage lays them out, started with the stage's
     own CMD and ENV (port moved off 8000), then probed with the stage's own HEALTHCHECK command."""
