@@ -203,7 +203,7 @@ def many_numbers(inputs: str | list) -> bool:
 
 
 class PredictFeeds:
-    """``POST /predict`` inputs -> feeds for ``graph``, in two steps: :meth:`check` does everything
+    """``POST /predict`` inputs -> feeds for ``graph``, in two steps: constructing it does everything
     whose cost does not grow with the pixels (counts, image headers, the pixel budget, text and
     nested lists, which the body's size bounds); :meth:`build` decodes the images. ``heavy`` says
     whether :meth:`build` belongs on a worker thread."""

@@ -170,7 +170,8 @@ class Registry:
             fields = sorted({".".join(str(p) for p in e["loc"]) or "(root)" for e in exc.errors()})
             return f"{exc.title} is invalid: {', '.join(fields)}"
         text = str(exc)
-        for root in {str(self.root.resolve()), str(self.root)}:
+        # Absolute spellings only: a relative root ("models") is no leak, and is a common word.
+        for root in {str(self.root.resolve()), str(self.root.absolute())}:
             text = text.replace(root + "/", "").replace(root, "")
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -116,11 +116,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:
-            if self._head_bytes == 0 and self.cycle is not None:
-                self.transport.close()  # an idle keep-alive connection: nothing to answer
-            else:
-                self._reply_and_close(408, "the request head did not arrive in time")
+        if self.cycle is None or self.cycle.response_complete:  # no request in progress: its head is late
+            self._reply_and_close(408, "the request head did not arrive in time")
 
     def _reply_and_close(self, status: int, message: str) -> None:
         body = message.encode()

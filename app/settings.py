@@ -43,9 +43,8 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(default=1024, gt=0)  # the most a request may ask for
     max_stop_strings: int = Field(default=8, gt=0)
     max_stop_length: int = Field(default=64, gt=0)  # characters per stop string
-    max_images: int = Field(
-        default=64, gt=0
-    )  # image generators: samples (or interpolation steps) per request
+    # Image generators: samples, latent rows or interpolation steps per request.
+    max_images: int = Field(default=64, gt=0)
     max_beams: int = Field(default=16, gt=0)  # seq2seq beam width
     # Seq2seq searches running at once (each holds a worker thread between its batched graph calls);
     # also the model's admission bound, so a search never waits for a thread.

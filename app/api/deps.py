@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the app's registry and data plane, created in the lifespan. ``async def`` on
+"""FastAPI dependencies: the app's registry, created in the lifespan. ``async def`` on
 purpose: FastAPI runs plain ``def`` dependencies in its thread pool, two thread hops per request."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.dataplane import DataPlane
 from app.registry import Registry
 
 
@@ -15,12 +14,7 @@ async def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-async def get_dataplane(request: Request) -> DataPlane:
-    return request.app.state.dataplane
-
-
 RegistryDep = Annotated[Registry, Depends(get_registry)]
-DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 
 
 def mark_model(request: Request, name: str, registry: Registry) -> None:
