@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PORT = 8000  # the serving port everywhere: EXPOSE, uvicorn, compose, Kubernetes
-FOOTPRINT_LIMIT_MB = 700
 
 
 # ----------------------------------------------------------------------------------- Dockerfile reader
@@ -385,72 +384,6 @@ def test_compose_gpu_profile() -> None:
 
 
 # ------------------------------------------------- the serving image's layout, rebuilt without Docker
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
-
-@pytest.fixture(scope="module")
-def serve_venv(tmp_path_factory) -> Path:
-    """The serve-deps stage, step for step: pyproject.toml alone, an empty README.md, a fresh venv,
-    ``pip install .[serve]`` (from the package index, ~10 s with a warm pip cache), project removed."""
-    build = tmp_path_factory.mktemp("serve-deps")
-    shutil.copy(ROOT / "pyproject.toml", build)
-    (build / "README.md").touch()
-    venv = build / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = [str(venv / "bin" / "python"), "-m", "pip"]
-    started = time.perf_counter()
-    result = subprocess.run(
-        [*pip, "install", "-q", ".[serve]"], cwd=build, capture_output=True, text=True, timeout=270
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    subprocess.run([*pip, "uninstall", "-q", "--yes", "deepserve"], check=True, timeout=60)
-    print(f"\npip install .[serve] into a fresh venv: {time.perf_counter() - started:.1f} s")
-    return venv
-
-
-def venv_distributions(venv: Path) -> dict[str, str]:
-    site = next((venv / "lib").glob("python3*/site-packages"))
-    return {
-        d.metadata["Name"].lower().replace("_", "-"): d.version
-        for d in importlib.metadata.distributions(path=[str(site)])
-    }
-
-
-@pytest.mark.slow
-def test_serving_dependency_footprint(serve_venv: Path) -> None:
-    dists = venv_distributions(serve_venv)
-    assert "onnxruntime" in dists and "fastapi" in dists and "uvicorn" in dists
-    for heavy in ("torch", "onnx", "onnxscript", "onnxruntime-gpu", "scikit-learn", "matplotlib"):
-        assert heavy not in dists, f"{heavy} {dists[heavy]} in the serving environment"
-    assert "deepserve" not in dists
-    site = next((serve_venv / "lib").glob("python3*/site-packages"))
-    total_mb = dir_bytes(serve_venv) / 1e6
-    site_mb = dir_bytes(site) / 1e6
-    print(f"serving venv: {total_mb:.0f} MB ({site_mb:.0f} MB site-packages, {len(dists)} distributions)")
-    assert total_mb < FOOTPRINT_LIMIT_MB
-
-
-@pytest.mark.slow
-def test_training_commands_without_the_training_extra_say_how_to_install_it(serve_venv: Path) -> None:
-    """After `make run` (the serving extra only), a training command prints one error line with the
-    install command, not a ModuleNotFoundError traceback."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for command in (["list"], ["train", "mlp-digits", "--epochs", "1"], ["verify"]):
-        result = subprocess.run(
-            [str(serve_venv / "bin" / "python"), "-m", "training", *command],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert result.returncode == 2, result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: the training extra is not installed")
-        assert "torch" in lines[0] and "make train-setup" in lines[0] and "Traceback" not in result.stderr
-
-
 @pytest.mark.slow
 def test_image_layout_serves_and_passes_its_healthcheck(serve_venv: Path, tmp_path: Path) -> None:
     """/srv/app + /srv/models + the venv as the serve stage lays them out, started with the stage's
