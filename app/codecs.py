@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from app.core.repository_format import GraphSpec, ImagePostprocessing, ImagePreprocessing, TensorSpec
 from app.core.sampling import softmax
+from app.core.tokenizer import CharTokenizer
 from app.errors import BadRequest, InvalidInput
 from app.registry import ModelVersion
 from app.session import NUMPY_DTYPES
@@ -147,22 +148,48 @@ def image_item(image: Image.Image, pre: ImagePreprocessing, spec: TensorSpec, wh
     return chw.reshape(item_shape)  # e.g. flattened for an MLP
 
 
-def text_feeds(mv: ModelVersion, texts: list, graph: GraphSpec) -> dict[str, np.ndarray]:
-    """Texts -> right-padded token ids plus ``lengths`` or ``attention_mask``, as the graph takes them."""
+# Characters named in the message for text outside the vocabulary; the count says how many more.
+MAX_SHOWN_CHARACTERS = 20
+
+
+def check_vocabulary(tokenizer: CharTokenizer, text: str, where: str, map_unknown: bool) -> None:
+    """The one policy for text the vocabulary cannot represent, on every path that takes text: 422
+    naming the characters, unless the request opts in with ``map_unknown`` to their mapping to <unk>
+    (silently mapped, different texts become one input: "dcba" and "zzzz" would get the same answer).
+    Runs after the length check, which bounds its cost."""
+    if map_unknown:
+        return
+    unknown = tokenizer.unknown_characters(text)
+    if not unknown:
+        return
+    # repr makes whitespace and control characters visible ('\t', '\x00', '\u200b').
+    shown = ", ".join(repr(c) for c in unknown[:MAX_SHOWN_CHARACTERS])
+    if len(unknown) > MAX_SHOWN_CHARACTERS:
+        shown += f" and {len(unknown) - MAX_SHOWN_CHARACTERS} more"
+    raise InvalidInput(
+        f"{where}: characters outside the model's vocabulary: {shown} "
+        '(send "map_unknown": true to map them to <unk>)'
+    )
+
+
+def text_feeds(mv: ModelVersion, texts: list, graph: GraphSpec, map_unknown: bool) -> dict[str, np.ndarray]:
+    """Texts -> right-padded token ids plus ``lengths`` or ``attention_mask``, as the graph takes them.
+    Every text is checked (length, then characters) before any is encoded."""
     pre = mv.config.preprocessing
     tokenizer = mv.tokenizer
-    rows = []
     for i, text in enumerate(texts):
+        where = f"inputs[{i}]"
         if not isinstance(text, str):
-            raise InvalidInput(f"inputs[{i}]: expected a string of text")
-        ids = tokenizer.encode(text, bos=pre.add_bos, eos=pre.add_eos)
-        if len(ids) == pre.add_bos + pre.add_eos:
-            raise InvalidInput(f"inputs[{i}]: empty text")
-        if len(ids) > pre.max_length:
+            raise InvalidInput(f"{where}: expected a string of text")
+        if not text:
+            raise InvalidInput(f"{where}: empty text")
+        length = len(text) + pre.add_bos + pre.add_eos  # in tokens: one per character
+        if length > pre.max_length:
             raise InvalidInput(
-                f"inputs[{i}]: text is {len(ids)} tokens long; the model accepts at most {pre.max_length}"
+                f"{where}: text is {length} tokens long; the model accepts at most {pre.max_length}"
             )
-        rows.append(ids)
+        check_vocabulary(tokenizer, text, where, map_unknown)
+    rows = [tokenizer.encode(text, bos=pre.add_bos, eos=pre.add_eos) for text in texts]
     longest = max(len(r) for r in rows)
     tokens = np.zeros((len(rows), longest), np.int64)
     for i, ids in enumerate(rows):
@@ -208,14 +235,22 @@ class PredictFeeds:
     nested lists, which the body's size bounds); :meth:`build` decodes the images. ``heavy`` says
     whether :meth:`build` belongs on a worker thread."""
 
-    def __init__(self, mv: ModelVersion, graph: GraphSpec, inputs: str | list, limits: PredictLimits):
+    def __init__(
+        self,
+        mv: ModelVersion,
+        graph: GraphSpec,
+        inputs: str | list,
+        limits: PredictLimits,
+        *,
+        map_unknown: bool = False,
+    ) -> None:
         pre = mv.config.preprocessing
         self.feeds: dict[str, np.ndarray] | None = None
         self.heavy = False
         if pre is not None and pre.kind == "text":
             items = as_items(inputs, 0, expects_strings=True)
             _check_count(items, limits.max_items)
-            self.feeds = text_feeds(mv, items, graph)
+            self.feeds = text_feeds(mv, items, graph, map_unknown)
             return
         if len(graph.inputs) != 1:
             raise InvalidInput(
@@ -307,7 +342,8 @@ def encode_png(image: np.ndarray, post: ImagePostprocessing | None) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def image_values(batch: np.ndarray, post: ImagePostprocessing | None, image_format: str) -> list:
-    if image_format == "png" and batch.ndim == 4:
+def image_values(batch: np.ndarray, post: ImagePostprocessing | None, fmt: str) -> list:
+    """Images as base64 PNGs (``fmt`` "png") or nested lists ("array")."""
+    if fmt == "png" and batch.ndim == 4:
         return [encode_png(x, post) for x in batch]
     return batch.tolist()

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from pydantic import BaseModel
 
 from app import codecs
 from app import v2_tensors as v2
@@ -22,13 +23,12 @@ from app.core.repository_format import GenerationDefaults
 from app.core.sampling import SamplingParams
 from app.decode_loop import GenerationFailed, Sequence, StoppingCriteria
 from app.errors import InferenceFailed, InvalidInput
+from app.kinds import GENERATE, PREDICT, Kind, generate_kind, predict_kind, refuse_other_kinds_fields
 from app.registry import ModelVersion, Registry
 from app.runner import Runner
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
-
-PREDICT_TASKS = ("classification", "reconstruction")
 
 
 async def run_rows(runner: Runner, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -66,27 +66,24 @@ class DataPlane:
     def close(self) -> None:
         self._decoders.shutdown(wait=False, cancel_futures=True)
 
-    async def predict(
-        self,
-        model: str,
-        version: int | None,
-        inputs: str | list,
-        *,
-        top_k: int | None = None,
-        return_latent: bool = False,
-        return_reconstruction: bool = False,
-        image_format: str = "list",
-    ) -> dict[str, Any]:
-        mv = self.registry.get(model, version)
+    async def predict(self, request: BaseModel) -> dict[str, Any]:
+        """POST /predict for its parsed body (app/api/schemas.py's PredictRequest)."""
+        mv = self.registry.get(request.model, request.version)
         config = mv.config
-        if config.task not in PREDICT_TASKS:
-            raise InvalidInput(f"model {model!r} is a {config.task} model; use POST /generate")
-        if config.task == "classification" and top_k is not None and top_k > len(config.labels):
+        kind = predict_kind(mv)
+        refuse_other_kinds_fields(PREDICT, request, kind, mv.name)
+        top_k, inputs = request.top_k, request.inputs
+        if top_k is not None and top_k > len(config.labels):
             raise InvalidInput(f"top_k is {top_k}; the model has {len(config.labels)} classes")
-        if config.task != "classification" and top_k is not None:
-            raise InvalidInput("top_k applies to classifiers only")
         runner = mv.runner()
-        prepare = functools.partial(codecs.PredictFeeds, mv, runner.graph, inputs, self.predict_limits)
+        prepare = functools.partial(
+            codecs.PredictFeeds,
+            mv,
+            runner.graph,
+            inputs,
+            self.predict_limits,
+            map_unknown=request.map_unknown,
+        )
         loop = asyncio.get_running_loop()
         if codecs.many_numbers(inputs):
             prepared = await loop.run_in_executor(self._decoders, prepare)
@@ -96,42 +93,41 @@ class DataPlane:
             await loop.run_in_executor(self._decoders, prepared.build) if prepared.heavy else prepared.build()
         )
         results = await run_rows(runner, feeds)
-        if config.task == "classification":
+        if kind in (Kind.CLASSIFIER, Kind.TEXT_CLASSIFIER):
             logits = results[runner.graph.outputs[0].name]
             items = codecs.classification_items(config.labels, logits, top_k)
         else:
             items = await self._reconstruction_items(
-                mv, results, return_latent, return_reconstruction, image_format
+                mv, kind, results, request.return_latent, request.return_reconstruction, request.format
             )
         return {"model": mv.name, "version": mv.version, "task": config.task, "outputs": items}
 
     async def _reconstruction_items(
         self,
         mv: ModelVersion,
+        kind: Kind,
         results: dict[str, np.ndarray],
         return_latent: bool,
         return_reconstruction: bool,
-        image_format: str,
+        fmt: str,
     ) -> list[dict[str, Any]]:
         post = mv.config.postprocessing
         for array in results.values():
             codecs.check_finite(array)
         columns: dict[str, list] = {}
-        if "mu" in results:  # a VAE encoder: the posterior, and optionally the decoded mean
+        if kind is Kind.VAE:  # the encoder gives the posterior; optionally the decoded mean too
             columns["mu"] = results["mu"].tolist()
             columns["logvar"] = results["logvar"].tolist()
             if return_reconstruction and "decoder" in mv.runners:
                 decoder = mv.runners["decoder"]
                 decoded = await run_rows(decoder, {decoder.graph.inputs[0].name: results["mu"]})
                 codecs.check_finite(decoded["reconstruction"])
-                columns["reconstruction"] = codecs.image_values(decoded["reconstruction"], post, image_format)
+                columns["reconstruction"] = codecs.image_values(decoded["reconstruction"], post, fmt)
         else:
             for name, array in results.items():
                 if name == "latent" and not return_latent:
                     continue
-                columns[name] = (
-                    codecs.image_values(array, post, image_format) if array.ndim == 4 else array.tolist()
-                )
+                columns[name] = codecs.image_values(array, post, fmt) if array.ndim == 4 else array.tolist()
         count = len(next(iter(columns.values())))
         return [{name: values[i] for name, values in columns.items()} for i in range(count)]
 
@@ -150,21 +146,6 @@ class DataPlane:
 
 
 # ------------------------------------------------------------------------------------------- generation
-
-
-def _not_for(task: str, request, fields: tuple[str, ...]) -> None:
-    """Refuse fields meant for another kind of model rather than silently ignoring them (``false`` and
-    ``null`` say nothing, so they pass)."""
-    given = [
-        f
-        for f in fields
-        if f in request.model_fields_set
-        and (v := getattr(request, f)) is not None
-        and v is not False
-        and v != []
-    ]
-    if given:
-        raise InvalidInput(f"{', '.join(given)} do(es) not apply to a {task} model")
 
 
 class SearchCancelled(Exception):
@@ -202,30 +183,29 @@ class GenerationPlane:
     def close(self) -> None:
         self._searches.shutdown(wait=False, cancel_futures=True)
 
-    async def generate(self, request) -> dict[str, Any] | AsyncIterator[bytes]:
-        """The response body, or for a streamed text generation the Server-Sent Events. Every check
-        runs before any work starts; cancelling the caller (a client that went away) stops the work at
-        its next step."""
+    async def generate(self, request: BaseModel) -> dict[str, Any] | AsyncIterator[bytes]:
+        """The response body for a parsed body (app/api/schemas.py's GenerateRequest), or for a
+        streamed text generation the Server-Sent Events. Every check runs before any work starts;
+        cancelling the caller (a client that went away) stops the work at its next step."""
         mv = self.registry.get(request.model, request.version)
+        kind = generate_kind(mv)
+        refuse_other_kinds_fields(GENERATE, request, kind, mv.name)
         head = {"model": mv.name, "version": mv.version, "task": mv.config.task}
         started = time.perf_counter()
-        if mv.config.task == "text_generation" and mv.generator is not None:
+        if kind is Kind.LANGUAGE_MODEL:
             seq, prompt_tokens = self.start_text(mv, request)
             if request.stream:
                 return self._stream(mv, seq, prompt_tokens, started)
             await self._finished(mv, seq)
             return {**head, **_summary(seq, prompt_tokens, started)}
-        if mv.config.task == "seq2seq":
+        if kind is Kind.SEQ2SEQ:
             return {**head, **await self.translate(mv, request)}
-        if mv.config.generation is not None and mv.config.generation.latent_dim is not None:
-            return {**head, **await self.images(mv, request)}
-        raise InvalidInput(f"model {mv.name!r} is a {mv.config.task} model; use POST /predict")
+        return {**head, **await self.images(mv, request)}
 
     # ---------------------------------------------------------------- language models
 
-    def start_text(self, mv: ModelVersion, request) -> tuple[Sequence, int]:
+    def start_text(self, mv: ModelVersion, request: BaseModel) -> tuple[Sequence, int]:
         """Validate and queue a text generation; returns the sequence and the prompt length."""
-        _not_for("text_generation", request, ("input", "num_beams", "num_samples", "latent", "interpolate"))
         defaults = mv.config.generation or GenerationDefaults()
         tokenizer = mv.tokenizer
         if not request.prompt:
@@ -233,9 +213,7 @@ class GenerationPlane:
         block = mv.generator.block_size
         if len(request.prompt) >= block:  # before encoding: the prompt may be megabytes
             raise InvalidInput(f"prompt is {len(request.prompt)} characters; the model's context is {block}")
-        unknown = sorted(set(request.prompt) - set(tokenizer.chars))
-        if unknown:
-            raise InvalidInput(f"prompt has characters outside the model's vocabulary: {''.join(unknown)!r}")
+        codecs.check_vocabulary(tokenizer, request.prompt, "prompt", request.map_unknown)
         ids = tokenizer.encode(request.prompt)
         if len(ids) >= block:
             raise InvalidInput(f"prompt is {len(ids)} tokens; the model's context is {block}")
@@ -307,24 +285,7 @@ class GenerationPlane:
 
     # ---------------------------------------------------------------- seq2seq
 
-    async def translate(self, mv: ModelVersion, request) -> dict[str, Any]:
-        _not_for(
-            "seq2seq",
-            request,
-            (
-                "prompt",
-                "num_samples",
-                "latent",
-                "interpolate",
-                "stream",
-                "temperature",
-                "top_k",
-                "top_p",
-                "seed",
-                "stop",
-                "repetition_penalty",
-            ),
-        )
+    async def translate(self, mv: ModelVersion, request: BaseModel) -> dict[str, Any]:
         defaults = mv.config.generation or GenerationDefaults()
         pre = mv.config.preprocessing
         if not request.input:
@@ -333,6 +294,7 @@ class GenerationPlane:
             raise InvalidInput(
                 f"input is {len(request.input)} characters; the model accepts at most {pre.max_length}"
             )
+        codecs.check_vocabulary(mv.tokenizer, request.input, "input", request.map_unknown)
         ids = mv.tokenizer.encode(request.input, eos=pre.add_eos)
         if len(ids) > pre.max_length:
             raise InvalidInput(f"input is {len(ids)} tokens; the model accepts at most {pre.max_length}")
@@ -383,23 +345,7 @@ class GenerationPlane:
 
     # ---------------------------------------------------------------- images
 
-    async def images(self, mv: ModelVersion, request) -> dict[str, Any]:
-        _not_for(
-            "image generator",
-            request,
-            (
-                "prompt",
-                "input",
-                "num_beams",
-                "stream",
-                "max_new_tokens",
-                "temperature",
-                "top_k",
-                "top_p",
-                "stop",
-                "repetition_penalty",
-            ),
-        )
+    async def images(self, mv: ModelVersion, request: BaseModel) -> dict[str, Any]:
         runner = mv.runners.get("generator") or mv.runners.get("decoder")
         if runner is None or mv.config.generation is None or mv.config.generation.latent_dim is None:
             raise InvalidInput(f"model {mv.name!r} does not generate images")

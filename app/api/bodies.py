@@ -80,7 +80,7 @@ def parse_body(model: type[Body], raw: bytes) -> Body:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidInput(_fields(exc)) from None
+        raise InvalidInput(_fields(model, exc)) from None
 
 
 def _parse_lenient(model: type[Body], raw: bytes, refused: orjson.JSONDecodeError) -> Body:
@@ -92,13 +92,20 @@ def _parse_lenient(model: type[Body], raw: bytes, refused: orjson.JSONDecodeErro
             raise BadRequest(f"request body is not valid JSON: {refused}") from None
         if any(e["type"] == "model_type" and not e["loc"] for e in errors):
             raise BadRequest("request body must be a JSON object") from None
-        raise InvalidInput(_fields(exc)) from None
+        raise InvalidInput(_fields(model, exc)) from None
 
 
-def _fields(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors(include_url=False)
-    )
+def _fields(model: type[BaseModel], exc: ValidationError) -> str:
+    """Every refused field and why; a field sent by its old name says its new one (``renamed``)."""
+    renamed: dict[str, str] = getattr(model, "renamed", {})
+
+    def why(error: Any) -> str:
+        where = ".".join(str(p) for p in error["loc"])
+        if error["type"] == "extra_forbidden" and where in renamed:
+            return f"{where}: renamed {renamed[where]}"
+        return f"{where or 'body'}: {error['msg']}"
+
+    return "; ".join(why(e) for e in exc.errors(include_url=False))
 
 
 @asynccontextmanager

@@ -97,15 +97,7 @@ async def predict(state: Any, call: Call) -> Answer:
     raw = _json_body(call, state.dataplane.settings.max_json_bytes)
     async with admitted(state.registry, PredictRequest, raw) as (body, _):
         call.model = body.model
-        result = await state.dataplane.predict(
-            body.model,
-            body.version,
-            body.inputs,
-            top_k=body.top_k,
-            return_latent=body.return_latent,
-            return_reconstruction=body.return_reconstruction,
-            image_format=body.image_format,
-        )
+        result = await state.dataplane.predict(body)
     return _json_answer(result)
 
 

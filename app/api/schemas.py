@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from app.kinds import GENERATE, PREDICT, applies_to, applies_to_every_kind
 
 # An 8x8 PNG of a handwritten 7 (scikit-learn's digits), for the OpenAPI examples.
 DIGIT_PNG = (
@@ -13,23 +16,43 @@ DIGIT_PNG = (
 )
 
 
+def _documented(endpoint: str, examples: list[dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
+    """``json_schema_extra``: the examples, and after each field's description the kinds of model it
+    applies to, generated from the one table (app/kinds.py) so that the docs cannot drift from what
+    validation refuses."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema["examples"] = examples
+        for name, prop in schema["properties"].items():
+            if not applies_to_every_kind(endpoint, name):
+                text = prop.get("description", "")
+                prop["description"] = f"{text} Applies to {applies_to(endpoint, name)}.".lstrip()
+
+    return extra
+
+
+MAP_UNKNOWN_DESCRIPTION = (
+    "Map characters outside the model's vocabulary to <unk>; by default a text holding any is refused "
+    "with 422 naming them."
+)
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [
+        json_schema_extra=_documented(
+            PREDICT,
+            [
                 {"model": "lenet5-digits", "inputs": DIGIT_PNG, "top_k": 3},
-                {"model": "lstm-order", "inputs": ["xxaxxbxx", "bxxxa"]},
+                {"model": "lstm-order", "inputs": ["eAfBgChD", "eBfAgDhC"]},
                 {"model": "mlp-digits", "inputs": [[0.0] * 64]},
-                {
-                    "model": "autoencoder-digits",
-                    "inputs": DIGIT_PNG,
-                    "return_latent": True,
-                    "image_format": "png",
-                },
-            ]
-        },
+                {"model": "autoencoder-digits", "inputs": DIGIT_PNG, "return_latent": True, "format": "png"},
+                {"model": "lstm-order", "inputs": "A-B-C-D", "map_unknown": True},
+            ],
+        ),
     )
+    # Fields a client may still send by their old names: the 422 says what they are called now.
+    renamed: ClassVar[dict[str, str]] = {"image_format": 'format ("png" or "array")'}
 
     model: str = Field(description="Model name (see GET /models).")
     version: int | None = Field(default=None, ge=0, description="Model version; default: the served one.")
@@ -39,14 +62,14 @@ class PredictRequest(BaseModel):
             "(text models) or a nested list of numbers in the graph's input shape without the batch axis."
         )
     )
-    top_k: int | None = Field(
-        default=None, ge=1, description="Classifiers: return the k most likely classes."
+    top_k: int | None = Field(default=None, ge=1, description="Return the k most likely classes.")
+    return_latent: bool = Field(default=False, description="Also return the latent code.")
+    return_reconstruction: bool = Field(default=False, description="Also decode the posterior mean.")
+    format: Literal["png", "array"] = Field(
+        default="array",
+        description='Image outputs as nested lists (C, H, W) ("array", the default) or base64 PNG ("png").',
     )
-    return_latent: bool = Field(default=False, description="Autoencoders: also return the latent code.")
-    return_reconstruction: bool = Field(default=False, description="VAE: also decode the posterior mean.")
-    image_format: Literal["list", "png"] = Field(
-        default="list", description="Image outputs as nested lists (C, H, W) or base64 PNG."
-    )
+    map_unknown: bool = Field(default=False, description=MAP_UNKNOWN_DESCRIPTION)
 
 
 class ClassProbability(BaseModel):
@@ -246,8 +269,9 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [
+        json_schema_extra=_documented(
+            GENERATE,
+            [
                 {
                     "model": "gpt-corpus",
                     "prompt": "The ",
@@ -259,14 +283,15 @@ class GenerateRequest(BaseModel):
                 {"model": "seq2seq-dates", "input": "3rd of March 2021", "num_beams": 4},
                 {"model": "dcgan-digits", "num_samples": 4, "seed": 7},
                 {"model": "vae-digits", "interpolate": {"from": 1, "to": 2, "steps": 8}},
-            ]
-        },
+            ],
+        ),
     )
 
+    # Which kinds of model each field applies to: app/kinds.py (FIELD_KINDS), appended to the
+    # descriptions below in the OpenAPI schema.
     model: str
     version: int | None = Field(default=None, ge=0)
-    # Language models.
-    prompt: str | None = Field(default=None, description="Language models: the text to continue.")
+    prompt: str | None = Field(default=None, description="The text to continue.")
     max_new_tokens: int | None = Field(
         default=None, ge=1, description="Default: the model's config; at most SERVE_MAX_NEW_TOKENS."
     )
@@ -282,16 +307,18 @@ class GenerateRequest(BaseModel):
     stream: bool = Field(
         default=False, description="Server-Sent Events: one event per token, then a summary."
     )
-    # Encoder-decoder models.
-    input: str | None = Field(default=None, description="Seq2seq models: the text to translate.")
+    input: str | None = Field(default=None, description="The text to translate.")
     num_beams: int | None = Field(default=None, ge=1, description="1 = greedy; at most SERVE_MAX_BEAMS.")
-    # Image generators (GAN generator, VAE decoder).
     num_samples: int | None = Field(
         default=None, ge=1, description="Images from seeds seed, seed+1, ... (at most SERVE_MAX_IMAGES)."
     )
     latent: list[list[float]] | None = Field(default=None, description="Explicit latent vectors instead.")
-    interpolate: Interpolation | None = None
-    format: Literal["png", "array"] = "png"
+    interpolate: Interpolation | None = Field(default=None, description="A walk between two seeds' latents.")
+    format: Literal["png", "array"] = Field(
+        default="png",
+        description='Images as base64 PNG ("png", the default) or nested lists (C, H, W) ("array").',
+    )
+    map_unknown: bool = Field(default=False, description=MAP_UNKNOWN_DESCRIPTION)
 
 
 class Usage(BaseModel):

@@ -60,7 +60,15 @@ class CharTokenizer:
     def unk_id(self) -> int:
         return self._index[UNK]
 
+    def unknown_characters(self, text: str) -> list[str]:
+        """The distinct characters of ``text`` that :meth:`encode` maps to ``<unk>``, in order of first
+        appearance. Training maps them silently (its data may rely on that); the server refuses them
+        unless the request opts in, since mapped texts become indistinguishable."""
+        index = self._index
+        return list(dict.fromkeys(c for c in text if c not in index))
+
     def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
+        """Text -> ids; a character outside the vocabulary becomes ``<unk>`` (:meth:`unknown_characters`)."""
         unk = self.unk_id
         ids = [self._index.get(c, unk) for c in text]
         return [self.bos_id] * bos + ids + [self.eos_id] * eos

@@ -94,7 +94,7 @@ def test_numeric_tensor_single_and_list(client, repository) -> None:
 
 
 def test_text_classifier_pads_and_matches_alone(client, repository) -> None:
-    texts = ["xxaxxbxxcxd", "ab", "the quick brown fox jumps over"]
+    texts = ["eAfBgChDij", "BA", "jihgfeDCBAjihgfeDCBAjihgfe"]
     batch = client.post("/predict", json={"model": "lstm-order", "inputs": texts}).json()["outputs"]
     for text, out in zip(texts, batch, strict=True):
         alone = client.post("/predict", json={"model": "lstm-order", "inputs": text}).json()["outputs"][0]
@@ -102,7 +102,7 @@ def test_text_classifier_pads_and_matches_alone(client, repository) -> None:
     config = json.loads((repository / "lstm-order" / "config.json").read_text())
     chars = config["preprocessing"]["tokenizer"]["chars"]
     specials = len(config["preprocessing"]["tokenizer"]["specials"])
-    ids = np.array([[chars.index(c) + specials if c in chars else 4 for c in texts[0]]], np.int64)
+    ids = np.array([[chars.index(c) + specials for c in texts[0]]], np.int64)
     logits = reference_session(repository, "lstm-order").run(
         None, {"tokens": ids, "lengths": np.array([ids.shape[1]], np.int64)}
     )[0]
@@ -134,7 +134,7 @@ def test_autoencoder_and_vae_outputs(client, digits) -> None:
     assert np.asarray(plain["reconstruction"]).shape == (1, 28, 28)
     extra = client.post(
         "/predict",
-        json={"model": "autoencoder-digits", "inputs": item, "return_latent": True, "image_format": "png"},
+        json={"model": "autoencoder-digits", "inputs": item, "return_latent": True, "format": "png"},
     ).json()["outputs"][0]
     assert len(extra["latent"]) == 16
     decoded = Image.open(io.BytesIO(base64.b64decode(extra["reconstruction"])))
@@ -144,6 +144,33 @@ def test_autoencoder_and_vae_outputs(client, digits) -> None:
     ).json()["outputs"]
     assert len(vae) == 2 and len(vae[0]["mu"]) == 16 and len(vae[0]["logvar"]) == 16
     assert np.asarray(vae[0]["reconstruction"]).shape == (1, 28, 28)
+
+
+@pytest.mark.parametrize("model", ["autoencoder-digits", "vae-digits"])
+def test_format_png_and_array_and_the_old_name(client, digits, model) -> None:
+    """/predict's image outputs: "array" (the default) or "png", the values /generate takes; a client
+    still sending image_format is told its new name."""
+    images, _ = digits
+    body = {"model": model, "inputs": png_b64((images[0] / 16 * 255).astype(np.uint8))}
+    if model == "vae-digits":
+        body["return_reconstruction"] = True
+    formats = ({}, {"format": "array"}, {"format": "png"})
+    default, array, png = (client.post("/predict", json={**body, **extra}) for extra in formats)
+    assert default.status_code == array.status_code == png.status_code == 200, png.text
+    assert default.json() == array.json()
+    assert np.asarray(array.json()["outputs"][0]["reconstruction"]).shape == (1, 28, 28)
+    decoded = Image.open(io.BytesIO(base64.b64decode(png.json()["outputs"][0]["reconstruction"])))
+    assert decoded.size == (28, 28)
+    np.testing.assert_allclose(
+        np.asarray(decoded, np.float32) / 255, array.json()["outputs"][0]["reconstruction"][0], atol=1 / 255
+    )
+    for old in ({"image_format": "png"}, {"image_format": "list"}):
+        refused = client.post("/predict", json={**body, **old})
+        assert refused.status_code == 422
+        assert refused.json()["error"] == 'image_format: renamed format ("png" or "array")'
+    for bad in ("list", "jpeg"):
+        refused = client.post("/predict", json={**body, "format": bad})
+        assert refused.status_code == 422 and "format" in refused.json()["error"]
 
 
 @pytest.mark.parametrize(
@@ -157,12 +184,15 @@ def test_autoencoder_and_vae_outputs(client, digits) -> None:
         ({"model": "mlp-digits", "inputs": []}, 422, "inputs is empty"),
         ({"model": "mlp-digits", "inputs": "!!notbase64!!"}, 400, "inputs[0]: not valid base64"),
         ({"model": "mlp-digits", "inputs": base64.b64encode(b"GIF89a....").decode()}, 400, "not a PNG"),
-        ({"model": "lstm-order", "inputs": "x" * 500}, 422, "at most 40"),
+        ({"model": "lstm-order", "inputs": "x" * 500}, 422, "at most 40"),  # length before characters
+        ({"model": "lstm-order", "inputs": "zzzz"}, 422, "inputs[0]: characters outside the model's"),
         ({"model": "lstm-order", "inputs": ""}, 422, "empty text"),
         ({"model": "lstm-order", "inputs": [[1, 2]]}, 422, "string"),
         ({"model": "gpt-corpus", "inputs": "hello"}, 422, "POST /generate"),
         ({"model": "mlp-digits", "inputs": [0.0] * 64, "top_k": 11}, 422, "top_k"),
         ({"model": "mlp-digits", "inputs": [0.0] * 64, "top_k": 0}, 422, "top_k"),
+        ({"model": "autoencoder-digits", "inputs": [0.0] * 784, "top_k": 2}, 422, "top_k (for classifiers"),
+        ({"model": "mlp-digits", "inputs": [0.0] * 64, "format": "png"}, 422, "a classifier"),
         ({"model": "mlp-digits", "inputs": [0.0] * 64, "surprise": 1}, 422, "surprise"),
         ({"inputs": [0.0] * 64}, 422, "model: Field required"),
     ],
@@ -182,7 +212,7 @@ def test_nan_infinity_and_malformed_json(client) -> None:
 
 
 def test_json_is_parsed_only_as_json(client) -> None:
-    body = b'{"model": "lstm-order", "inputs": "abc"}'
+    body = b'{"model": "lstm-order", "inputs": "ABefCD"}'
     for content_type in ("application/json", "application/json; charset=utf-8", "application/x+json", None):
         headers = {"content-type": content_type} if content_type else {}
         response = client.post("/predict", content=body, headers=headers)

@@ -22,7 +22,13 @@ REQUESTS = [
         "/predict",
         {"model": "mlp-digits", "inputs": np.linspace(-1, 1, 128).reshape(2, 64).tolist(), "top_k": 2},
     ),
-    ("/predict", {"model": "lstm-order", "inputs": ["abcabc", "x"]}),
+    ("/predict", {"model": "lstm-order", "inputs": ["ABCDefABCD", "e"]}),
+    ("/predict", {"model": "lstm-order", "inputs": ["ABCD", "dcba"]}),  # outside the vocabulary: 422
+    ("/predict", {"model": "lstm-order", "inputs": ["ABCD", "dcba"], "map_unknown": True}),
+    ("/predict", {"model": "mlp-digits", "inputs": [0.0] * 64, "format": "png"}),  # not for a classifier
+    ("/predict", {"model": "autoencoder-digits", "inputs": [0.0] * 784, "image_format": "png"}),
+    ("/generate", {"model": "gpt-corpus", "prompt": "snow \u2603"}),  # outside the vocabulary: 422
+    ("/generate", {"model": "gpt-corpus", "prompt": "The ", "num_beams": 2}),  # not for a language model
     ("/predict", {"model": "nope", "inputs": [1.0]}),
     ("/predict", {"model": "mlp-digits", "inputs": [1.0]}),
     ("/predict", {"model": "mlp-digits"}),

@@ -83,9 +83,9 @@ def test_versions(broken_server) -> None:
     with broken_server.client() as c:
         meta = c.get("/models/lstm-order").json()
         assert meta["version"] == 2 and meta["versions"] == [1, 2]
-        one = c.post("/predict", json={"model": "lstm-order", "version": 1, "inputs": "abc"})
+        one = c.post("/predict", json={"model": "lstm-order", "version": 1, "inputs": "ABefCD"})
         assert one.status_code == 200 and one.json()["version"] == 1
-        assert c.post("/predict", json={"model": "lstm-order", "inputs": "abc"}).json()["version"] == 2
+        assert c.post("/predict", json={"model": "lstm-order", "inputs": "ABefCD"}).json()["version"] == 2
         assert c.get("/v2/models/lstm-order/versions/1/ready").status_code == 200
         assert c.get("/v2/models/lstm-order/versions/abc").status_code == 422
 
