@@ -33,9 +33,11 @@ def describe(mv: ModelVersion, registry: Registry, full: bool) -> dict[str, Any]
         return info
     info["graphs"] = {role: graph.model_dump() for role, graph in config.graphs.items()}
     info["labels"] = config.labels
-    info["preprocessing"] = (
-        config.preprocessing.model_dump(exclude={"tokenizer"}) if config.preprocessing is not None else None
-    )
+    pre = config.preprocessing
+    info["preprocessing"] = pre.model_dump(exclude={"tokenizer"}) if pre is not None else None
+    if pre is not None and pre.kind == "text":
+        # What a text request may contain (other characters get 422 unless map_unknown).
+        info["preprocessing"]["vocabulary"] = pre.tokenizer.chars
     info["generation"] = config.generation.model_dump() if config.generation else None
     info["batching"] = config.batching.model_dump()
     info["instances"] = config.instances.model_dump()

@@ -51,6 +51,17 @@ def test_model_metadata_carries_report_figures(client) -> None:
     assert client.get("/models/lenet5-digits", params={"version": 7}).status_code == 404
 
 
+def test_text_model_metadata_shows_its_vocabulary(client, repository) -> None:
+    """What a text request may contain is visible before a request is refused for it."""
+    config = json.loads((repository / "lstm-order" / "config.json").read_text())
+    meta = client.get("/models/lstm-order").json()
+    assert meta["preprocessing"]["vocabulary"] == config["preprocessing"]["tokenizer"]["chars"]
+    assert "vocabulary" not in client.get("/models/lenet5-digits").json()["preprocessing"]
+    for char in meta["preprocessing"]["vocabulary"]:
+        body = {"model": "lstm-order", "inputs": [char * 3]}
+        assert client.post("/predict", json=body).status_code == 200
+
+
 def test_image_classifier_from_png_matches_onnxruntime(client, repository, digits) -> None:
     images, targets = digits
     pixels = [(images[i] / 16 * 255).round().astype(np.uint8) for i in range(6)]
