@@ -37,7 +37,7 @@ train-setup: $(PY)
 
 # Rebuild the whole default zoo from scratch and check its quality bars.
 build: train-setup
-	$(PY) -m training build --strict
+	$(PY) -m training build --strict --version 1 --overwrite
 	$(PY) -m training verify
 
 verify: train-setup

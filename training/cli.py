@@ -8,7 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.core.repository_format import (
     CONFIG_FILE,
@@ -18,6 +18,9 @@ from app.core.repository_format import (
     served_version,
     version_folders,
 )
+
+if TYPE_CHECKING:
+    from training.pipeline import RunSummary
 
 EXIT_USAGE = 2
 
@@ -62,25 +65,47 @@ _TRAIN_FLAGS: dict[str, tuple[type, str]] = {
 }
 
 
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
+def _add_run_flags(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
     g = p.add_argument_group("training (default: the recipe's own values)")
     for flag, (kind, text) in _TRAIN_FLAGS.items():
         g.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None, help=text)
     g.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
     d = p.add_argument_group("data")
-    d.add_argument(
-        "--dataset", help="train on another dataset: digits, digits28, shapes, mnist, cifar10, image-folder"
-    )
+    d.add_argument("--dataset", help="train on another dataset (names: python -m training list)")
     d.add_argument(
         "--data-root", help="folder of user data (mnist IDX files, cifar-10 batches, an image folder)"
     )
     d.add_argument("--limit", type=int, help="cap the number of training examples (smoke runs)")
-    o = p.add_argument_group("output")
-    o.add_argument("--out", type=Path, default=Path("models"), help="model repository (default: models)")
+    o = p.add_argument_group("output (existing versions and config.json are kept unless --overwrite)")
+    o.add_argument(
+        "--out",
+        type=Path,
+        default=Path("models"),
+        help="model repository (default: models, which the server serves); experiments: --out runs/models",
+    )
     o.add_argument(
         "--runs", type=Path, default=Path("runs"), help="checkpoints, curves, logs (default: runs)"
     )
-    o.add_argument("--version", type=int, default=1, help="repository version folder (default: 1)")
+    o.add_argument(
+        "--version",
+        type=int,
+        default=None,
+        help="version folder to write (default: the next one, highest + 1); an existing one needs "
+        "--overwrite",
+    )
+    o.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="allow replacing that version folder and a config.json that differs; a model that misses "
+        "its quality bar still never replaces a served one that meets it",
+    )
+    if experiment:
+        o.add_argument(
+            "--experiment",
+            action="store_true",
+            help="a run that may miss its quality bar: exit 0 (default: exit 1); it still never "
+            "replaces a served model that meets its bar",
+        )
 
 
 def _run_options(args: argparse.Namespace):
@@ -89,8 +114,6 @@ def _run_options(args: argparse.Namespace):
     overrides = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k, None) is not None}
     if getattr(args, "no_progress", False):
         overrides["progress"] = False
-    if args.version < 1:
-        raise ValueError("--version must be >= 1")
     if args.limit is not None and args.limit < 2:
         raise ValueError("--limit must be >= 2")
     return RunOptions(
@@ -102,14 +125,15 @@ def _run_options(args: argparse.Namespace):
         repository=args.out,
         runs_dir=args.runs,
         version=args.version,
+        overwrite=args.overwrite,
         resume=getattr(args, "resume", None),
     )
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from training.data import list_datasets
     from training.recipes import list_recipes
     from training.registry import list_models, model_family
+    from training.sequence_data import all_datasets
 
     print("recipes (python -m training train NAME):")
     for r in list_recipes():
@@ -118,8 +142,37 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("\nmodels (python -m training train RECIPE --set field=value overrides their config):")
     for name in list_models():
         print(f"  {name:22s} family={model_family(name)}")
-    print("\ndatasets:", ", ".join(list_datasets()))
+    print("\ndatasets (--dataset NAME):")
+    for name, summary in all_datasets().items():
+        print(f"  {name:16s} {summary}")
     return 0
+
+
+def _outcome(summary: RunSummary, args: argparse.Namespace, checkpoint: Path) -> int:
+    """Where the model went, and one line on a missed quality bar: exit 1 for it unless --experiment."""
+    if summary.path is not None:
+        print(f"exported to {summary.path} (served by a server started from now on: {_served(summary.path)})")
+    if not summary.failed_bars:
+        return 0
+    missed = "; ".join(summary.failed_bars)
+    if summary.path is None:
+        where = (
+            f"not exported: {args.out / summary.recipe / str(summary.kept_version)} meets its bars and "
+            f"stays served; this run stays in {args.runs / summary.recipe} (checkpoint, curves); to "
+            f"export it elsewhere: python -m training export {checkpoint} --out {args.runs / 'models'}"
+        )
+    else:
+        where = f"exported all the same: no served version of {summary.recipe} meets its bars"
+    kind = "note (--experiment)" if args.experiment else "error"
+    print(f"{kind}: {summary.recipe} misses its quality bar: {missed}; {where}", file=sys.stderr)
+    return 0 if args.experiment else 1
+
+
+def _served(version_dir: Path) -> str:
+    """Which version the server picks after this export (a pin in config.json may keep an older one)."""
+    pinned = json.loads((version_dir.parent / CONFIG_FILE).read_text()).get("version")
+    version = served_version(version_folders(version_dir.parent), pinned)
+    return f"version {version}" + (" (pinned in config.json)" if pinned == version else "")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -127,10 +180,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.recipes import get_recipe
 
     summary = run_recipe(get_recipe(args.recipe), _run_options(args))
-    if summary.path is not None:
-        print(summary_table([summary]))
-        print(f"exported to {summary.path}")
-    return 0
+    if summary.parity is None:  # another rank of a distributed run: the main one reports
+        return 0
+    print(summary_table([summary]))
+    return _outcome(summary, args, args.runs / summary.recipe / "checkpoints" / "last.pt")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -145,24 +198,45 @@ def cmd_export(args: argparse.Namespace) -> int:
     opts = _run_options(args)
     opts.dataset = opts.dataset or state.get("dataset")
     summary = run_recipe(get_recipe(recipe_name), opts, checkpoint=args.checkpoint)
-    print(f"exported {recipe_name} to {summary.path} (parity {summary.parity:.1e})")
-    return 0
+    if summary.parity is None:  # another rank of a distributed run: the main one reports
+        return 0
+    print(f"{recipe_name}: ONNX parity {summary.parity:.1e}")
+    return _outcome(summary, args, args.checkpoint)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     from training.pipeline import run_recipe, summary_table
     from training.recipes import get_recipe, list_recipes
+    from training.repository_policy import choose_version
 
     recipes = [get_recipe(n) for n in args.only.split(",")] if args.only else list_recipes()
     opts = _run_options(args)
+    skipped = {
+        r.name for r in recipes if args.skip_existing and (opts.repository / r.name / CONFIG_FILE).is_file()
+    }
+    # Every model's version folder is settled before the first one trains (run_recipe settles each
+    # again): a build that cannot write one of them fails now, not an hour in.
+    for recipe in recipes:
+        if recipe.name not in skipped:
+            choose_version(opts.repository / recipe.name, opts.version, overwrite=opts.overwrite)
     summaries = []
     started = time.perf_counter()
     for recipe in recipes:
-        if args.skip_existing and (opts.repository / recipe.name / CONFIG_FILE).is_file():
+        if recipe.name in skipped:
             print(f"[{recipe.name}] already in {opts.repository}, skipped")
             continue
         print(f"[{recipe.name}] training ({recipe.model} on {recipe.dataset})", flush=True)
-        summaries.append(run_recipe(recipe, opts))
+        summary = run_recipe(recipe, opts)
+        summaries.append(summary)
+        if summary.kept_version is not None:
+            kept = opts.repository / recipe.name / str(summary.kept_version)
+            print(
+                f"[{recipe.name}] misses its quality bar ({'; '.join(summary.failed_bars)}): not exported, "
+                f"{kept} meets its bars and stays served",
+                flush=True,
+            )
+        elif summary.failed_bars:
+            print(f"[{recipe.name}] misses its quality bar ({'; '.join(summary.failed_bars)})", flush=True)
     total = time.perf_counter() - started
     if summaries:
         table = summary_table(summaries, total)
@@ -179,7 +253,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Check every model in the repository: files match sha256, parity and quality bars hold."""
     from app.core.repository_format import sha256_of
     from training.export import PARITY_TOLERANCE
-    from training.recipes import UnknownRecipeError, get_recipe
+    from training.recipes import UnknownRecipeError, check_bars, get_recipe
 
     repo: Path = args.repository
     if not repo.is_dir():
@@ -206,17 +280,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             bars = get_recipe(config.name).quality
         except UnknownRecipeError:
             bars = ()
-        results = []
-        for bar in bars:
-            value = report.metrics.get(bar.metric)
-            ok = value is not None and bar.passes(value)
-            results.append(
-                f"{bar.metric}={value if value is None else round(value, 4)} ({bar.op} {bar.threshold:g})"
-                f" {'ok' if ok else 'FAIL'}"
-            )
-            if not ok:
-                issues.append(f"{bar} not reached")
-        print(f"{config.name:22s} {report.parity.max_abs_diff:9.1e}  {'; '.join(results) or '-'}")
+        results = check_bars(bars, report.metrics)
+        issues += [f"{result.bar} not reached" for result in results if not result.ok]
+        shown = "; ".join(f"{result} {'ok' if result.ok else 'FAIL'}" for result in results)
+        print(f"{config.name:22s} {report.parity.max_abs_diff:9.1e}  {shown or '-'}")
         for issue in issues:
             print(f"{'':22s} ! {issue}")
         problems += len(issues)
@@ -307,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-existing", action="store_true", help="leave models already in the repository alone"
     )
     p.add_argument("--strict", action="store_true", help="exit 1 when a quality bar is not reached")
-    _add_run_flags(p)
+    _add_run_flags(p, experiment=False)
     p.set_defaults(fn=cmd_build)
 
     p = sub.add_parser("verify", help="check sha256, parity and quality bars of every model in a repository")

@@ -41,6 +41,7 @@ __all__ = [
     "DataError",
     "DatasetBundle",
     "add_noise",
+    "dataset_summaries",
     "generate_shapes",
     "list_datasets",
     "load_dataset",
@@ -113,8 +114,16 @@ def _register(
 
 
 def list_datasets() -> list[str]:
-    """Names accepted by :func:`load_dataset`; the built-in ones (no ``root`` needed) first."""
+    """Names accepted by :func:`load_dataset`; the built-in ones (no ``root`` needed) first. The
+    token-input datasets are training.sequence_data's (``all_datasets`` there lists both)."""
     return list(_DATASETS)
+
+
+def dataset_summaries() -> dict[str, str]:
+    """Name -> one line on what it holds (and, for the file-based ones, that they need ``root``)."""
+    return {
+        name: spec.summary + (" (--data-root)" if spec.needs_root else "") for name, spec in _DATASETS.items()
+    }
 
 
 def load_dataset(

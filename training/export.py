@@ -4,18 +4,22 @@ Every graph goes through ``torch.onnx.export`` (dynamo) into one self-contained 
 full ONNX checker, carries metadata, and is compared with PyTorch eval in onnxruntime on batch sizes
 (and sequence lengths) that differ from the export example. The version folder is written to a
 temporary folder and renamed into place, so a failed export never leaves a half-written model.
+What may be written where (versions, the shared config.json) is training.repository_policy's call.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -34,6 +38,20 @@ from app.core.repository_format import (
     sha256_of,
 )
 from training.graphs import GraphExport
+from training.repository_policy import check_config, choose_version, config_matches, serving_settings
+
+# torch.onnx's dynamo exporter logs "torchvision is not installed. Skipping torchvision::nms" (and
+# roi_align, roi_pool, deform_conv2d) through this logger every time it builds its op registry, i.e.
+# on every export: it offers to translate torchvision's detection ops, which no model here uses, and
+# torchvision is not a dependency. Drop exactly that notice; the logger's other warnings still show.
+_TORCHVISION_NOTICE = re.compile(r"torchvision is not installed\. Skipping torchvision::")
+
+
+def _not_torchvision_notice(record: logging.LogRecord) -> bool:
+    return not _TORCHVISION_NOTICE.match(record.getMessage())
+
+
+logging.getLogger("torch.onnx._internal.exporter._registration").addFilter(_not_torchvision_notice)
 
 PARITY_BATCH_SIZES = (1, 7, 32)
 PARITY_TOLERANCE = 1e-4
@@ -172,28 +190,85 @@ class ExportResult:
     report: Report
 
 
-def export_to_repository(
+def config_json(config: ModelConfig) -> dict[str, Any]:
+    """config.json as the exporter writes it, as a dict: what a new config is compared by."""
+    return json.loads(config.model_dump_json(exclude_none=True))
+
+
+@dataclass
+class StagedExport:
+    """A finished repository entry (``<name>/config.json`` and ``<name>/<version>/``) in a hidden
+    folder of the repository, which the server does not read: checks on the exported graphs run there,
+    then :meth:`commit` swaps it into place (same file system, so each swap is one rename) or
+    :meth:`discard` drops it."""
+
+    root: Path  # repository/.<name>-XXXX
+    model_dir: Path  # repository/<name>: where commit() puts it
+    version: int
+    config: ModelConfig
+    parity: float  # max |ORT - PyTorch| over the graphs
+    overwrite: bool
+
+    @property
+    def path(self) -> Path:
+        """The staged version folder; its parent holds the staged config.json."""
+        return self.root / self.model_dir.name / str(self.version)
+
+    def commit(self) -> ExportResult:
+        """Swap the version folder, then config.json, into place; the old version (if any) stays whole
+        until the new one is complete. The policy is checked again here, as other runs may have
+        written since this one started (RepositoryConflict, nothing swapped)."""
+        final = self.model_dir / str(choose_version(self.model_dir, self.version, overwrite=self.overwrite))
+        check_config(self.model_dir, config_json(self.config), overwrite=self.overwrite)
+        # The same config (to rounding) stays as it is: the server's file is only touched for a change.
+        keep_config = config_matches(self.model_dir, config_json(self.config))
+        staged_config = self.path.parent / CONFIG_FILE
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        trash = None
+        if final.exists():
+            trash = self.model_dir / f".old-{self.version}-{os.getpid()}"
+            os.replace(final, trash)
+        os.replace(self.path, final)
+        if not keep_config:
+            os.replace(staged_config, self.model_dir / CONFIG_FILE)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+        report = Report.model_validate_json((final / REPORT_FILE).read_text())  # with later metrics
+        config = ModelConfig.model_validate_json((self.model_dir / CONFIG_FILE).read_text())
+        return ExportResult(path=final, config=config, report=report)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def stage_export(
     graphs: list[GraphExport],
     *,
     repository: Path,
     config_fields: dict,
     report_fields: dict,
     version: int = 1,
+    overwrite: bool = False,
     plots: dict[str, Path] | None = None,
     batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES,
     tolerance: float = PARITY_TOLERANCE,
-) -> ExportResult:
-    """Write ``repository/<name>/config.json`` and ``repository/<name>/<version>/``.
+) -> StagedExport:
+    """Export, check and write a whole repository entry into a hidden staging folder of ``repository``.
 
-    ``config_fields`` fills :class:`ModelConfig` (without ``graphs``), ``report_fields`` fills
-    :class:`Report` (without parity and sha256). ``plots`` (file name -> existing PNG) are copied
-    into the version folder. Raises ExportError when parity exceeds ``tolerance``.
+    ``config_fields`` fills :class:`ModelConfig` (without ``graphs``; the serving fields of an existing
+    config.json are kept), ``report_fields`` fills :class:`Report` (without parity and sha256).
+    ``plots`` (file name -> existing PNG) are copied into the version folder. Raises ExportError when
+    parity exceeds ``tolerance``, RepositoryConflict when the entry may not be written (see
+    training.repository_policy); then nothing is left behind.
     """
     name = config_fields["name"]
     model_dir = Path(repository) / name
+    choose_version(model_dir, version, overwrite=overwrite)  # refuse before the work, not after it
     model_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=model_dir.parent))
+    root = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=model_dir.parent))
+    staged = root / name / str(version)
     try:
+        staged.mkdir(parents=True)
         metadata = {
             "name": name,
             "description": config_fields.get("description", ""),
@@ -204,41 +279,63 @@ def export_to_repository(
         per_graph: dict[str, float] = {}
         for graph in graphs:
             file = f"{graph.role}.onnx"
-            inputs, outputs = export_graph(graph, staging / file, {**metadata, "role": graph.role})
+            inputs, outputs = export_graph(graph, staged / file, {**metadata, "role": graph.role})
             specs[graph.role] = GraphSpec(file=file, inputs=inputs, outputs=outputs)
-            per_graph[graph.role] = _parity(graph, staging / file, batch_sizes)
+            per_graph[graph.role] = _parity(graph, staged / file, batch_sizes)
         worst = max(per_graph.values())
         if worst > tolerance:
             raise ExportError(
                 f"ONNX parity {worst:.2e} exceeds {tolerance:.0e} (per graph: {per_graph}); not exported"
             )
-        config = ModelConfig(**config_fields, graphs=specs)
+        config = ModelConfig(**{**config_fields, **serving_settings(model_dir)}, graphs=specs)
+        # The full comparison, graphs included, before any further work; commit() checks again.
+        check_config(model_dir, config_json(config), overwrite=overwrite)
         for file_name, source in (plots or {}).items():
-            shutil.copyfile(source, staging / file_name)
+            shutil.copyfile(source, staged / file_name)
         report = Report(
             **report_fields,
             parity=Parity(max_abs_diff=worst, batch_sizes=list(batch_sizes), per_graph=per_graph),
-            sha256={spec.file: sha256_of(staging / spec.file) for spec in specs.values()},
+            sha256={spec.file: sha256_of(staged / spec.file) for spec in specs.values()},
             plots=sorted(plots or {}),
             versions={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
         )
-        (staging / REPORT_FILE).write_text(report.model_dump_json(indent=2, by_alias=True) + "\n")
+        (staged / REPORT_FILE).write_text(report.model_dump_json(indent=2, by_alias=True) + "\n")
+        (staged.parent / CONFIG_FILE).write_text(config.model_dump_json(indent=2, exclude_none=True) + "\n")
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return StagedExport(
+        root=root, model_dir=model_dir, version=version, config=config, parity=worst, overwrite=overwrite
+    )
 
-        # Swap the finished version folder into place, then the config; the old version (if any)
-        # stays whole until the new one is complete.
-        model_dir.mkdir(exist_ok=True)
-        final = model_dir / str(version)
-        trash = None
-        if final.exists():
-            trash = model_dir / f".old-{version}-{os.getpid()}"
-            os.replace(final, trash)
-        os.replace(staging, final)
-        config_tmp = model_dir / f".{CONFIG_FILE}.tmp"
-        config_tmp.write_text(config.model_dump_json(indent=2, exclude_none=True) + "\n")
-        os.replace(config_tmp, model_dir / CONFIG_FILE)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-        return ExportResult(path=final, config=config, report=report)
+
+def export_to_repository(
+    graphs: list[GraphExport],
+    *,
+    repository: Path,
+    config_fields: dict,
+    report_fields: dict,
+    version: int = 1,
+    overwrite: bool = False,
+    plots: dict[str, Path] | None = None,
+    batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ExportResult:
+    """Write ``repository/<name>/config.json`` and ``repository/<name>/<version>/`` (see
+    :func:`stage_export`). An existing version folder, or a config.json that differs, is replaced only
+    with ``overwrite`` (training.repository_policy.RepositoryConflict otherwise)."""
+    staged = stage_export(
+        graphs,
+        repository=repository,
+        config_fields=config_fields,
+        report_fields=report_fields,
+        version=version,
+        overwrite=overwrite,
+        plots=plots,
+        batch_sizes=batch_sizes,
+        tolerance=tolerance,
+    )
+    try:
+        return staged.commit()
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        staged.discard()

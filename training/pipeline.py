@@ -13,14 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from app.core.repository_format import REPORT_FILE, Report
+from app.core.repository_format import REPORT_FILE, ModelConfig, Report
 from training import plots
-from training.data import DatasetBundle, load_dataset
-from training.export import ExportResult, export_to_repository
+from training.data import DataError, DatasetBundle, load_dataset
+from training.export import config_json, stage_export
 from training.objectives import Measured, Run, objective_for
-from training.recipes import Recipe
+from training.recipes import Recipe, check_bars
 from training.registry import build_model, model_config_class
-from training.sequence_data import SEQUENCE_DATASETS, load_sequence_dataset
+from training.repository_policy import check_config, choose_version, served_model
+from training.sequence_data import SEQUENCE_DATASETS, all_datasets, load_sequence_dataset
 from training.trainer import (
     TrainConfig,
     TrainResult,
@@ -45,7 +46,8 @@ class RunOptions:
     limit: int | None = None
     repository: Path = Path("models")
     runs_dir: Path = Path("runs")
-    version: int = 1
+    version: int | None = None  # None: the next version (training.repository_policy.choose_version)
+    overwrite: bool = False  # replace an existing version folder / a config.json that differs
     resume: Path | None = None
 
 
@@ -55,8 +57,10 @@ class RunSummary:
     metrics: dict[str, float]
     parity: float | None
     seconds: float
-    path: Path | None
-    failed_bars: list[str]
+    path: Path | None  # the version folder written; None when nothing was exported
+    failed_bars: list[str]  # the bars missed, with the values: "test_accuracy=0.91 (>= 0.97)"
+    # Set when a missed bar kept the model out of the repository: the served version that meets its bars.
+    kept_version: int | None = None
 
 
 def _model_kwargs(recipe: Recipe, bundle: DatasetBundle, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +97,8 @@ def _context_length(recipe: Recipe, overrides: dict[str, Any]) -> int:
 def _load_data(recipe: Recipe, opts: RunOptions, seed: int) -> tuple[str, DatasetBundle]:
     """The recipe's dataset, or the one ``opts`` asks for; returns its name and its splits."""
     dataset = opts.dataset or recipe.dataset
+    if dataset not in all_datasets():
+        raise DataError(f"unknown dataset {dataset!r}; known datasets: {', '.join(all_datasets())}")
     if dataset in SEQUENCE_DATASETS:
         overrides = {**recipe.model_overrides, **opts.model_overrides}
         context = _context_length(recipe, overrides)
@@ -190,30 +196,28 @@ def _add_metrics(version_dir: Path, metrics: dict[str, float]) -> None:
     tmp.replace(path)
 
 
-def _summary(
-    recipe: Recipe, metrics: dict[str, float], result: TrainResult, export: ExportResult
-) -> RunSummary:
-    failed = [
-        str(bar) for bar in recipe.quality if bar.metric in metrics and not bar.passes(metrics[bar.metric])
-    ]
-    return RunSummary(
-        recipe=recipe.name,
-        metrics=metrics,
-        parity=export.report.parity.max_abs_diff,
-        seconds=result.seconds,
-        path=export.path,
-        failed_bars=failed,
-    )
+def _config_preview(fields: dict[str, Any]) -> dict[str, Any]:
+    """config.json as the exporter will write it, less the graphs (known only once exported)."""
+    preview = config_json(ModelConfig(**fields, graphs={}))
+    del preview["graphs"]
+    return preview
 
 
 # ---------------------------------------------------------------------------------------- the run
 
 
 def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = None) -> RunSummary:
-    """Train (or load ``checkpoint``), evaluate, plot and export one recipe."""
+    """Train (or load ``checkpoint``), evaluate, plot and export one recipe.
+
+    Where the model may go (training.repository_policy) is settled before any training: the version
+    folder, then config.json (all but the graphs, which are compared at export). A model that misses a
+    quality bar is exported only where no served version meets the bars; else ``path`` is None.
+    """
     ctx = init_distributed()
     objective = objective_for(recipe)
     train_cfg = TrainConfig(**{**dataclasses.asdict(recipe.train), **opts.train_overrides})
+    model_dir = opts.repository / recipe.name
+    version = choose_version(model_dir, opts.version, overwrite=opts.overwrite)
 
     # Data, then the model it sizes (or the one a checkpoint describes).
     dataset, bundle = _load_data(recipe, opts, train_cfg.seed)
@@ -239,6 +243,11 @@ def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = No
         checkpoint_meta=meta,
         resume_from=opts.resume,
     )
+    # config.json depends on the data and the model's config, not on its weights: refuse a change to
+    # it now rather than after a long training.
+    check_config(
+        model_dir, _config_preview(objective.config_fields(run)), overwrite=opts.overwrite, ignore=("graphs",)
+    )
 
     # (Pre-)training: a resumed run continues from weights that were already pre-trained.
     if state is not None:
@@ -250,7 +259,8 @@ def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = No
     if not ctx.is_main:
         return RunSummary(recipe.name, {}, None, result.seconds, None, [])
 
-    # Held-out metrics and plots, the repository entry, then what only the exported graphs can show.
+    # Held-out metrics and plots, the repository entry (staged), then what only the exported graphs
+    # can show (some bars are measured there), then the quality gate, then the swap into place.
     metrics, pictures = objective.evaluate(run)
     recorded, curves = _training_record(result, out, recipe.name)
     metrics.update(recorded)
@@ -259,19 +269,36 @@ def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = No
     if result.stopped_early:
         notes.append("early stopping ended training")
     notes += objective.notes(run)
-    export = export_to_repository(
+    staged = stage_export(
         model.graphs(),
         repository=opts.repository,
-        version=opts.version,
+        version=version,
+        overwrite=opts.overwrite,
         config_fields=objective.config_fields(run),
         report_fields=_report_fields(recipe, meta, train_cfg, result, metrics, notes),
         plots=pictures,
     )
-    checked = objective.check_export(run, export.path)
-    if checked:
-        _add_metrics(export.path, checked)
-        metrics.update(checked)
-    return _summary(recipe, metrics, result, export)
+    try:
+        checked = objective.check_export(run, staged.path)
+        if checked:
+            _add_metrics(staged.path, checked)
+            metrics.update(checked)
+        missed = [str(r) for r in check_bars(recipe.quality, metrics) if not r.ok]
+        # A model that misses a bar never takes the place of a served one that meets them all.
+        served = served_model(model_dir, recipe.quality) if missed else None
+        kept = served.version if served is not None and served.passes else None
+        path = staged.commit().path if kept is None else None
+    finally:
+        staged.discard()
+    return RunSummary(
+        recipe=recipe.name,
+        metrics=metrics,
+        parity=staged.parity,
+        seconds=result.seconds,
+        path=path,
+        failed_bars=missed,
+        kept_version=kept,
+    )
 
 
 def summary_table(summaries: list[RunSummary], total_seconds: float | None = None) -> str:
@@ -296,6 +323,8 @@ def summary_table(summaries: list[RunSummary], total_seconds: float | None = Non
         shown = ", ".join(f"{k}={s.metrics[k]:.4g}" for k in keys if not k.endswith("_loss"))
         parity = f"{s.parity:.1e}" if s.parity is not None else "-"
         bars = "FAIL: " + "; ".join(s.failed_bars) if s.failed_bars else "ok"
+        if s.kept_version is not None:
+            bars += f"; not exported (version {s.kept_version} meets the bars)"
         lines.append(f"| {s.recipe} | {shown} | {parity} | {s.seconds:.0f} | {bars} |")
     if total_seconds is not None:
         lines.append(f"\nwhole build: {total_seconds:.0f} s")

@@ -31,6 +31,28 @@ class QualityBar:
 
 
 @dataclass(frozen=True)
+class BarResult:
+    """One quality bar judged on a model's metrics; a metric the model did not report misses its bar."""
+
+    bar: QualityBar
+    value: float | None
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None and self.bar.passes(self.value)
+
+    def __str__(self) -> str:
+        value = "missing" if self.value is None else f"{self.value:.4g}"
+        return f"{self.bar.metric}={value} ({self.bar.op} {self.bar.threshold:g})"
+
+
+def check_bars(bars: tuple[QualityBar, ...], metrics: dict[str, float]) -> list[BarResult]:
+    """How ``metrics`` (a run's, or a report.json's) meet ``bars``: the one judgement that training,
+    the quality gate on exports and ``verify`` share."""
+    return [BarResult(bar, metrics.get(bar.metric)) for bar in bars]
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     model: str  # registry builder name

@@ -14,12 +14,24 @@ import torch
 from torch.utils.data import TensorDataset
 
 from training.bert_data import scrambled_words_bundle
-from training.data import DataError, DatasetBundle
+from training.data import DataError, DatasetBundle, dataset_summaries
 from training.dates import date_tokenizer, make_date_bundle
 from training.sequence_tasks import make_order_task, order_task_tokenizer
 from training.text import CharTokenizer, load_corpus
 
-SEQUENCE_DATASETS = ("order-task", "dates", "corpus", "scrambled-words")
+# Name -> one line for `python -m training list`.
+SEQUENCE_DATASETS: dict[str, str] = {
+    "order-task": "generated token sequences: which of A/B and of C/D comes first (4 classes)",
+    "dates": "human-written dates -> ISO 8601 (pairs for the encoder-decoder)",
+    "corpus": "next-character windows of Python's pydoc topics (or --data-root: a UTF-8 text file)",
+    "scrambled-words": "pydoc text vs the same text with its words' inner letters scrambled (2 classes)",
+}
+
+
+def all_datasets() -> dict[str, str]:
+    """Every dataset a run accepts (``--dataset``), name -> one line: the image/tensor ones of
+    training.data, then the token-input ones here."""
+    return {**dataset_summaries(), **SEQUENCE_DATASETS}
 
 
 def _order_task(seed: int, limit: int | None, n_train: int = 4000) -> DatasetBundle:

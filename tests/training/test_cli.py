@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +92,7 @@ def test_export_of_checkpoint_and_resume(zoo, tmp_path):
         str(tmp_path / "r"),
         "--limit",
         "64",
+        "--experiment",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "m" / "mlp-digits" / "1" / "model.onnx").is_file()
@@ -110,6 +113,7 @@ def test_train_one_recipe_with_overrides(tmp_path):
         str(tmp_path / "m"),
         "--runs",
         str(tmp_path / "r"),
+        "--experiment",  # two steps miss the bar
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "m" / "mlp-digits" / "1" / "report.json").read_text())
@@ -117,11 +121,18 @@ def test_train_one_recipe_with_overrides(tmp_path):
     assert report["train_config"]["optimizer"] == "sgd"
 
 
+DATASETS = ("digits", "digits28", "shapes", "mnist", "cifar10", "image-folder")
+SEQUENCE_DATASETS = ("order-task", "dates", "scrambled-words", "corpus")
+
+
 def test_list_shows_recipes_models_and_datasets():
     proc = run_cli("list")
     assert proc.returncode == 0
-    for word in ("lenet5-digits", "dcgan-digits", "resnet20", "vit", "shapes", "mnist"):
+    for word in ("lenet5-digits", "dcgan-digits", "resnet20", "vit"):
         assert word in proc.stdout
+    listed = proc.stdout.split("datasets")[-1]
+    for name in DATASETS + SEQUENCE_DATASETS:  # one line each, with what it holds
+        assert any(line.split()[:1] == [name] and len(line.split()) > 3 for line in listed.splitlines()), name
 
 
 @pytest.mark.parametrize(
@@ -216,3 +227,138 @@ def test_sample_uses_the_kv_cache_graph_and_matches_pytorch(zoo):
 
     sampled = [run_cli(*args, "--seed", seed).stdout for seed in ("1", "1", "2")]
     assert sampled[0] == sampled[1] and sampled[0] != sampled[2]
+
+
+# ------------------------------------------------------------------ where a run's model goes (versions)
+
+ROOT_MODELS = Path(__file__).resolve().parents[2] / "models"  # the committed zoo: only ever copied
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by relative path, with its bytes (hidden staging folders too)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _train(repo: Path, runs: Path, *extra: str):
+    return run_cli("train", "mlp-digits", *TINY, "--out", str(repo), "--runs", str(runs), *extra)
+
+
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory):
+    """mlp-digits trained twice into an empty repository, without --version: versions 1 then 2.
+    Tiny runs miss the 0.97 bar, but nothing there meets it: both are exported."""
+    root = tmp_path_factory.mktemp("versions")
+    repo = root / "models"
+    first = _train(repo, root / "runs")
+    after_first = _files(repo)
+    second = _train(repo, root / "runs", "--experiment")
+    return {"repo": repo, "first": first, "second": second, "after_first": after_first}
+
+
+def test_runs_without_version_write_the_next_one(two_versions):
+    repo, first, second = two_versions["repo"], two_versions["first"], two_versions["second"]
+    # A missed bar with nothing better there: exported, and exit 1 (0 with --experiment), one line each.
+    assert first.returncode == 1 and second.returncode == 0, second.stderr[-3000:]
+    for proc, kind in ((first, "error: "), (second, "note (--experiment): ")):
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(kind), proc.stderr
+        assert "test_accuracy=" in lines[0] and "(>= 0.97)" in lines[0] and "exported" in lines[0]
+        assert "torchvision" not in proc.stderr  # the exporter's notice about an unused extra is gone
+    assert "mlp-digits/1 " in first.stdout and "mlp-digits/2 " in second.stdout
+    model_dir = repo / "mlp-digits"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2", "config.json"]
+    assert not [p for p in repo.iterdir() if p.name.startswith(".")]  # no staging folder left
+    # Version 1 and the shared config.json are untouched, byte for byte.
+    before = two_versions["after_first"]
+    after = _files(repo)
+    assert {k: v for k, v in after.items() if not k.startswith("mlp-digits/2/")} == before
+
+
+def test_an_existing_version_needs_overwrite(two_versions, tmp_path):
+    repo = tmp_path / "models"
+    shutil.copytree(two_versions["repo"], repo)
+    before = _files(repo)
+    started = time.perf_counter()
+    line = _one_error_line(_train(repo, tmp_path / "runs", "--version", "1"))
+    assert "mlp-digits/1 already exists" in line and "--overwrite" in line and "version 3" in line
+    assert _files(repo) == before
+    # Refused before any data is loaded or run folder made: no training happened.
+    assert not (tmp_path / "runs").exists() and time.perf_counter() - started < 30
+
+
+def test_overwrite_replaces_the_version(two_versions, tmp_path):
+    repo = tmp_path / "models"
+    shutil.copytree(two_versions["repo"], repo)
+    before = _files(repo)
+    proc = _train(repo, tmp_path / "runs", "--version", "1", "--overwrite", "--experiment")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((repo / "mlp-digits" / "1" / "report.json").read_text())
+    assert "--overwrite" in report["command"]
+    after = _files(repo)
+    assert after["mlp-digits/1/report.json"] != before["mlp-digits/1/report.json"]
+    assert {k: v for k, v in after.items() if k.startswith("mlp-digits/2/")} == {
+        k: v for k, v in before.items() if k.startswith("mlp-digits/2/")
+    }
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (["--limit", "32"], "preprocessing"),  # another training split: another input normalisation
+        (["--dataset", "digits28"], "preprocessing"),  # another input size
+    ],
+)
+def test_a_config_change_needs_overwrite(two_versions, tmp_path, change, field):
+    repo = tmp_path / "models"
+    shutil.copytree(two_versions["repo"], repo)
+    before = _files(repo)
+    args = [a for a in TINY if a not in ("--limit", "64")] + change
+    proc = run_cli("train", "mlp-digits", *args, "--out", str(repo), "--runs", str(tmp_path / "runs"))
+    line = _one_error_line(proc)
+    assert f"differs in {field}" in line and "--out runs/models" in line and "--overwrite" in line
+    assert _files(repo) == before
+    assert not (tmp_path / "runs" / "mlp-digits" / "checkpoints").exists()  # refused before training
+
+
+@pytest.fixture
+def passing_repo(tmp_path):
+    """A repository holding a copy of the committed mlp-digits, which meets its bar (never the
+    committed folder itself)."""
+    repo = tmp_path / "models"
+    shutil.copytree(ROOT_MODELS / "mlp-digits", repo / "mlp-digits")
+    return repo
+
+
+@pytest.mark.parametrize("experiment, code", [([], 1), (["--experiment"], 0)])
+def test_a_missed_bar_never_supersedes_a_passing_version(passing_repo, tmp_path, experiment, code):
+    before = _files(passing_repo)
+    runs = tmp_path / "runs"
+    # No --limit: the committed model was trained on the whole split, so the config.json is the same.
+    args = [a for a in TINY if a not in ("--limit", "64")]
+    proc = run_cli("train", "mlp-digits", *args, "--out", str(passing_repo), "--runs", str(runs), *experiment)
+    assert proc.returncode == code, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "misses its quality bar: test_accuracy=" in lines[0], proc.stderr
+    assert "not exported" in lines[0] and "mlp-digits/1 meets its bars" in lines[0]
+    checkpoint = runs / "mlp-digits" / "checkpoints" / "last.pt"
+    assert f"python -m training export {checkpoint} --out {runs / 'models'}" in lines[0]
+    assert _files(passing_repo) == before  # no version 2, no staging folder, config untouched
+    assert checkpoint.is_file() and (runs / "mlp-digits" / "curves.png").is_file()
+
+
+def test_build_checks_every_version_before_training(passing_repo, tmp_path):
+    before = _files(passing_repo)
+    proc = run_cli(
+        "build",
+        "--only",
+        "lenet5-digits,mlp-digits",
+        "--version",
+        "1",
+        *TINY,
+        "--out",
+        str(passing_repo),
+        "--runs",
+        str(tmp_path / "runs"),
+    )
+    assert "mlp-digits/1 already exists" in _one_error_line(proc)
+    assert _files(passing_repo) == before and not (tmp_path / "runs").exists()  # lenet5 never trained
