@@ -1,22 +1,27 @@
-# syntax=docker/dockerfile:1
-#
 # Images of the inference server. Targets:
 #
 #   serve (default, last stage)  CPU image: python:3.11-slim + `.[serve]` (onnxruntime, no torch) +
 #                                app/ + the committed models/.
-#       docker build -t deepserve .
+#       DOCKER_BUILDKIT=1 docker build -t deepserve .
 #   gpu                          CUDA image: nvidia/cuda runtime + cuDNN + `.[gpu]` (onnxruntime-gpu).
-#       docker build --target gpu -t deepserve:gpu .
+#       DOCKER_BUILDKIT=1 docker build --target gpu -t deepserve:gpu .
 #       docker run --gpus all -p 8000:8000 deepserve:gpu
 #   build-models                 rebuilds the model repository from scratch with torch (`.[train]`,
 #                                `python -m training build`); only built when asked for.
-#       docker build --target build-models -t deepserve:models .
-#       docker build --build-arg MODELS_FROM=built -t deepserve .   # serve image with rebuilt models
+#       DOCKER_BUILDKIT=1 docker build --target build-models -t deepserve:models .
+#       DOCKER_BUILDKIT=1 docker build --build-arg MODELS_FROM=built -t deepserve .   # serve image with rebuilt models
 #
 # By default (MODELS_FROM=context) the serve and gpu images take models/ from the build context: the
 # model repository is committed, so a clean checkout builds without torch. BuildKit (the default
-# builder of Docker >= 23 and of `docker compose`) skips the stages a target does not need, so the
-# torch stage is never built unless MODELS_FROM=built or --target build-models asks for it.
+# builder of Docker >= 23 and of `docker compose`; DOCKER_BUILDKIT=1 on older clients) skips the stages
+# a target does not need, so the torch stage is never built unless MODELS_FROM=built or --target
+# build-models asks for it. The legacy builder would build every stage above the target, torch's too.
+# No `# syntax=` line: the builder's own Dockerfile frontend is used, so nothing is pulled to parse this.
+#
+# Base images are build arguments (PYTHON_IMAGE, CUDA_IMAGE). Where no registry is reachable,
+# scripts/make_base_images.sh makes local stand-ins from Debian packages and prints the arguments.
+# Layers go from the least to the most often changed: dependencies (pyproject.toml only), user,
+# models, then app/, so that a code change rebuilds only the last two layers.
 #
 # Settings are SERVE_* environment variables (app/settings.py); override them with `docker run -e`.
 
@@ -36,10 +41,12 @@ WORKDIR /build
 # Only pyproject.toml: this layer is rebuilt when the dependencies change, not when the code does.
 # setuptools wants the file named by `readme`, so an empty stand-in takes README.md's place here.
 COPY pyproject.toml ./
+# The dependencies' own test suites (numpy's, 17 MB) are never run in the image: dropped.
 RUN python -m venv /opt/venv \
     && touch README.md \
     && /opt/venv/bin/pip install --no-cache-dir ".[serve]" \
-    && /opt/venv/bin/pip uninstall --yes deepserve
+    && /opt/venv/bin/pip uninstall --yes deepserve \
+    && find /opt/venv -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} +
 
 # --------------------------------------------------------------------------------------------------
 # build-models: torch + the training package; trains and exports the default zoo into /build/models.
@@ -91,17 +98,19 @@ COPY pyproject.toml ./
 RUN python3.11 -m venv /opt/venv \
     && touch README.md \
     && /opt/venv/bin/pip install --no-cache-dir ".[gpu]" \
-    && /opt/venv/bin/pip uninstall --yes deepserve
+    && /opt/venv/bin/pip uninstall --yes deepserve \
+    && find /opt/venv -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} +
 RUN groupadd --system --gid 10001 serve \
     && useradd --system --uid 10001 --gid serve --no-log-init --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin serve
 WORKDIR /srv
-COPY app/ /srv/app/
 COPY --from=models /models/ /srv/models/
+COPY app/ /srv/app/
 RUN /opt/venv/bin/python -m compileall -q /srv/app
 ENV PATH=/opt/venv/bin:$PATH \
     SERVE_MODEL_REPOSITORY=/srv/models \
     SERVE_DEVICE=cuda \
+    SERVE_SHUTDOWN_GRACE_S=8 \
     SERVE_VERIFY_SHA256=true \
     SERVE_WARMUP=true \
     SERVE_HOST=0.0.0.0 \
@@ -109,7 +118,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=4).status != 200)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('SERVE_PORT', '8000'), timeout=4).status != 200)"]
 CMD ["python", "-m", "app"]
 
 # --------------------------------------------------------------------------------------------------
@@ -125,13 +134,16 @@ RUN groupadd --system --gid 10001 serve \
         --home-dir /nonexistent --shell /usr/sbin/nologin serve
 COPY --from=serve-deps /opt/venv /opt/venv
 WORKDIR /srv
-COPY app/ /srv/app/
 COPY --from=models /models/ /srv/models/
+COPY app/ /srv/app/
 # Bytecode compiled at build time: the user cannot write __pycache__ next to root-owned sources.
 RUN /opt/venv/bin/python -m compileall -q /srv/app
+# SERVE_SHUTDOWN_GRACE_S: in-flight requests get 8 s after SIGTERM, inside `docker stop`'s 10 s before
+# SIGKILL (the server's own default, 30 s, would be cut short there). Kubernetes sets its own.
 ENV PATH=/opt/venv/bin:$PATH \
     SERVE_MODEL_REPOSITORY=/srv/models \
     SERVE_DEVICE=cpu \
+    SERVE_SHUTDOWN_GRACE_S=8 \
     SERVE_VERIFY_SHA256=true \
     SERVE_WARMUP=true \
     SERVE_HOST=0.0.0.0 \
@@ -140,7 +152,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 EXPOSE 8000
 # /health/ready answers 200 once loading finished and at least one model is ready, 503 before; urlopen
-# raises on the 503, which exits non-zero as well.
+# raises on the 503, which exits non-zero as well. The probe follows SERVE_PORT (host networking, -e).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=4).status != 200)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('SERVE_PORT', '8000'), timeout=4).status != 200)"]
 CMD ["python", "-m", "app"]
