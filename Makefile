@@ -21,14 +21,24 @@ run: $(PY)
 		$(PY) -m pip install -q -e '.[train,serve]' && $(PY) -m training build --skip-existing --out $(MODELS); }
 	SERVE_MODEL_REPOSITORY=$(MODELS) SERVE_HOST=$(HOST) SERVE_PORT=$(PORT) $(PY) -m app
 
-# Whole test suite, with lint and the import contracts, after installing what tests need.
+# Whole test suite, with lint and the import contracts, after installing what tests need. Then, as
+# their own step, the image tests on a real Docker engine (tests/deploy, marker docker): they start
+# dockerd when none runs (as root; through sudo otherwise, asked for once here) and stop it by its PID,
+# make the base images' stand-ins when the official images cannot be had, build and run the images.
+# Debian's docker.io, docker-compose (1.29) and debootstrap are installed when missing.
 test: $(PY)
 	@command -v promtool >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q prometheus; }
+	@PATH="$$PATH:/usr/sbin:/sbin"; missing=; \
+	for p in dockerd:docker.io docker-compose:docker-compose debootstrap:debootstrap; do \
+		command -v $${p%%:*} >/dev/null || missing="$$missing $${p#*:}"; done; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; }
 	$(PY) -m pip install -q -e '.[train,serve,dev]'
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m 'not docker'
+	@[ -z "$(SUDO)" ] || $(SUDO) -v
+	$(PY) -m pytest -q -m docker tests/deploy
 
 # The training side (torch, onnx, scikit-learn, matplotlib) beside the server. Where pip would take
 # torch's CUDA wheels and no GPU is wanted: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu

@@ -19,6 +19,7 @@
 # Fails (exit 1, with the reason) when no engine can be had: dockerd not installed (`make test`
 # installs docker.io), an engine running that this user cannot reach, or neither root nor sudo.
 set -euo pipefail
+PATH=$PATH:/usr/sbin:/sbin # dockerd, debootstrap and chroot live there, outside a user's PATH
 
 die() { echo "docker_engine.sh: $*" >&2; exit 1; }
 
@@ -64,9 +65,11 @@ start)
     fi
     [ "${sudo[0]:-}" != none ] || die "dockerd needs root: run as root or with sudo"
     rm -f "$state/users"/*
-    # Detached (setsid): a Ctrl-C of the test run reaches the tests, whose teardown calls `stop`.
+    # Detached (setsid): a Ctrl-C of the test run reaches the tests, whose teardown calls `stop`. Without
+    # the lock's descriptor (9>&-), which dockerd would otherwise hold for its whole life.
+    # shellcheck disable=SC2016 # $1..$3 are the inner shell's arguments
     "${sudo[@]}" setsid sh -c 'dockerd --group "$1" --bridge=none --iptables=false --ip-forward=false \
-        >"$2" 2>&1 </dev/null & echo $! >"$3"' sh "$(id -g)" "$log" "$pidfile" \
+        >"$2" 2>&1 </dev/null & echo $! >"$3"' sh "$(id -g)" "$log" "$pidfile" 9>&- \
         || die "could not start dockerd (when not root: sudo without a password prompt, e.g. after sudo -v)"
     pid=$(cat "$pidfile")
     for _ in $(seq 120); do

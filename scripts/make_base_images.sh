@@ -34,6 +34,7 @@
 #
 # Needs root for debootstrap (itself when root, else sudo), debootstrap, and a reachable Debian mirror.
 set -euo pipefail
+PATH=$PATH:/usr/sbin:/sbin # dockerd, debootstrap and chroot live there, outside a user's PATH
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
@@ -71,9 +72,11 @@ if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo -n); fi
 arg_default() { sed -n "s/^ARG $1=//p" "$ROOT/Dockerfile" | head -1; }
 official_python=$(arg_default PYTHON_IMAGE)
 official_cuda=$(arg_default CUDA_IMAGE)
+# shellcheck disable=SC2016 # the ${...} is the compose file's text, not this shell's
 official_prometheus=$(sed -n 's/^ *image: \${PROMETHEUS_IMAGE:-\(.*\)}$/\1/p' "$ROOT/docker-compose.yml" | head -1)
-[ -n "$official_python" ] && [ -n "$official_cuda" ] && [ -n "$official_prometheus" ] \
-    || die "could not read the base image names from Dockerfile and docker-compose.yml"
+if [ -z "$official_python" ] || [ -z "$official_cuda" ] || [ -z "$official_prometheus" ]; then
+    die "could not read the base image names from Dockerfile and docker-compose.yml"
+fi
 
 local_debian=deepserve-local/debian:$suite
 local_python=deepserve-local/python:3.11-$suite

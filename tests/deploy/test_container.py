@@ -289,7 +289,7 @@ def test_a_code_change_rebuilds_only_the_last_layers(serve_image: str, base_imag
         assert same.ran("serve-deps") == [] and same.ran("serve") == [], same.log[-3000:]
 
         with (context / "app" / "server.py").open("a") as f:
-            f.write("# a change\n")
+            f.write(f"# a change never built before: {time.time_ns()}\n")  # else cached from the last run
         changed = build("serve", tag_changed, args, context=context)
         steps = changed.step_lines("serve")
         assert changed.ran("serve-deps") == [], "the dependency layer was rebuilt"
