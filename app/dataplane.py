@@ -148,6 +148,22 @@ class DataPlane:
 # ------------------------------------------------------------------------------------------- generation
 
 
+def check_max_new_tokens(
+    value: int | None, defaults: GenerationDefaults, limit: int, where: str = "max_new_tokens"
+) -> int:
+    """A request's token budget (the model's default when not given), within [1, limit]."""
+    max_new = value if value is not None else defaults.max_new_tokens
+    if not 1 <= max_new <= limit:
+        raise InvalidInput(f"{where} must be in [1, {limit}]; got {max_new}", param=where)
+    return max_new
+
+
+def _through_eos(ids: np.ndarray, eos_id: int) -> list[int]:
+    """A search's row: its ids up to and including the first eos (the padding after it dropped)."""
+    out = np.asarray(ids).tolist()
+    return out[: out.index(eos_id) + 1] if eos_id in out else out
+
+
 class SearchCancelled(Exception):
     """A seq2seq search whose client went away stops at its next graph call."""
 
@@ -204,48 +220,62 @@ class GenerationPlane:
 
     # ---------------------------------------------------------------- language models
 
+    def encode_prompt(
+        self, mv: ModelVersion, prompt: str, map_unknown: bool, where: str = "prompt"
+    ) -> list[int]:
+        """A language model's prompt as token ids: not empty, within the context (characters first:
+        the prompt may be megabytes), inside the vocabulary (codecs.check_vocabulary)."""
+        if not prompt:
+            raise InvalidInput(f"{where} is empty", param=where)
+        block = mv.generator.block_size
+        if len(prompt) >= block:
+            raise InvalidInput(
+                f"{where} is {len(prompt)} characters; the model's context is {block}", param=where
+            )
+        codecs.check_vocabulary(mv.tokenizer, prompt, where, map_unknown)
+        ids = mv.tokenizer.encode(prompt)
+        if len(ids) >= block:
+            raise InvalidInput(f"{where} is {len(ids)} tokens; the model's context is {block}", param=where)
+        return ids
+
+    def check_top_k(self, mv: ModelVersion, top_k: int) -> int:
+        vocab = mv.tokenizer.vocab_size
+        if top_k > vocab:
+            raise InvalidInput(f"top_k is {top_k}; the model's vocabulary has {vocab} tokens", param="top_k")
+        return top_k
+
     def start_text(self, mv: ModelVersion, request: BaseModel) -> tuple[Sequence, int]:
         """Validate and queue a text generation; returns the sequence and the prompt length."""
         defaults = mv.config.generation or GenerationDefaults()
-        tokenizer = mv.tokenizer
-        if not request.prompt:
-            raise InvalidInput("prompt is empty")
-        block = mv.generator.block_size
-        if len(request.prompt) >= block:  # before encoding: the prompt may be megabytes
-            raise InvalidInput(f"prompt is {len(request.prompt)} characters; the model's context is {block}")
-        codecs.check_vocabulary(tokenizer, request.prompt, "prompt", request.map_unknown)
-        ids = tokenizer.encode(request.prompt)
-        if len(ids) >= block:
-            raise InvalidInput(f"prompt is {len(ids)} tokens; the model's context is {block}")
+        ids = self.encode_prompt(mv, request.prompt, request.map_unknown)
         max_new = self._max_new_tokens(request, defaults, self.settings.max_new_tokens)
-        stop = self._stop_strings(request)
-        top_k = request.top_k if request.top_k is not None else (defaults.top_k or 0)
-        if top_k > tokenizer.vocab_size:
-            raise InvalidInput(f"top_k is {top_k}; the model's vocabulary has {tokenizer.vocab_size} tokens")
+        stop = self.stop_strings(request.stop)
+        top_k = self.check_top_k(mv, request.top_k if request.top_k is not None else (defaults.top_k or 0))
         params = SamplingParams(
             temperature=request.temperature if request.temperature is not None else defaults.temperature,
             top_k=top_k,
             top_p=request.top_p if request.top_p is not None else (defaults.top_p or 1.0),
             repetition_penalty=request.repetition_penalty,
         )
-        stopping = StoppingCriteria(max_new, stop, tokenizer.eos_id)
+        stopping = StoppingCriteria(max_new, stop, mv.tokenizer.eos_id)
         seq = mv.generator.submit(ids, params, stopping, request.seed, request.stream)
         return seq, len(ids)
 
     def _max_new_tokens(self, request, defaults: GenerationDefaults, limit: int) -> int:
-        max_new = request.max_new_tokens if request.max_new_tokens is not None else defaults.max_new_tokens
-        if not 1 <= max_new <= limit:
-            raise InvalidInput(f"max_new_tokens must be in [1, {limit}]; got {max_new}")
-        return max_new
+        return check_max_new_tokens(request.max_new_tokens, defaults, limit)
 
-    def _stop_strings(self, request) -> tuple[str, ...]:
-        stop = request.stop
-        if len(stop) > self.settings.max_stop_strings:
-            raise InvalidInput(f"stop has {len(stop)} strings; at most {self.settings.max_stop_strings}")
+    def stop_strings(self, stop: list[str], where: str = "stop") -> tuple[str, ...]:
+        settings = self.settings
+        if len(stop) > settings.max_stop_strings:
+            raise InvalidInput(
+                f"{where} has {len(stop)} strings; at most {settings.max_stop_strings}", param=where
+            )
         if any(not s for s in stop):
-            raise InvalidInput("stop strings must not be empty")
-        if any(len(s) > self.settings.max_stop_length for s in stop):
-            raise InvalidInput(f"stop strings must be at most {self.settings.max_stop_length} characters")
+            raise InvalidInput(f"{where} strings must not be empty", param=where)
+        if any(len(s) > settings.max_stop_length for s in stop):
+            raise InvalidInput(
+                f"{where} strings must be at most {settings.max_stop_length} characters", param=where
+            )
         return tuple(stop)
 
     @staticmethod
@@ -287,22 +317,50 @@ class GenerationPlane:
 
     async def translate(self, mv: ModelVersion, request: BaseModel) -> dict[str, Any]:
         defaults = mv.config.generation or GenerationDefaults()
+        ids = self.encode_input(mv, request.input, request.map_unknown)
+        max_new = self._max_new_tokens(request, defaults, self.max_output_tokens(mv))
+        beams = self.check_beams(request.num_beams or defaults.num_beams)
+        tok = mv.tokenizer
+        if beams == 1:
+            return {"text": tok.decode((await self.search(mv, ids, max_new, 1))[0][0]), "beams": None}
+        beams_out = [
+            {"text": tok.decode(out), "score": score}
+            for out, score in await self.search(mv, ids, max_new, beams)
+        ]
+        return {"text": beams_out[0]["text"], "beams": beams_out}
+
+    def encode_input(self, mv: ModelVersion, text: str, map_unknown: bool, where: str = "input") -> list[int]:
+        """A seq2seq model's input as token ids: not empty, within the model's length (characters
+        first: the input may be megabytes), inside the vocabulary."""
         pre = mv.config.preprocessing
-        if not request.input:
-            raise InvalidInput("input is empty")
-        if len(request.input) > pre.max_length:  # before encoding: the input may be megabytes
+        if not text:
+            raise InvalidInput(f"{where} is empty", param=where)
+        if len(text) > pre.max_length:
             raise InvalidInput(
-                f"input is {len(request.input)} characters; the model accepts at most {pre.max_length}"
+                f"{where} is {len(text)} characters; the model accepts at most {pre.max_length}", param=where
             )
-        codecs.check_vocabulary(mv.tokenizer, request.input, "input", request.map_unknown)
-        ids = mv.tokenizer.encode(request.input, eos=pre.add_eos)
+        codecs.check_vocabulary(mv.tokenizer, text, where, map_unknown)
+        ids = mv.tokenizer.encode(text, eos=pre.add_eos)
         if len(ids) > pre.max_length:
-            raise InvalidInput(f"input is {len(ids)} tokens; the model accepts at most {pre.max_length}")
-        # The decoder's positions bound the output as well as the server's own limit.
-        max_new = self._max_new_tokens(request, defaults, min(self.settings.max_new_tokens, pre.max_length))
-        beams = request.num_beams or defaults.num_beams
+            raise InvalidInput(
+                f"{where} is {len(ids)} tokens; the model accepts at most {pre.max_length}", param=where
+            )
+        return ids
+
+    def max_output_tokens(self, mv: ModelVersion) -> int:
+        """A seq2seq output's bound: the decoder's positions as well as the server's own limit."""
+        return min(self.settings.max_new_tokens, mv.config.preprocessing.max_length)
+
+    def check_beams(self, beams: int, where: str = "num_beams") -> int:
         if beams > self.settings.max_beams:
-            raise InvalidInput(f"num_beams is {beams}; at most {self.settings.max_beams}")
+            raise InvalidInput(f"{where} is {beams}; at most {self.settings.max_beams}", param=where)
+        return beams
+
+    async def search(
+        self, mv: ModelVersion, ids: list[int], max_new: int, beams: int
+    ) -> list[tuple[list[int], float | None]]:
+        """Greedy (``beams == 1``) or beam search of one checked input: each hypothesis's generated
+        ids (eos included when it ended there), best first, with its score (None for greedy)."""
         encoder, decoder = mv.runners["encoder"], mv.runners["decoder"]
         loop = asyncio.get_running_loop()
         cancelled = threading.Event()
@@ -335,13 +393,12 @@ class GenerationPlane:
             cancelled.set()
             raise
         if beams == 1:
-            return {"text": tok.decode(result[0]), "beams": None}
-        beams_out = [
-            {"text": tok.decode(ids), "score": float(score)}
-            for ids, score in zip(result.sequences[0], result.scores[0], strict=True)
+            return [(_through_eos(result[0], tok.eos_id), None)]
+        return [
+            (_through_eos(out, tok.eos_id), float(score))
+            for out, score in zip(result.sequences[0], result.scores[0], strict=True)
             if np.isfinite(score)
         ]
-        return {"text": beams_out[0]["text"], "beams": beams_out}
 
     # ---------------------------------------------------------------- images
 

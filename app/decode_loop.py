@@ -24,12 +24,13 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from app import metrics
 from app.core.kv_cache import FinishReason, KVCache
-from app.core.sampling import SamplingParams, select_next_tokens
+from app.core.sampling import SamplingParams, TokenLogprob, select_next_tokens, token_logprobs
 from app.core.tokenizer import CharTokenizer
 from app.errors import QueueFull
 from app.session import Session
@@ -58,12 +59,26 @@ class StoppingCriteria:
     def is_exhausted(self, generated: int) -> bool:
         return generated >= self.max_new_tokens
 
+    def held_back(self, text: str) -> int:
+        """How many characters at the end of ``text`` could begin a stop string: a stream holds them
+        back until the next tokens show whether the stop string follows (it is never sent), so that a
+        stream's text always equals the text the same request gets unstreamed."""
+        held = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(text)), held, -1):
+                if text.endswith(s[:k]):
+                    held = k
+                    break
+        return held
+
 
 @dataclass(frozen=True)
 class TokenText:
-    """A stream's next piece of text."""
+    """A stream's next piece of text, and the log-probabilities of the tokens it completes (when the
+    sequence asked for them)."""
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,13 @@ class GenerationLimits:
     max_cached_tokens: int = 32 * 128  # sum of active caches' lengths (bounds memory)
 
 
+class EventSink(Protocol):
+    """Where a sequence's events go on the event loop: its own queue, or one shared by the sequences
+    of a request with several choices (which tags each event with its choice)."""
+
+    def put_nowait(self, event: TokenText | Finished) -> None: ...
+
+
 @dataclass(eq=False)
 class Sequence:
     """One generation request: the decode thread's record of it, and the caller's handle
@@ -95,10 +117,17 @@ class Sequence:
     seed: int | None
     # Token events only for streams: waking a waiting request per token costs the loop a task switch.
     stream: bool = False
-    events: asyncio.Queue[TokenText | Finished] = field(default_factory=asyncio.Queue)
+    # Log-probabilities: None = off; N = the chosen token's and the N most likely ones per token.
+    logprobs: int | None = None
+    events: EventSink = field(default_factory=asyncio.Queue)
     seen: list[int] = field(default_factory=list)  # prompt + generated ids
     new: list[int] = field(default_factory=list)
     text: str = ""  # decoded generated text (cut at a stop string)
+    sent: int = 0  # characters of text handed out (a stream holds back a possible stop string's start)
+    # One entry per token whose text is handed out (the same for streamed and unstreamed requests).
+    token_logprobs: list[TokenLogprob] = field(default_factory=list)
+    # Entries of tokens not yet handed out, with the text offset each one's piece ends at.
+    pending_logprobs: list[tuple[int, TokenLogprob]] = field(default_factory=list)
     prefill: list[int] | None = None  # ids to prefill next step (None: the sequence is decoding)
     cached: int = 0  # tokens in this sequence's cache (= the position of the next token fed)
     cancelled: bool = False
@@ -125,7 +154,7 @@ class Sequence:
 
     async def text_stream(self) -> AsyncIterator[str]:
         """The generated text piece by piece (a sequence submitted with ``stream=True``), until it
-        ends; raises GenerationFailed if a step failed."""
+        ends; raises GenerationFailed if a step failed. Only for a sequence with its own queue."""
         while True:
             event = await self.events.get()
             if isinstance(event, Finished):
@@ -218,22 +247,32 @@ class TextGenerator:
         stream: bool = False,
     ) -> Sequence:
         seq = Sequence(prompt, params, stopping, seed, stream)
+        self.submit_all([seq])
+        return seq
+
+    def submit_all(self, seqs: list[Sequence]) -> None:
+        """Queue the sequences of one request together, or none of them (429 when the queue cannot
+        take them all: a request's choices are generated side by side or not at all)."""
         with self._lock:
-            if len(self._waiting) >= self.limits.max_queued_sequences:
+            if len(self._waiting) + len(seqs) > self.limits.max_queued_sequences:
                 self._rejected_full.inc()
                 raise QueueFull(
                     f"model {self.name!r} has {len(self._waiting)} generations queued; retry later"
                 )
-            self._waiting.append(seq)
+            self._waiting += seqs
             self._queued_gauge.set(len(self._waiting))
             self._wake.notify()
-        return seq
 
     def cancel(self, seq: Sequence) -> None:
         """The client went away: the decode thread drops the sequence before its next step."""
         seq.cancelled = True
         with self._lock:
             self._wake.notify()
+
+    @property
+    def pieces(self) -> list[str]:
+        """Each token id's text (empty for special tokens)."""
+        return self._pieces
 
     @property
     def active(self) -> int:
@@ -262,8 +301,8 @@ class TextGenerator:
         try:
             tokens = self._step(batch)
             self._tokens_counter.inc(len(tokens))
-            for seq, token in tokens:
-                self._deliver(seq, token)
+            for seq, token, logprob in tokens:
+                self._deliver(seq, token, logprob)
         except Exception as exc:  # a failed step ends its sequences, not the thread
             log.exception("model %s: generation step failed", self.name)
             self._reset()
@@ -290,7 +329,7 @@ class TextGenerator:
         self._queued_gauge.set(len(self._waiting))
         self._cached_gauge.set(cached)
 
-    def _deliver(self, seq: Sequence, token: int) -> None:
+    def _deliver(self, seq: Sequence, token: int, logprob: TokenLogprob | None = None) -> None:
         now = time.perf_counter()
         if seq.first_token_at is None:
             seq.first_token_at = now
@@ -298,24 +337,43 @@ class TextGenerator:
         seq.new.append(token)
         seq.seen.append(token)
         stopping = seq.stopping
-        if stopping.is_eos(token):
+        if stopping.is_eos(token):  # its text is empty and it is not reported: the text ends here
+            self._hand_out(seq, len(seq.text))
             self._finish(seq, FinishReason.EOS)
             return
         before = len(seq.text)
         seq.text += self._pieces[token]
+        if logprob is not None:
+            seq.pending_logprobs.append((len(seq.text), logprob))
         cut = stopping.stop_at(seq.text, before)
         if cut is not None:
-            if cut > before and seq.stream:
-                self._outbox.append((seq, TokenText(seq.text[before:cut])))
             seq.text = seq.text[:cut]
+            self._hand_out(seq, cut)
+            seq.pending_logprobs.clear()  # tokens of the stop string: their text is not returned
             self._finish(seq, FinishReason.STOP)
             return
-        if seq.stream:
-            self._outbox.append((seq, TokenText(seq.text[before:])))
-        if stopping.is_exhausted(len(seq.new)):
+        exhausted = stopping.is_exhausted(len(seq.new))
+        held = 0 if exhausted or not stopping.stop else stopping.held_back(seq.text)
+        self._hand_out(seq, len(seq.text) - held)
+        if exhausted:
             self._finish(seq, FinishReason.LENGTH)
         elif seq.cached >= self.block_size:  # no position left for the new token: slide the window
             seq.prefill = seq.seen[-(self.block_size // 2) :]
+
+    def _hand_out(self, seq: Sequence, upto: int) -> None:
+        """The text up to ``upto`` is final: record the log-probabilities of the tokens it completes
+        and send a stream its new part (nothing when there is nothing new)."""
+        entries: tuple[TokenLogprob, ...] = ()
+        pending = seq.pending_logprobs
+        if pending and pending[0][0] <= upto:
+            done = next((i for i, (end, _) in enumerate(pending) if end > upto), len(pending))
+            entries = tuple(entry for _, entry in pending[:done])
+            del pending[:done]
+            seq.token_logprobs += entries
+        if upto > seq.sent or entries:
+            text, seq.sent = seq.text[seq.sent : upto], upto
+            if seq.stream:
+                self._outbox.append((seq, TokenText(text, entries)))
 
     def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
         if seq.finish_reason is not None:
@@ -339,7 +397,7 @@ class TextGenerator:
         self._rows: list[Sequence] = []  # the sequence of each cache row
         self._cache = KVCache(self.session.graph)
 
-    def _step(self, batch: list[Sequence]) -> list[tuple[Sequence, int]]:
+    def _step(self, batch: list[Sequence]) -> list[tuple[Sequence, int, TokenLogprob | None]]:
         """Decode one token for every row of the batch, prefill the newcomers; returns each
         sequence's next token."""
         self._drop_departed()
@@ -387,8 +445,11 @@ class TextGenerator:
             seq.prefill, seq.cached = None, n
         return logits[np.arange(len(seqs)), np.asarray(lengths) - 1]  # (B, V): each prompt's last position
 
-    def _sample(self, seqs: list[Sequence], logits: np.ndarray) -> list[tuple[Sequence, int]]:
-        """One call per distinct sampling setting (each row keeps its own generator)."""
+    def _sample(
+        self, seqs: list[Sequence], logits: np.ndarray
+    ) -> list[tuple[Sequence, int, TokenLogprob | None]]:
+        """One call per distinct sampling setting (each row keeps its own generator); then the
+        log-probabilities of the rows that asked for them, in one call."""
         groups: dict[SamplingParams, list[int]] = {}
         for i, seq in enumerate(seqs):
             groups.setdefault(seq.params, []).append(i)
@@ -396,9 +457,19 @@ class TextGenerator:
         for params, index in groups.items():
             members = [seqs[i] for i in index]
             seen = [seq.seen for seq in members] if params.repetition_penalty != 1.0 else None
+            generated = [seq.new for seq in members] if params.counts_generated else None
             rows = logits if len(index) == len(seqs) else logits[index]
-            tokens[index] = select_next_tokens(rows, params, [seq.rng for seq in members], seen)
-        return list(zip(seqs, tokens.tolist(), strict=True))
+            tokens[index] = select_next_tokens(rows, params, [seq.rng for seq in members], seen, generated)
+        chosen = tokens.tolist()
+        logprobs: list[TokenLogprob | None] = [None] * len(seqs)
+        wanted = [i for i, seq in enumerate(seqs) if seq.logprobs is not None]
+        if wanted:
+            entries = token_logprobs(
+                logits[wanted], [chosen[i] for i in wanted], [seqs[i].logprobs for i in wanted]
+            )
+            for i, entry in zip(wanted, entries, strict=True):
+                logprobs[i] = entry
+        return list(zip(seqs, chosen, logprobs, strict=True))
 
 
 def _dispatch(events: list[tuple[Sequence, TokenText | Finished]]) -> None:

@@ -10,16 +10,25 @@ too (app/api/handlers.py), skipping FastAPI's middleware, routing and dependency
 one core, that stack took ~60% of a request's time, and a refusal under overload must cost
 microseconds. Each is admitted by its model's gate (app/admission.py) before its body is parsed.
 ``/generate`` also watches the connection: a client that goes away cancels its generation at the next
-step. Everything else
-(metadata, /metrics, /openapi.json, /docs) goes through FastAPI, and ``SERVE_DIRECT_DISPATCH=false``
-sends the inference endpoints there too.
+step. The OpenAI-compatible ``POST /v1/completions`` and ``/v1/chat/completions`` and Triton's
+``POST /v2/models/{name}[/versions/{version}]/generate[_stream]`` are dispatched the same way.
+Everything else (metadata, /metrics, /openapi.json, /docs, /v1/models) goes through FastAPI, and
+``SERVE_DIRECT_DISPATCH=false`` sends the inference endpoints there too.
+
+Both paths get, here: an ``X-Request-Id`` on every answer (the client's when it is sane, else a new
+one), the key check of the OpenAI API when ``SERVE_API_KEY`` is set (401), and errors under /v1/ in
+OpenAI's shape (app/errors.py's ``render_for``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
+import itertools
 import logging
+import re
+import secrets
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -29,14 +38,30 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app import metrics
 from app.api import handlers
-from app.api.handlers import JSON_ENDPOINTS, V2_INFER, V2_INFER_TEMPLATES, Answer, Call
-from app.errors import InferenceFailed, PayloadTooLarge, RequestTimeout, ServerBusy, ServingError, render
+from app.api.handlers import JSON_ENDPOINTS, V2_GENERATE, V2_INFER, V2_INFER_TEMPLATES, Answer, Call
+from app.errors import (
+    OPENAI_PREFIX,
+    InferenceFailed,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServerBusy,
+    ServingError,
+    Unauthorized,
+    render_for,
+)
 from app.settings import Settings
 
 log = logging.getLogger("app")
 
 # Never refused, never counted against the bound: probes and scrapes must see an overloaded server.
 UNBOUNDED_PATHS = ("/health/", "/v2/health/", "/metrics")
+# A client's X-Request-Id is echoed when it is short and printable (it ends up in logs and proxies);
+# otherwise the answer carries a new one.
+SANE_REQUEST_ID = re.compile(rb"^[\x21-\x7e]{1,128}$")
+REQUEST_ID = b"x-request-id"
+# New ids: a random prefix per process and a counter (unique, and no system call per request).
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count()
 
 
 class _Disconnected(Exception):
@@ -79,10 +104,13 @@ class Frontend:
             return
         started = time.perf_counter()
         outcome = {"status": 500, "model": "", "endpoint": "unmatched"}
+        request_id = _request_id(scope)
 
         async def send_with_status(message: Message) -> None:
             if message["type"] == "http.response.start":
                 outcome["status"] = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != REQUEST_ID]
+                message = {**message, "headers": [*headers, (REQUEST_ID, request_id)]}
             await send(message)
 
         try:
@@ -103,14 +131,25 @@ class Frontend:
             self._observe(outcome, time.perf_counter() - started)
 
     async def _bounded(self, scope: Scope, receive: Receive, send: Send, outcome: dict) -> None:
+        path = scope["path"]
         if self.draining:
             self._draining.inc()
-            await _respond(send, *render(ServerBusy("the server is shutting down; retry on another replica")))
+            refusal = ServerBusy("the server is shutting down; retry on another replica")
+            await _respond(send, *render_for(path, refusal))
             return
         if self.in_progress >= self.settings.max_concurrent_requests:
             self._busy.inc()
             message = f"the server has {self.in_progress} requests in progress, its limit; retry later"
-            await _respond(send, *render(ServerBusy(message, self.settings.retry_after_s)))
+            await _respond(send, *render_for(path, ServerBusy(message, self.settings.retry_after_s)))
+            return
+        if (
+            self.settings.api_key is not None
+            and path.startswith(OPENAI_PREFIX)
+            and not self._authorized(scope)
+        ):
+            await _respond(
+                send, *render_for(path, Unauthorized("missing or wrong API key (Authorization: Bearer)"))
+            )
             return
         self.in_progress += 1
         try:
@@ -121,7 +160,7 @@ class Frontend:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, outcome: dict) -> None:
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            await _respond(send, *render(PayloadTooLarge(self._too_large())))
+            await _respond(send, *render_for(scope["path"], PayloadTooLarge(self._too_large())))
             return
         path, method = scope["path"], scope["method"]
         if self.direct_dispatch and method == "POST":
@@ -136,6 +175,18 @@ class Frontend:
                 infer = functools.partial(handlers.infer_v2, name=match["name"], version=match["version"])
                 await self._direct(scope, receive, send, outcome, infer, False)
                 return
+            match = V2_GENERATE.match(path)
+            if match:
+                versioned = "/versions/{version}" if match["version"] is not None else ""
+                outcome["endpoint"] = f"/v2/models/{{name}}{versioned}/{match['kind']}"
+                generate = functools.partial(
+                    handlers.generate_v2,
+                    name=match["name"],
+                    version=match["version"],
+                    stream=match["kind"] == "generate_stream",
+                )
+                await self._direct(scope, receive, send, outcome, generate, True)
+                return
         await self.api(scope, self._limited(receive), send)
 
     async def _direct(
@@ -149,12 +200,13 @@ class Frontend:
             exchange = self._exchange(handler, call, send)
             await (self._until_disconnect(receive, exchange) if watch else exchange)
         except ServingError as exc:
-            await _respond(send, *render(exc))
+            await _respond(send, *render_for(scope["path"], exc))
         except _Disconnected:
             raise  # nobody to answer
         except Exception as exc:  # the FastAPI path's catch-all handler, for the direct path
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            await _respond(send, *render(InferenceFailed(f"internal error: {type(exc).__name__}")))
+            failed = InferenceFailed(f"internal error: {type(exc).__name__}")
+            await _respond(send, *render_for(scope["path"], failed))
         finally:
             outcome["model"] = call.model
 
@@ -198,6 +250,14 @@ class Frontend:
             watcher.cancel()
 
     # ---------------------------------------------------------------------------- helpers
+
+    def _authorized(self, scope: Scope) -> bool:
+        sent = _header(scope, b"authorization") or ""
+        scheme, _, key = sent.partition(" ")
+        # Constant time: the comparison must not tell a prober how much of a guess was right.
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            key.strip().encode(), self.settings.api_key.encode()
+        )
 
     def _too_large(self) -> str:
         return f"request body is larger than {self.max_body_bytes} bytes"
@@ -268,6 +328,15 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+def _request_id(scope: Scope) -> bytes:
+    for key, value in scope["headers"]:
+        if key == REQUEST_ID:
+            if SANE_REQUEST_ID.match(value):
+                return value
+            break
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}".encode()
 
 
 def _content_length(scope: Scope) -> int | None:

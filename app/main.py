@@ -16,10 +16,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from app import __version__
-from app.api import generate, models, predict, v2
+from app.api import generate, models, openai, predict, v2
 from app.api.responses import JSONResponse
+from app.completions import TextPlane
 from app.dataplane import DataPlane, GenerationPlane
-from app.errors import InferenceFailed, InvalidInput, ServingError, render, with_status
+from app.errors import InferenceFailed, InvalidInput, ServingError, render_for, with_status
 from app.frontend import Frontend
 from app.registry import Registry
 from app.settings import Settings
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Frontend:
         app.state.registry = registry
         app.state.dataplane = DataPlane(registry, settings)
         app.state.generation = GenerationPlane(registry, settings)
+        app.state.completions = TextPlane(registry, app.state.generation, settings)
         await asyncio.to_thread(registry.load_all)
         registry.start()
         # Everything allocated so far (modules, schemas, sessions) lives as long as the process: move it
@@ -78,33 +80,35 @@ def create_app(settings: Settings | None = None) -> Frontend:
     app.include_router(generate.router)
     app.include_router(models.router)
     app.include_router(v2.router)
+    app.include_router(openai.router)
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def prometheus_metrics() -> Response:
         """Prometheus text exposition of every serve_* metric (and the process's own)."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    # One rendering for every error (app/errors.py), on this path and on the front door's.
-    def error_response(exc: ServingError) -> Response:
-        status, headers, body = render(exc)
+    # One rendering for every error (app/errors.py), on this path and on the front door's; under /v1/
+    # in OpenAI's shape.
+    def error_response(request: Request, exc: ServingError) -> Response:
+        status, headers, body = render_for(request.url.path, exc)
         return Response(body, status, {k.decode(): v.decode() for k, v in headers[1:]}, "application/json")
 
     @app.exception_handler(ServingError)
     async def serving_error(request: Request, exc: ServingError) -> Response:
-        return error_response(exc)
+        return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(InvalidInput(_validation_message(exc)))
+        return error_response(request, InvalidInput(_validation_message(exc)))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return error_response(with_status(str(exc.detail), exc.status_code, exc.headers))
+        return error_response(request, with_status(str(exc.detail), exc.status_code, exc.headers))
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(InferenceFailed(f"internal error: {type(exc).__name__}"))
+        return error_response(request, InferenceFailed(f"internal error: {type(exc).__name__}"))
 
     return Frontend(app, settings)
 

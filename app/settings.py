@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     # Seq2seq searches running at once (each holds a worker thread between its batched graph calls);
     # also the model's admission bound, so a search never waits for a thread.
     max_concurrent_searches: int = Field(default=16, gt=0)
+    # The OpenAI-compatible API (/v1): choices per request (n times the prompts of a list), prompts
+    # per request, and when set, the key every /v1 request must send as "Authorization: Bearer <key>".
+    max_choices: int = Field(default=16, gt=0)
+    max_prompts: int = Field(default=16, gt=0)
+    api_key: str | None = None
 
     # Admission. Every request is admitted or refused before its body is parsed: per model, at most
     # batching.max_queue_size requests in progress (language models: max_active_sequences +

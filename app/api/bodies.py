@@ -80,7 +80,7 @@ def parse_body(model: type[Body], raw: bytes) -> Body:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidInput(_fields(model, exc)) from None
+        raise InvalidInput(_fields(model, exc), param=_param(exc)) from None
 
 
 def _parse_lenient(model: type[Body], raw: bytes, refused: orjson.JSONDecodeError) -> Body:
@@ -92,17 +92,32 @@ def _parse_lenient(model: type[Body], raw: bytes, refused: orjson.JSONDecodeErro
             raise BadRequest(f"request body is not valid JSON: {refused}") from None
         if any(e["type"] == "model_type" and not e["loc"] for e in errors):
             raise BadRequest("request body must be a JSON object") from None
-        raise InvalidInput(_fields(model, exc)) from None
+        raise InvalidInput(_fields(model, exc), param=_param(exc)) from None
+
+
+def _param(exc: ValidationError) -> str | None:
+    """The first refused field, as OpenAI's error ``param`` names it (``messages[0].role``)."""
+    errors = exc.errors(include_url=False)
+    if not errors or not errors[0]["loc"]:
+        return None
+    where = ""
+    for part in errors[0]["loc"]:
+        where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+    return where
 
 
 def _fields(model: type[BaseModel], exc: ValidationError) -> str:
     """Every refused field and why; a field sent by its old name says its new one (``renamed``)."""
     renamed: dict[str, str] = getattr(model, "renamed", {})
+    # A schema may say why it refuses unknown fields (the OpenAI bodies: "not supported").
+    unknown: str | None = getattr(model, "unknown_field", None)
 
     def why(error: Any) -> str:
         where = ".".join(str(p) for p in error["loc"])
         if error["type"] == "extra_forbidden" and where in renamed:
             return f"{where}: renamed {renamed[where]}"
+        if error["type"] == "extra_forbidden" and unknown:
+            return f"{where}: {unknown}"
         return f"{where or 'body'}: {error['msg']}"
 
     return "; ".join(why(e) for e in exc.errors(include_url=False))

@@ -21,7 +21,8 @@ import orjson
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
-from app.api.bodies import admitted, check_json_size, refuse_simple_media, require_json
+from app.api.bodies import admitted, check_json_size, parse_body, refuse_simple_media, require_json
+from app.api.openai_schemas import ChatRequest, CompletionRequest, V2GenerateRequest
 from app.api.schemas import GenerateRequest, PredictRequest
 from app.registry import check_version
 
@@ -29,6 +30,11 @@ JSON = b"application/json"
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 V2_INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 V2_INFER_TEMPLATES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
+# Triton's generate extension: the same body at both, one answer or Server-Sent Events.
+V2_GENERATE = re.compile(
+    r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/(?P<kind>generate|generate_stream)$"
+)
+V2_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 
 
 @dataclass
@@ -101,14 +107,15 @@ async def predict(state: Any, call: Call) -> Answer:
     return _json_answer(result)
 
 
-async def generate(state: Any, call: Call) -> Answer:
-    """POST /generate; a streamed text generation keeps its slot until its stream is closed."""
+async def _generation(state: Any, call: Call, schema: type, run: Callable[[Any], Awaitable[Any]]) -> Answer:
+    """A generating endpoint whose body names its model: admitted, parsed, run; a streamed answer
+    keeps its slot until its stream is closed."""
     raw = _json_body(call, state.generation.settings.max_json_bytes)
     admission = AsyncExitStack()
     try:
-        body, _ = await admission.enter_async_context(admitted(state.registry, GenerateRequest, raw))
+        body, _ = await admission.enter_async_context(admitted(state.registry, schema, raw))
         call.model = body.model
-        result = await state.generation.generate(body)
+        result = await run(body)
     except BaseException:
         await admission.aclose()
         raise
@@ -116,6 +123,40 @@ async def generate(state: Any, call: Call) -> Answer:
         await admission.aclose()
         return _json_answer(result)
     return Answer(headers=list(SSE_HEADERS), stream=result, _admission=admission)
+
+
+async def generate(state: Any, call: Call) -> Answer:
+    """POST /generate."""
+    return await _generation(state, call, GenerateRequest, state.generation.generate)
+
+
+async def completions(state: Any, call: Call) -> Answer:
+    """POST /v1/completions (OpenAI)."""
+    return await _generation(state, call, CompletionRequest, state.completions.completions)
+
+
+async def chat_completions(state: Any, call: Call) -> Answer:
+    """POST /v1/chat/completions (OpenAI)."""
+    return await _generation(state, call, ChatRequest, state.completions.chat)
+
+
+async def generate_v2(state: Any, call: Call, name: str, version: str | None, stream: bool) -> Answer:
+    """POST /v2/models/{name}[/versions/{version}]/generate[_stream] (Triton's generate extension):
+    the model is in the path, so the gate is passed before the body is parsed."""
+    raw = _json_body(call, state.generation.settings.max_json_bytes)
+    call.model = name if state.registry.has(name) else ""
+    admission = AsyncExitStack()
+    try:
+        admission.enter_context(await state.registry.gate(name).admit(len(raw)))
+        body = parse_body(V2GenerateRequest, raw)
+        result = await state.completions.v2_generate(name, check_version(version), body, stream)
+    except BaseException:
+        await admission.aclose()
+        raise
+    if isinstance(result, dict):
+        await admission.aclose()
+        return _json_answer(result)
+    return Answer(headers=list(V2_SSE_HEADERS), stream=result, _admission=admission)
 
 
 async def infer_v2(state: Any, call: Call, name: str, version: str | None) -> Answer:
@@ -140,4 +181,6 @@ async def infer_v2(state: Any, call: Call, name: str, version: str | None) -> An
 JSON_ENDPOINTS: dict[str, tuple[Handler, bool]] = {
     "/predict": (predict, False),
     "/generate": (generate, True),
+    "/v1/completions": (completions, True),
+    "/v1/chat/completions": (chat_completions, True),
 }

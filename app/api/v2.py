@@ -8,7 +8,9 @@ from fastapi import APIRouter, Header, Request, Response
 
 from app import __version__
 from app.api import handlers
+from app.api.bodies import documented_body
 from app.api.deps import RegistryDep, mark_model
+from app.api.openai_schemas import V2GenerateRequest, V2GenerateResponse
 from app.api.responses import JSONResponse
 from app.api.schemas import (
     ERROR_RESPONSES,
@@ -152,3 +154,54 @@ async def infer(
     """Run the model's graph on V2 tensors (JSON data or the binary extension)."""
     call = handlers.Call(request.headers, await request.body())
     return (await handlers.infer_v2(request.app.state, call, name, version)).response()
+
+
+_GENERATE_RESPONSES = {
+    **ERROR_RESPONSES,
+    200: {
+        "model": V2GenerateResponse,
+        "description": (
+            "generate: one JSON object. generate_stream: text/event-stream, one `data: {model_name, "
+            "model_version, text_output}` event per piece of text, the last with finish_reason; an error "
+            'after the first event is an event `data: {"error": ...}`.'
+        ),
+        "content": {
+            "text/event-stream": {
+                "schema": {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
+            }
+        },
+    },
+}
+_GENERATE_BODY = documented_body(V2GenerateRequest)
+
+
+async def _generate(request: Request, registry: Registry, name: str, version: str | None, stream: bool):
+    call = handlers.Call(request.headers, await request.body())
+    try:
+        return (await handlers.generate_v2(request.app.state, call, name, version, stream)).response()
+    finally:
+        mark_model(request, call.model, registry)
+
+
+@router.post("/models/{name}/generate", responses=_GENERATE_RESPONSES, openapi_extra=_GENERATE_BODY)
+@router.post(
+    "/models/{name}/versions/{version}/generate", responses=_GENERATE_RESPONSES, openapi_extra=_GENERATE_BODY
+)
+async def generate(
+    name: str, request: Request, registry: RegistryDep, version: str | None = None
+) -> Response:
+    """Triton's generate extension: text_input and parameters in, text_output out."""
+    return await _generate(request, registry, name, version, False)
+
+
+@router.post("/models/{name}/generate_stream", responses=_GENERATE_RESPONSES, openapi_extra=_GENERATE_BODY)
+@router.post(
+    "/models/{name}/versions/{version}/generate_stream",
+    responses=_GENERATE_RESPONSES,
+    openapi_extra=_GENERATE_BODY,
+)
+async def generate_stream(
+    name: str, request: Request, registry: RegistryDep, version: str | None = None
+) -> Response:
+    """The same as generate, as Server-Sent Events."""
+    return await _generate(request, registry, name, version, True)

@@ -175,7 +175,7 @@ def generate(
         else:
             logits, *entries = session.run(cache.output_names, cache.feeds(np.array([[seen[-1]]])))
             cache.append(entries)
-        token = int(select_next_tokens(logits[:, -1], params, rng, [seen])[0])
+        token = int(select_next_tokens(logits[:, -1], params, rng, [seen], [new])[0])
         new.append(token)
         seen.append(token)
         if eos_id is not None and token == eos_id:

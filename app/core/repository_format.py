@@ -105,6 +105,23 @@ class GenerationDefaults(_Strict):
     num_beams: int = Field(default=1, gt=0)
 
 
+class ChatTemplate(_Strict):
+    """How the OpenAI-compatible chat endpoint turns messages into a language model's prompt: each
+    message as ``message`` with ``{role}`` and ``{content}`` replaced (plain replacement, not
+    ``str.format``: braces in a message stay text), joined, then ``assistant_prefix``, after which the
+    model writes the answer. The defaults are the documented template for models trained without one
+    (plain text, like gpt-corpus)."""
+
+    message: str = Field(default="{role}: {content}\n", pattern=r"\{content\}")
+    assistant_prefix: str = "assistant: "
+
+    def render(self, messages: list[tuple[str, str]]) -> str:
+        parts = [
+            self.message.replace("{role}", role).replace("{content}", content) for role, content in messages
+        ]
+        return "".join(parts) + self.assistant_prefix
+
+
 class Batching(_Strict):
     max_batch_size: int = Field(default=32, gt=0)
     # Counted from the oldest queued request; an idle pool dispatches a lone request at once.
@@ -133,6 +150,8 @@ class ModelConfig(_Strict):
     postprocessing: ImagePostprocessing | None = None
     labels: list[str] | None = None
     generation: GenerationDefaults | None = None
+    # Optional: models without one get ChatTemplate()'s defaults at /v1/chat/completions.
+    chat_template: ChatTemplate | None = None
     batching: Batching = Batching()
     instances: Instances = Instances()
 

@@ -1,8 +1,10 @@
-"""Next-token selection from language-model logits: greedy, temperature, top-k, top-p, repetition penalty.
+"""Next-token selection from language-model logits: greedy, temperature, top-k, top-p, repetition,
+presence and frequency penalties; and the log-probabilities a response reports.
 
 NumPy only (the serving image has no torch). The order of operations is the one of Hugging Face's
-``generate``: repetition penalty -> temperature -> top-k -> top-p -> draw. Temperature 0 means
-greedy (argmax after the repetition penalty; top-k and top-p cannot change an argmax).
+``generate``, with OpenAI's additive penalties after the repetition penalty (as vLLM applies them):
+repetition penalty -> presence/frequency penalties -> temperature -> top-k -> top-p -> draw.
+Temperature 0 means greedy (argmax after the penalties; top-k and top-p cannot change an argmax).
 
 Determinism: every row draws exactly one uniform number from its generator per call, so the same
 seed gives the same text. Give one ``np.random.Generator`` per row (a request's own, seeded from
@@ -25,6 +27,15 @@ class SamplingParams:
     # CTRL (Keskar et al., 2019): divide positive logits of already-seen tokens by it, multiply
     # negative ones; 1 = off, ~1.1-1.3 discourages loops.
     repetition_penalty: float = 1.0
+    # OpenAI's additive penalties, over the tokens generated so far (not the prompt):
+    # logit[j] -= frequency_penalty * count[j] + presence_penalty * (count[j] > 0); 0 = off.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    @property
+    def counts_generated(self) -> bool:
+        """Whether selection needs each row's generated tokens."""
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.temperature) or self.temperature < 0:
@@ -35,6 +46,9 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1]; got {self.top_p!r}")
         if not np.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be a number > 0; got {self.repetition_penalty!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not np.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number; got {getattr(self, name)!r}")
 
 
 def apply_repetition_penalty(
@@ -49,6 +63,47 @@ def apply_repetition_penalty(
         if ids.size:
             values = row[ids]
             row[ids] = np.where(values > 0, values / penalty, values * penalty)
+    return out
+
+
+def apply_presence_frequency_penalties(
+    logits: np.ndarray, generated: Sequence[Sequence[int]], presence: float, frequency: float
+) -> np.ndarray:
+    """(B, V) logits minus OpenAI's penalties: ``frequency * count + presence * (count > 0)`` per
+    token, counted over each row's generated tokens."""
+    out = np.array(logits, dtype=np.float64)
+    vocab = out.shape[1]
+    for row, tokens in zip(out, generated, strict=True):
+        if len(tokens):
+            counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab)[:vocab]
+            row -= frequency * counts + presence * (counts > 0)
+    return out
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64 (finite logits)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+# One token's log-probability and the ``top`` most likely (token, log-probability) pairs.
+TokenLogprob = tuple[int, float, tuple[tuple[int, float], ...]]
+
+
+def token_logprobs(logits: np.ndarray, tokens: Sequence[int], top: Sequence[int]) -> list[TokenLogprob]:
+    """For each row: the chosen token's log-probability under the model (the log-softmax of its raw
+    logits, before penalties and temperature: what the model says, as OpenAI and vLLM report it),
+    and the row's ``top[i]`` most likely tokens, most likely first."""
+    logp = log_softmax(logits)  # (B, V)
+    out = []
+    for row, token, n in zip(logp, tokens, top, strict=True):
+        best: tuple[tuple[int, float], ...] = ()
+        if n > 0:
+            ids = np.argpartition(-row, n - 1)[:n] if n < len(row) else np.arange(len(row))
+            ids = ids[np.argsort(-row[ids], kind="stable")]
+            best = tuple((int(i), float(row[i])) for i in ids)
+        out.append((int(token), float(row[token]), best))
     return out
 
 
@@ -89,10 +144,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def next_token_distribution(
-    logits: np.ndarray, params: SamplingParams, previous_tokens: Sequence[Sequence[int]] | None = None
+    logits: np.ndarray,
+    params: SamplingParams,
+    previous_tokens: Sequence[Sequence[int]] | None = None,
+    generated_tokens: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
     """(B, V) probabilities that :func:`select_next_tokens` samples from (temperature > 0)."""
-    z = _penalised(logits, params, previous_tokens) / params.temperature
+    z = _penalised(logits, params, previous_tokens, generated_tokens) / params.temperature
     z = top_p_filter(top_k_filter(z, params.top_k), params.top_p)
     return softmax(z)
 
@@ -102,20 +160,23 @@ def select_next_tokens(
     params: SamplingParams,
     rng: np.random.Generator | Sequence[np.random.Generator] | None = None,
     previous_tokens: Sequence[Sequence[int]] | None = None,
+    generated_tokens: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
     """Next token id per row, (B,) int64, from ``logits`` (B, V).
 
     ``rng``: one generator for the whole batch (rows draw in order) or one per row; not needed for
-    greedy. ``previous_tokens``: per row, the ids seen so far (prompt and output), for the penalty.
+    greedy. ``previous_tokens``: per row, the ids seen so far (prompt and output), for the repetition
+    penalty; ``generated_tokens``: per row, the output so far, for the presence/frequency penalties.
     """
     logits = np.asarray(logits)
     if logits.ndim != 2 or logits.shape[1] == 0:
         raise ValueError(f"logits must have shape (batch, vocab) with vocab >= 1; got {logits.shape}")
     if params.temperature == 0:
-        return np.argmax(_penalised(logits, params, previous_tokens), axis=-1).astype(np.int64)
+        penalised = _penalised(logits, params, previous_tokens, generated_tokens)
+        return np.argmax(penalised, axis=-1).astype(np.int64)
     if rng is None:
         raise ValueError("sampling with temperature > 0 needs a np.random.Generator")
-    probs = next_token_distribution(logits, params, previous_tokens)  # (B, V)
+    probs = next_token_distribution(logits, params, previous_tokens, generated_tokens)  # (B, V)
     batch = logits.shape[0]
     if isinstance(rng, np.random.Generator):
         uniforms = rng.random(batch)  # (B,)
@@ -132,8 +193,16 @@ def select_next_tokens(
 
 
 def _penalised(
-    logits: np.ndarray, params: SamplingParams, previous_tokens: Sequence[Sequence[int]] | None
+    logits: np.ndarray,
+    params: SamplingParams,
+    previous_tokens: Sequence[Sequence[int]] | None,
+    generated_tokens: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
-    if previous_tokens is None or params.repetition_penalty == 1.0:
-        return np.asarray(logits, dtype=np.float64)
-    return apply_repetition_penalty(logits, previous_tokens, params.repetition_penalty)
+    out = np.asarray(logits, dtype=np.float64)
+    if previous_tokens is not None and params.repetition_penalty != 1.0:
+        out = apply_repetition_penalty(out, previous_tokens, params.repetition_penalty)
+    if generated_tokens is not None and params.counts_generated:
+        out = apply_presence_frequency_penalties(
+            out, generated_tokens, params.presence_penalty, params.frequency_penalty
+        )
+    return out
