@@ -234,16 +234,22 @@ class TextPlane:
             )
         return new if new is not None else old
 
-    def _stop(self, stop: str | list[str] | None) -> tuple[str, ...]:
-        return self.generation.stop_strings([stop] if isinstance(stop, str) else list(stop or []))
+    def _stop(self, stop: str | list[str] | None, where: str = "stop") -> tuple[str, ...]:
+        return self.generation.stop_strings([stop] if isinstance(stop, str) else list(stop or []), where)
 
     def text_job(
-        self, mv: ModelVersion, body: BaseModel, prompts: list[list[int]], logprobs: int | None
+        self,
+        mv: ModelVersion,
+        body: BaseModel,
+        prompts: list[list[int]],
+        logprobs: int | None,
+        prefix: str = "",
     ) -> TextJob:
-        """The sampling, stopping and budget of a language-model request; every bound checked."""
+        """The sampling, stopping and budget of a language-model request; every bound checked.
+        ``prefix``: where the fields are in the body (V2's "parameters.")."""
         defaults = mv.config.generation or GenerationDefaults()
         max_new = check_max_new_tokens(
-            self._max_tokens(body), defaults, self.settings.max_new_tokens, "max_tokens"
+            self._max_tokens(body), defaults, self.settings.max_new_tokens, f"{prefix}max_tokens"
         )
         self._limits(len(prompts), body.n)
         block = mv.generator.block_size
@@ -263,7 +269,7 @@ class TextPlane:
             presence_penalty=body.presence_penalty or 0.0,
             frequency_penalty=body.frequency_penalty or 0.0,
         )
-        stopping = StoppingCriteria(max_new, self._stop(body.stop), mv.tokenizer.eos_id)
+        stopping = StoppingCriteria(max_new, self._stop(body.stop, f"{prefix}stop"), mv.tokenizer.eos_id)
         return TextJob(prompts, body.n, params, stopping, body.seed, logprobs)
 
     def token_strings(self, mv: ModelVersion) -> list[str]:
@@ -564,7 +570,7 @@ class TextPlane:
         if params.num_beams not in (None, 1):
             raise InvalidInput("parameters.num_beams applies to seq2seq models; a language model samples")
         ids = [self.generation.encode_prompt(mv, body.text_input, params.map_unknown, "text_input")]
-        job = self.text_job(mv, params, ids, None)
+        job = self.text_job(mv, params, ids, None, "parameters.")
         choices = Choices(mv, job, stream)
         if stream:
             return EventStream(self._stream_v2(choices, head), choices)

@@ -95,6 +95,9 @@ def _parse_lenient(model: type[Body], raw: bytes, refused: orjson.JSONDecodeErro
         raise InvalidInput(_fields(model, exc), param=_param(exc)) from None
 
 
+UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
 def _param(exc: ValidationError) -> str | None:
     """The first refused field, as OpenAI's error ``param`` names it (``messages[0].role``)."""
     errors = exc.errors(include_url=False)
@@ -102,8 +105,10 @@ def _param(exc: ValidationError) -> str | None:
         return None
     where = ""
     for part in errors[0]["loc"]:
+        if isinstance(part, str) and (part in UNION_MEMBERS or "[" in part):
+            continue  # pydantic names the member of a union it tried ("str", "list[str]"): no field
         where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
-    return where
+    return where or None
 
 
 def _fields(model: type[BaseModel], exc: ValidationError) -> str:
