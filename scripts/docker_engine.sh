@@ -9,7 +9,8 @@
 # and never stops it. Otherwise it starts Debian's dockerd as root (itself when root, else through sudo
 # -n: dockerd needs root), its socket group set to this user's group so that the tests reach it without
 # sudo, and records its PID. `stop` stops that dockerd by its PID once no other live process that
-# called `start` still uses it. State (PID, users, dockerd's log) in ${DEEPSERVE_ENGINE_STATE:-/tmp/deepserve-docker-engine}.
+# called `start` still uses it. State (PID, users, dockerd's log): /tmp/deepserve-docker-engine-<uid>
+# (DEEPSERVE_ENGINE_STATE).
 #
 # The dockerd started here creates no docker0 bridge, no iptables rules and leaves ip_forward alone
 # (--bridge=none --iptables=false --ip-forward=false): the tests run every container and build on the
@@ -19,14 +20,14 @@
 # Fails (exit 1, with the reason) when no engine can be had: dockerd not installed (`make test`
 # installs docker.io), an engine running that this user cannot reach, or neither root nor sudo.
 set -euo pipefail
-PATH=$PATH:/usr/sbin:/sbin # dockerd, debootstrap and chroot live there, outside a user's PATH
+PATH=$PATH:/usr/sbin:/sbin # dockerd lives there, outside a user's PATH
 
 die() { echo "docker_engine.sh: $*" >&2; exit 1; }
 
 [ $# -eq 2 ] || die "usage: $0 start|stop PID"
 action=$1
 user=$2
-state=${DEEPSERVE_ENGINE_STATE:-/tmp/deepserve-docker-engine}
+state=${DEEPSERVE_ENGINE_STATE:-/tmp/deepserve-docker-engine-$(id -u)}
 mkdir -p "$state/users"
 pidfile=$state/dockerd.pid
 log=$state/dockerd.log

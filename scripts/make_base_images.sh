@@ -96,7 +96,7 @@ current() { # present with the label of this recipe
 pulled() {
     [ "$pull" = 1 ] || return 1
     say "trying docker pull $1"
-    timeout 600 "$docker" pull -q "$1" >/dev/null 2>&1
+    timeout 300 "$docker" pull -q "$1" >/dev/null 2>&1
 }
 
 remade=0

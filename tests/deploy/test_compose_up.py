@@ -29,7 +29,9 @@ from tests.deploy.engine import ROOT, TEST_LABEL, docker, figure, wait_ready
 from tests.deploy.prom import query, wait_for
 from tests.deploy.test_docker import compose_binary
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# The first test of a run also waits for the session's base images and serve build (cold: a few
+# minutes on a slow mirror), inside its own timeout.
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
