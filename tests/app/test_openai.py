@@ -412,3 +412,38 @@ def test_v2_generate_and_stream(live, reference) -> None:
         ):
             r = http.post(path, json=payload)
             assert r.status_code == status and word in r.json()["error"], r.text
+
+
+def test_fastapi_path_and_a_models_own_chat_template(tmp_path) -> None:
+    """SERVE_DIRECT_DISPATCH=false: the same handlers behind FastAPI's routes; and a chat_template in
+    config.json (the optional repository field) replaces the default."""
+    repo = copy_models(tmp_path / "models", (GPT,))
+    config_path = repo / GPT / "config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = {"message": "<{role}> {content}\n", "assistant_prefix": "> "}
+    config_path.write_text(json.dumps(config))
+    with LiveServer(Settings(model_repository=repo, direct_dispatch=False)) as server:
+        c = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        body = {
+            "model": GPT,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 20,
+            "temperature": 0,
+        }
+        chat = c.chat.completions.create(**body)
+        same = c.completions.create(model=GPT, prompt="<user> Hi\n> ", max_tokens=20, temperature=0)
+        assert chat.choices[0].message.content == same.choices[0].text
+        assert chat.usage.prompt_tokens == len("<user> Hi\n> ")
+        streamed = "".join(
+            ch.choices[0].delta.content or "" for ch in c.chat.completions.create(**body, stream=True)
+        )
+        assert streamed == same.choices[0].text
+        with pytest.raises(openai.BadRequestError, match="n="):
+            c.completions.create(model=GPT, prompt="x", n=99)
+        with server.client() as http:
+            r = http.post(
+                f"/v2/models/{GPT}/generate", json={"text_input": "The ", "parameters": {"max_tokens": 5}}
+            )
+            assert r.status_code == 200 and r.headers["x-request-id"]
+            r = http.post("/v1/completions", json={"model": GPT, "prompt": "x", "tools": []})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
