@@ -23,7 +23,7 @@ run: $(PY)
 
 # Whole test suite, with lint and the import contracts, after installing what tests need. Then, as
 # their own step, the image tests on a real Docker engine (tests/deploy, marker docker): they start
-# dockerd when none runs (as root; through sudo otherwise, asked for once here) and stop it by its PID,
+# dockerd when none answers (as root; else through sudo, asked for once here) and stop it by its PID,
 # make the base images' stand-ins when the official images cannot be had, build and run the images.
 # Debian's docker.io, docker-compose (1.29) and debootstrap are installed when missing.
 test: $(PY)
@@ -37,7 +37,7 @@ test: $(PY)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m 'not docker'
-	@[ -z "$(SUDO)" ] || $(SUDO) -v
+	@docker info >/dev/null 2>&1 || [ -z "$(SUDO)" ] || $(SUDO) -v
 	$(PY) -m pytest -q -m docker tests/deploy
 
 # The training side (torch, onnx, scikit-learn, matplotlib) beside the server. Where pip would take
