@@ -205,7 +205,11 @@ def answer_keys(body: bytes) -> set[str]:
     """Every key at any depth of a JSON answer, or of each Server-Sent Event."""
     text = body.decode()
     documents = (
-        [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+        [
+            json.loads(line[6:])
+            for line in text.splitlines()
+            if line.startswith("data: ") and line != "data: [DONE]"
+        ]
         if text.startswith("data: ")
         else [json.loads(text)]
     )
