@@ -161,8 +161,15 @@ def test_compose_up_serves_and_prometheus_scrapes_it(
 
         running = compose("ps", "-q").stdout.split()
         assert len(running) == 2, compose("ps").stdout  # api and prometheus, no grafana
-        states = [json.loads(docker("inspect", c).stdout)[0]["State"] for c in running]
-        assert all(s["Running"] for s in states), states
+        containers = {
+            c["Config"]["Labels"]["com.docker.compose.service"]: c
+            for c in json.loads(docker("inspect", *running).stdout)
+        }
+        assert all(c["State"]["Running"] for c in containers.values()), containers
+        # The file's deploy.resources.limits reach the engine (v2 and 1.29 alike): 2 CPUs, 2 GB.
+        limits = containers["api"]["HostConfig"]
+        assert (limits["NanoCpus"], limits["Memory"]) == (2 * 10**9, 2 * 2**30), limits
+        assert containers["api"]["State"]["Health"]["Status"] == "healthy"  # prometheus waited for it
 
         body = json.dumps({"model": "mlp-digits", "inputs": [[0.25] * 64]}).encode()
         for _ in range(5):
