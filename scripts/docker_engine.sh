@@ -97,6 +97,9 @@ stop)
         rm -f "$other" # a run that died without `stop`
     done
     pid=$(cat "$pidfile")
+    # Bounded disk: build cache nobody used for 3 days goes (each dependency change adds ~1 GB of
+    # layers); the images (the base images' stand-ins) and the recent cache stay.
+    "$docker" builder prune --force --filter until=72h >/dev/null 2>&1 || true
     "${sudo[@]}" kill -TERM "$pid"
     # dockerd stops its containers (10 s each at most) and its containerd before exiting.
     for _ in $(seq 120); do
