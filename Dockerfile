@@ -38,7 +38,7 @@ FROM ${PYTHON_IMAGE} AS serve-deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /build
-# Only pyproject.toml: this layer is rebuilt when the dependencies change, not when the code does.
+# Only pyproject.toml: this layer is rebuilt when that file changes (any edit of it), never for code.
 # setuptools wants the file named by `readme`, so an empty stand-in takes README.md's place here.
 COPY pyproject.toml ./
 # The dependencies' own test suites (numpy's, 17 MB) are never run in the image: dropped.
@@ -88,7 +88,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 # Ubuntu's archive keeps only the newest build of a package, so exact apt pins break the build as
-# soon as a security update lands; the CUDA_IMAGE tag is the pin that matters here.
+# soon as a security update lands; the CUDA_IMAGE tag is the pin that matters here. Debian 12 names the
+# two packages alike, so the Debian stand-in of scripts/make_base_images.sh runs this stage unchanged.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends python3.11 python3.11-venv \
