@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from ports import free_port  # bench/ports.py, beside this script
+from ports import start_server  # bench/ports.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "gpt-corpus"
@@ -38,7 +38,9 @@ MODEL_DIR = ROOT / "models" / "gpt-corpus"
 
 def in_process(new_tokens: int, stream_tokens: int) -> dict[str, float]:
     """Runs itself pinned to one core and returns tokens/s of each in-process measurement."""
-    code = f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); from bench import generate_bench as g; "
+    # The child imports this file as a module; its sibling bench/ports.py must be on its path too.
+    code = f"import sys, json; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'bench')!r}]; "
+    code += "from bench import generate_bench as g; "
     code += f"print(json.dumps({{**g._kv_vs_recompute({new_tokens}), **g._graph_scaling({stream_tokens})}}))"
     out = subprocess.run(
         ["taskset", "-c", "1", sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -141,25 +143,6 @@ def _graph_scaling(new_tokens: int) -> dict[str, float]:
         result[f"{key}_batch16_tokens_per_s"] = statistics.median(sixteen for _, sixteen in rounds)
         result[f"{key}_scaling"] = statistics.median(sixteen / one for one, sixteen in rounds)
     return result
-
-
-def start_server(extra_env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
-    env.update({"SERVE_INSTANCES": "1", "SERVE_INTRA_OP_THREADS": "1", **extra_env})
-    command = ["taskset", "-c", "1", sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
 
 
 def load(urls: dict[str, str], new_tokens: int, rounds: int) -> dict:

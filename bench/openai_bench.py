@@ -19,36 +19,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from ports import free_port  # bench/ports.py, beside this script
+from ports import start_server  # bench/ports.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAMS = 16
-
-
-def start_server() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
-    env.update({"SERVE_INSTANCES": "1", "SERVE_INTRA_OP_THREADS": "1"})
-    command = ["taskset", "-c", "1", sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
 
 
 def candidates(tokens: int) -> dict[str, tuple[str, dict]]:
