@@ -17,6 +17,11 @@ hands slots out oldest first, so none starves. At most ``max_waiting`` requests 
 model, and their bodies hold less than ``max_waiting_bytes`` over all models; beyond either, 429 at
 once.
 
+Gates also tell when a replaced model version may stop (app/registry.py): each ticket carries the
+gate's epoch at admission; the registry swaps versions, advances the epoch, and waits
+(:meth:`Gate.drained`) until every request admitted in an earlier epoch (which may have picked the old
+version) has been answered.
+
 Gates run on the event loop only, so they need no lock.
 """
 
@@ -42,15 +47,18 @@ class WaitingRoom:
 class Ticket:
     """One admitted request's slot; released once, at the end of its ``with`` block or earlier."""
 
-    __slots__ = ("_gate",)
+    __slots__ = ("_epoch", "_gate")
 
     def __init__(self, gate: Gate) -> None:
         self._gate: Gate | None = gate
+        self._epoch = gate.epoch
+        gate._epochs[self._epoch] = gate._epochs.get(self._epoch, 0) + 1
 
     def release(self) -> None:
         gate, self._gate = self._gate, None
         if gate is not None:
             gate._release()
+            gate._leave(self._epoch)
 
     def __enter__(self) -> Ticket:
         return self
@@ -82,6 +90,9 @@ class Gate:
         self.waiting = 0  # waiting for a slot
         self.holding = 0  # refused, held until their 429 is due
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.epoch = 0
+        self._epochs: dict[int, int] = {}  # epoch -> admitted requests not yet answered
+        self._drainers: list[tuple[int, asyncio.Future]] = []
         # Created now, at 0: a series born with its first event loses that event to rate().
         self._rejected = metrics.REJECTED.labels(model, "admission")
 
@@ -133,6 +144,44 @@ class Gate:
                 slot.set_result(None)
                 return
         self.held -= 1
+
+    def advance(self) -> int:
+        """Start a new epoch (after the registry swapped versions); returns it."""
+        self.epoch += 1
+        return self.epoch
+
+    def _leave(self, epoch: int) -> None:
+        left = self._epochs[epoch] - 1
+        if left:
+            self._epochs[epoch] = left
+            return
+        del self._epochs[epoch]
+        pending = []
+        for before, future in self._drainers:
+            if future.done():
+                continue
+            if self._busy_before(before):
+                pending.append((before, future))
+            else:
+                future.set_result(None)
+        self._drainers = pending
+
+    def _busy_before(self, epoch: int) -> bool:
+        return any(e < epoch for e in self._epochs)
+
+    async def drained(self, epoch: int, timeout_s: float) -> bool:
+        """Wait until every request admitted before ``epoch`` has been answered (streams included);
+        False when ``timeout_s`` passed first."""
+        if not self._busy_before(epoch):
+            return True
+        future = asyncio.get_running_loop().create_future()
+        self._drainers.append((epoch, future))
+        try:
+            async with asyncio.timeout(timeout_s):
+                await future
+        except TimeoutError:
+            return False
+        return True
 
     def _refusal(self) -> QueueFull:
         self._rejected.inc()

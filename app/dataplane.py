@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel
 
-from app import codecs
+from app import codecs, logs
 from app import v2_tensors as v2
 from app.core.decoding import beam_search, greedy_decode
 from app.core.repository_format import GenerationDefaults
@@ -69,6 +69,16 @@ class DataPlane:
     async def predict(self, request: BaseModel) -> dict[str, Any]:
         """POST /predict for its parsed body (app/api/schemas.py's PredictRequest)."""
         mv = self.registry.get(request.model, request.version)
+        started = time.perf_counter_ns()
+        try:
+            result = await self._predict(mv, request)
+        except BaseException:
+            mv.stats.record(False, time.perf_counter_ns() - started)
+            raise
+        mv.stats.record(True, time.perf_counter_ns() - started)
+        return result
+
+    async def _predict(self, mv: ModelVersion, request: BaseModel) -> dict[str, Any]:
         config = mv.config
         kind = predict_kind(mv)
         refuse_other_kinds_fields(PREDICT, request, kind, mv.name)
@@ -135,6 +145,18 @@ class DataPlane:
         self, model: str, version: int | None, body: bytes, header_length: str | None
     ) -> tuple[bytes, int | None]:
         mv = self.registry.get(model, version)
+        started = time.perf_counter_ns()
+        try:
+            answer = await self._infer_v2(mv, body, header_length)
+        except BaseException:
+            mv.stats.record(False, time.perf_counter_ns() - started)
+            raise
+        mv.stats.record(True, time.perf_counter_ns() - started)
+        return answer
+
+    async def _infer_v2(
+        self, mv: ModelVersion, body: bytes, header_length: str | None
+    ) -> tuple[bytes, int | None]:
         header, binary = v2.parse_body(body, header_length, self.settings.max_json_bytes)
         runner = mv.runner()
         feeds = v2.decode_inputs(header, binary, runner.graph, self.v2_limits)
@@ -142,7 +164,9 @@ class DataPlane:
             v2.check_token_inputs(feeds, mv.tokenizer.vocab_size, mv.config.preprocessing.max_length)
         chosen = v2.requested_outputs(header, runner.graph)
         results = await run_rows(runner, feeds)
-        return v2.encode_response(mv.name, mv.version, header.get("id"), results, chosen)
+        # The protocol's id: the client's, else this request's X-Request-Id (the same in the logs).
+        request_id = header.get("id") or logs.request_id()
+        return v2.encode_response(mv.name, mv.version, request_id, results, chosen)
 
 
 # ------------------------------------------------------------------------------------------- generation

@@ -97,6 +97,13 @@ class Unauthorized(ServingError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(ServingError):
+    """A part of the API that this server's configuration turns off (the model control API without
+    SERVE_ADMIN_TOKEN)."""
+
+    status_code = 403
+
+
 def render(exc: ServingError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """The one rendering of an error, for the front door and the FastAPI handlers: status, headers,
     ``{"error": message}``. Server faults are logged (the message is all the client sees)."""
@@ -115,6 +122,7 @@ OPENAI_PREFIX = "/v1/"
 _OPENAI_KINDS = {
     400: ("invalid_request_error", None),
     401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "forbidden"),
     404: ("invalid_request_error", "model_not_found"),
     408: ("invalid_request_error", "timeout"),
     413: ("invalid_request_error", "request_too_large"),

@@ -36,7 +36,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
-from app import metrics
+from app import logs, metrics
 from app.api import handlers
 from app.api.handlers import JSON_ENDPOINTS, V2_GENERATE, V2_INFER, V2_INFER_TEMPLATES, Answer, Call
 from app.errors import (
@@ -74,6 +74,7 @@ class Frontend:
         self.settings = settings
         self.max_body_bytes = settings.max_body_bytes
         self.direct_dispatch = settings.direct_dispatch
+        self.access_log = settings.log_format == "json"
         self.in_progress = 0  # requests past the server-wide bound's check, not yet answered
         api.state.draining = False
         # The documentation's own routes, which are plain Starlette routes: fixed paths, safe as labels.
@@ -105,6 +106,7 @@ class Frontend:
         started = time.perf_counter()
         outcome = {"status": 500, "model": "", "endpoint": "unmatched"}
         request_id = _request_id(scope)
+        notes = logs.start_request(request_id.decode("latin-1"))
 
         async def send_with_status(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -128,7 +130,10 @@ class Frontend:
                 )
                 outcome["endpoint"] = path or "unmatched"
                 outcome["model"] = scope.get("state", {}).get("model", "")
-            self._observe(outcome, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self._observe(outcome, seconds)
+            if self.access_log:
+                self._access(scope, outcome, notes, seconds)
 
     async def _bounded(self, scope: Scope, receive: Receive, send: Send, outcome: dict) -> None:
         path = scope["path"]
@@ -309,6 +314,26 @@ class Frontend:
             return message
 
         return limited
+
+    def _access(self, scope: Scope, outcome: dict, notes: dict, seconds: float) -> None:
+        """The request's JSON access line (SERVE_LOG_FORMAT=json)."""
+        fields = {
+            "method": scope["method"],
+            "path": scope["path"][:256],
+            "endpoint": outcome["endpoint"],
+            "status": outcome["status"],
+            "latency_ms": round(seconds * 1000, 3),
+            "model": outcome["model"] or None,  # a repository name only (as in the metrics)
+            "version": notes.get("version") if outcome["model"] else None,
+        }
+        for key in ("queue_ms", "compute_ms"):
+            if key in notes:
+                fields[key] = round(notes[key], 3)
+        if "batch_size" in notes:
+            fields["batch_size"] = notes["batch_size"]
+        logs.access_log.info(
+            "%s %s %d", scope["method"], fields["path"], fields["status"], extra={"access": fields}
+        )
 
     def _observe(self, outcome: dict, seconds: float) -> None:
         key = (outcome["model"], outcome["endpoint"], str(outcome["status"]))

@@ -15,8 +15,8 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from app import __version__
-from app.api import generate, models, openai, predict, v2
+from app import __version__, logs
+from app.api import generate, models, openai, predict, repository, v2
 from app.api.responses import JSONResponse
 from app.completions import TextPlane
 from app.dataplane import DataPlane, GenerationPlane
@@ -41,9 +41,7 @@ def create_app(settings: Settings | None = None) -> Frontend:
     settings = settings or Settings()
     # uvicorn configures only its own loggers; give ours a handler unless logging is already set up.
     if not log.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        log.addHandler(handler)
+        log.addHandler(logs.handler(settings.log_format))
         log.setLevel(logging.INFO)
 
     @asynccontextmanager
@@ -79,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Frontend:
     app.include_router(predict.router)
     app.include_router(generate.router)
     app.include_router(models.router)
+    app.include_router(repository.router)  # before v2: /v2/models/stats is no model's metadata
     app.include_router(v2.router)
     app.include_router(openai.router)
 

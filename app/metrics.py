@@ -92,3 +92,21 @@ GEN_STEP_TIME = Histogram(
 GEN_FINISHED = Counter(
     "serve_generation_finished_total", "Generations ended, by finish reason.", ["model", "reason"]
 )
+
+# ------------------------------------------------------------------------------------------ model control
+
+MODEL_LOADS = Counter(
+    "serve_model_loads_total",
+    "Model version loads (start-up, poll, control API), by result: loaded or failed.",
+    ["model", "result"],
+)
+MODEL_UNLOADS = Counter(
+    "serve_model_unloads_total",
+    "Model versions unloaded (replaced, removed or unloaded by request).",
+    ["model"],
+)
+MODEL_VERSION_FAILED = Gauge(
+    "serve_model_version_failed",
+    "1 while the model's latest load attempt of a version failed (the serving version, if any, stays).",
+    ["model", "version"],
+)

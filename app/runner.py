@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app import metrics
+from app import logs, metrics
 from app.core.repository_format import Batching, GraphSpec
 from app.errors import DeadlineExceeded, InferenceFailed, QueueFull, ServingError
 from app.session import Session
@@ -44,6 +44,38 @@ class _Request:
     deadline: float
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     started: bool = False
+    queue_s: float = 0.0  # set when its batch ran: for the request's access line
+    compute_s: float = 0.0
+    batch_rows: int = 0
+
+
+@dataclass
+class ExecutionStats:
+    """What a runner executed, in the terms of Triton's statistics extension (nanoseconds): rows
+    inferred, batches executed, and per request its queue wait and its batch's input assembly,
+    onnxruntime run and output split; per batch size, the same per execution. Successful batches only."""
+
+    inference_count: int = 0
+    execution_count: int = 0
+    queue: list[int] = field(default_factory=lambda: [0, 0])  # [count, ns]
+    compute_input: list[int] = field(default_factory=lambda: [0, 0])
+    compute_infer: list[int] = field(default_factory=lambda: [0, 0])
+    compute_output: list[int] = field(default_factory=lambda: [0, 0])
+    by_batch_size: dict[int, list[int]] = field(default_factory=dict)  # size -> [count, in, infer, out]
+
+    def record(self, rows: int, requests: int, queue_ns: int, phases: tuple[int, int, int]) -> None:
+        self.inference_count += rows
+        self.execution_count += 1
+        self.queue[0] += requests
+        self.queue[1] += queue_ns
+        phase_stats = (self.compute_input, self.compute_infer, self.compute_output)
+        for stat, ns in zip(phase_stats, phases, strict=True):
+            stat[0] += requests
+            stat[1] += ns * requests
+        per_size = self.by_batch_size.setdefault(rows, [0, 0, 0, 0])
+        per_size[0] += 1
+        for i, ns in enumerate(phases, 1):
+            per_size[i] += ns
 
 
 def pad_to(array: np.ndarray, length: int) -> np.ndarray:
@@ -83,6 +115,7 @@ class Runner:
         self._task: asyncio.Task | None = None
         self.batches_run = 0  # counters for /models and tests: how much batching actually happened
         self.requests_run = 0
+        self.stats = ExecutionStats()
         # Labelled children looked up once: .labels() takes a lock and a dict lookup per call.
         self._queue_depth = metrics.QUEUE_DEPTH.labels(name)
         self._queue_time = metrics.QUEUE_TIME.labels(name)
@@ -134,9 +167,11 @@ class Runner:
         # A timer rather than asyncio.wait_for: one handle per request instead of a task and a shield.
         expiry = asyncio.get_running_loop().call_later(timeout_s, self._expire, request)
         try:
-            return await request.future
+            result = await request.future
         finally:
             expiry.cancel()
+        logs.add_batch(request.queue_s, request.compute_s, request.batch_rows)
+        return result
 
     def _expire(self, request: _Request) -> None:
         """The deadline passed: fail the request unless its batch already started (then its answer is
@@ -248,16 +283,23 @@ class Runner:
 
     async def _execute(self, session: Session, batch: list[_Request]) -> None:
         started = time.perf_counter()
+        queue_s = 0.0
         for request in batch:
             request.started = True
             self._queue_time.observe(started - request.enqueued)
-        self._batch_size.observe(sum(r.rows for r in batch))
+            queue_s += started - request.enqueued
+        rows = sum(r.rows for r in batch)
+        self._batch_size.observe(rows)
         self.batches_run += 1
         self.requests_run += len(batch)
         self._in_flight_gauge.inc()
         try:
             loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._executor, self._run_batch, session, batch)
+            results, phases = await loop.run_in_executor(self._executor, self._run_batch, session, batch)
+            self.stats.record(rows, len(batch), int(queue_s * 1e9), phases)
+            for request in batch:
+                request.queue_s, request.compute_s = started - request.enqueued, sum(phases) / 1e9
+                request.batch_rows = rows
         except ServingError as exc:
             results = [exc] * len(batch)
         except Exception:  # any onnxruntime failure fails this batch only
@@ -277,9 +319,13 @@ class Runner:
             else:
                 request.future.set_result(result)
 
-    def _run_batch(self, session: Session, batch: list[_Request]) -> list[list[np.ndarray]]:
-        """Worker thread: concatenate (padding where allowed), run, split rows back per request."""
+    def _run_batch(
+        self, session: Session, batch: list[_Request]
+    ) -> tuple[list[list[np.ndarray]], tuple[int, int, int]]:
+        """Worker thread: concatenate (padding where allowed), run, split rows back per request; also
+        the nanoseconds of those three phases."""
         started = time.perf_counter()
+        t0 = time.perf_counter_ns()
         feeds = {}
         for name in batch[0].feeds:
             parts = [r.feeds[name] for r in batch]
@@ -287,7 +333,9 @@ class Runner:
                 longest = max(p.shape[1] for p in parts)
                 parts = [pad_to(p, longest) for p in parts]
             feeds[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        t1 = time.perf_counter_ns()
         outputs = session.run(feeds)
+        t2 = time.perf_counter_ns()
         self._compute_time.observe(time.perf_counter() - started)
         # Outputs with a dynamic axis 1 follow the padded inputs' axis 1: crop them per request.
         crop = [len(spec.shape) >= 2 and spec.shape[1] < 0 for spec in self.graph.outputs]
@@ -302,4 +350,4 @@ class Runner:
                 rows.append(part)
             results.append(rows)
             offset += request.rows
-        return results
+        return results, (t1 - t0, t2 - t1, time.perf_counter_ns() - t2)

@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from app import logs
 from app.frontend import Frontend
 from app.main import create_app
 from app.settings import Settings
@@ -171,7 +172,8 @@ def build_server(settings: Settings, **config: Any) -> Server:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    logs.configure(settings.log_format)
     sys.setswitchinterval(settings.switch_interval_s)
-    build_server(settings).run()
+    # log_config=None: uvicorn's loggers propagate to the root handler (one format for every line).
+    build_server(settings, log_config=None).run()

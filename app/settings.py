@@ -23,6 +23,19 @@ class Settings(BaseSettings):
     # Run one batch through every graph at load, so the first request does not pay for lazy init.
     warmup: bool = True
 
+    # Model control (app/registry.py): "none" loads the repository once at start-up; "poll" re-scans it
+    # every poll_interval_s and loads new or changed versions, unloads removed ones; "explicit" changes
+    # nothing on its own: POST /v2/repository/models/{name}/load|unload does (admin token required).
+    model_control_mode: Literal["none", "poll", "explicit"] = "none"
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    # Explicit mode: the models loaded at start-up, comma-separated; "*" every model, "" none.
+    startup_models: str = "*"
+    # A replaced or removed version stops once its requests in flight have finished, or after this.
+    unload_timeout_s: float = Field(default=30.0, gt=0)
+    # The model control API (repository index, load, unload) answers only requests that send
+    # "Authorization: Bearer <admin_token>"; without a token configured it is off (403).
+    admin_token: str | None = Field(default=None, min_length=16)
+
     # Overrides of every model's config.json (None = use the model's own value).
     device: Literal["auto", "cpu", "cuda"] | None = None
     instances: int | None = Field(default=None, gt=0)
@@ -92,5 +105,7 @@ class Settings(BaseSettings):
     # How long a Python thread (a decode loop, a search, a decoder) may hold the interpreter while
     # the event loop waits for it (Python's default: 5 ms, paid again after every socket call).
     switch_interval_s: float = Field(default=0.001, gt=0)
+    # "json": every log line a JSON object, and one access line per request (app/logs.py).
+    log_format: Literal["text", "json"] = "text"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, gt=0, lt=65536)

@@ -36,7 +36,7 @@ from training.recipes import BarResult, QualityBar, check_bars
 # to serve, and how to batch and place it. No recipe writes them (the exporter writes the defaults), so
 # two runs of one recipe differ here only where someone tuned config.json by hand. A new version keeps
 # what is there, and they are left out of the comparison.
-SERVING_FIELDS = ("version", "batching", "instances")
+SERVING_FIELDS = ("version", "version_policy", "batching", "instances")
 
 # Where the messages send a run that must not go into the served repository.
 OTHER_REPOSITORY = "runs/models"

@@ -19,6 +19,7 @@ def describe(mv: ModelVersion, registry: Registry, full: bool) -> dict[str, Any]
         "name": mv.name,
         "version": mv.version,
         "versions": sorted(registry.versions(mv.name)),
+        "served_versions": registry.served_versions(mv.name),
         "state": mv.state,
         "ready": mv.ready,
         "reason": mv.reason,

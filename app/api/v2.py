@@ -83,7 +83,8 @@ def _model_metadata(registry: Registry, name: str, version: str | None) -> dict[
     mv = registry.find(name, check_version(version))
     body: dict[str, Any] = {
         "name": mv.name,
-        "versions": [str(v) for v in sorted(registry.versions(name))],
+        # The versions that serve (all known ones while none does, so a failed model still answers).
+        "versions": [str(v) for v in (registry.served_versions(name) or sorted(registry.versions(name)))],
         "platform": "onnxruntime_onnx",
     }
     if mv.config is not None:
@@ -95,7 +96,16 @@ def _model_metadata(registry: Registry, name: str, version: str | None) -> dict[
 
 @router.get("", response_model=V2ServerMetadata)
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "deepserve", "version": __version__, "extensions": ["binary_tensor_data"]}
+    return {
+        "name": "deepserve",
+        "version": __version__,
+        "extensions": [
+            "binary_tensor_data",
+            "model_repository",
+            "statistics",
+            "model_configuration",
+        ],
+    }
 
 
 @router.get("/health/live", response_model=V2Live)

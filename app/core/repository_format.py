@@ -137,6 +137,41 @@ class Instances(_Strict):
     intra_op_threads: int = Field(default=1, gt=0)
 
 
+class LatestVersions(_Strict):
+    num_versions: int = Field(default=1, gt=0)
+
+
+class SpecificVersions(_Strict):
+    versions: list[int] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _non_negative(self) -> SpecificVersions:
+        if any(v < 0 for v in self.versions):
+            raise ValueError("versions must be >= 0")
+        return self
+
+
+class VersionPolicy(_Strict):
+    """Which version folders a model serves, in Triton's shape: exactly one of ``latest``
+    (the highest ``num_versions``), ``all``, ``specific``. Without one: the highest version."""
+
+    latest: LatestVersions | None = None
+    all: dict | None = None
+    specific: SpecificVersions | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VersionPolicy:
+        chosen = [k for k in ("latest", "all", "specific") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError("version_policy needs exactly one of latest, all, specific")
+        if self.all:
+            raise ValueError("version_policy.all takes no fields")
+        return self
+
+    def as_triton(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+
 class ModelConfig(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     family: str
@@ -144,6 +179,8 @@ class ModelConfig(_Strict):
     description: str = ""
     # Pin a version; by default the highest integer version folder is served.
     version: int | None = None
+    # Which version folders are loaded and served (Triton's version_policy); None: the latest one.
+    version_policy: VersionPolicy | None = None
     # Role -> graph, e.g. {"model": ...} or {"encoder": ..., "decoder": ...} or {"generator": ...}.
     graphs: dict[str, GraphSpec]
     preprocessing: ImagePreprocessing | TextPreprocessing | None = Field(default=None, discriminator="kind")
@@ -217,3 +254,18 @@ def served_version(versions: list[int], pinned: int | None) -> int | None:
     if pinned is not None and pinned in versions:
         return pinned
     return max(versions, default=None)
+
+
+def policy_versions(versions: list[int], policy: VersionPolicy | None, pinned: int | None) -> list[int]:
+    """The versions a model serves out of its version folders ``versions``: the policy's choice
+    (default: the highest), plus the pinned version when its folder exists; ascending."""
+    policy = policy or VersionPolicy(latest=LatestVersions())
+    if policy.all is not None:
+        chosen = set(versions)
+    elif policy.specific is not None:
+        chosen = set(versions) & set(policy.specific.versions)
+    else:
+        chosen = set(sorted(versions)[-policy.latest.num_versions :]) if versions else set()
+    if pinned is not None and pinned in versions:
+        chosen.add(pinned)
+    return sorted(chosen)

@@ -28,8 +28,12 @@ def broken_server(tmp_path_factory):
     # Invalid config.json.
     shutil.copytree(ZOO / "mlp-digits", root / "badconfig")
     (root / "badconfig" / "config.json").write_text('{"name": "badconfig", "task": "juggling"}')
-    # A second version of lstm-order: version 2 is served by default, version 1 on request.
+    # A second version of lstm-order, and a policy that serves both: version 2 is served by default,
+    # version 1 on request (without a policy only the highest is loaded: tests/app/test_model_control.py).
     shutil.copytree(root / "lstm-order" / "1", root / "lstm-order" / "2")
+    config = json.loads((root / "lstm-order" / "config.json").read_text())
+    config["version_policy"] = {"all": {}}
+    (root / "lstm-order" / "config.json").write_text(json.dumps(config))
     with LiveServer(Settings(model_repository=root)) as live:
         yield live
 
