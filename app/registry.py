@@ -292,6 +292,7 @@ class Registry:
                 continue
             if not mv.ready:
                 del current[version]
+                metrics.MODEL_VERSION_FAILED.labels(name, str(version)).set(0)  # its folder is gone
             elif all_ready:
                 leaving.append(mv)
                 del current[version]

@@ -424,6 +424,7 @@ def test_poll_mode_under_load(tmp_path) -> None:
         time.sleep(1.0)
         failed_loads = _metric(c, FAILED_LOADS) - failed_before
         unloads = _metric(c, UNLOADS) - unloads_before
+        version_3_failed = _metric(c, 'serve_model_version_failed{model="mlp-digits",version="3"}')
     sent = len(load.answers)
     print(
         f"\npoll mode: {sent} requests, publish -> served {to_served:.2f} s (poll {interval} s), "
@@ -436,3 +437,4 @@ def test_poll_mode_under_load(tmp_path) -> None:
     assert versions[0] == 1 and 2 in versions and versions[-1] == 1
     assert failed_loads == 1  # the corrupt version, tried once
     assert unloads == 2  # version 1 when 2 came, version 2 when it was removed
+    assert version_3_failed == 0  # its folder was removed: the alert clears
