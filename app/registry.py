@@ -151,7 +151,13 @@ def _effective_config(config: ModelConfig, settings: Settings) -> ModelConfig:
     """Apply the SERVE_* overrides to the model's batching and instances."""
     batching = {
         k: getattr(settings, k)
-        for k in ("max_batch_size", "max_queue_delay_ms", "max_queue_size", "timeout_ms")
+        for k in (
+            "max_batch_size",
+            "max_queue_delay_ms",
+            "max_queue_size",
+            "timeout_ms",
+            "split_across_instances",
+        )
         if getattr(settings, k) is not None
     }
     instances = {

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     intra_op_threads: int | None = Field(default=None, gt=0)
     max_batch_size: int | None = Field(default=None, gt=0)
     max_queue_delay_ms: float | None = Field(default=None, ge=0)
+    split_across_instances: bool | None = None
     max_queue_size: int | None = Field(default=None, gt=0)
     timeout_ms: float | None = Field(default=None, gt=0)
 

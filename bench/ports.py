@@ -25,13 +25,16 @@ def free_port() -> int:
             return port
 
 
-def start_server(extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    """The app on core 1 (``taskset -c 1``), one single-threaded session per graph, ready; returns the
-    process and its URL."""
+def start_server(
+    extra_env: dict[str, str] | None = None, *, pinned: bool = True
+) -> tuple[subprocess.Popen, str]:
+    """The app on core 1 (``taskset -c 1``; unpinned: on every core), one single-threaded session per
+    graph unless ``extra_env`` says otherwise, ready; returns the process and its URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
     env.update({"SERVE_INSTANCES": "1", "SERVE_INTRA_OP_THREADS": "1", **(extra_env or {})})
-    command = ["taskset", "-c", "1", sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
+    command = ["taskset", "-c", "1"] if pinned else []
+    command += [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
     proc = subprocess.Popen(command, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"

@@ -128,6 +128,9 @@ class Batching(_Strict):
     max_queue_delay_ms: float = Field(default=2.0, ge=0)
     max_queue_size: int = Field(default=256, gt=0)
     timeout_ms: float = Field(default=5000.0, gt=0)
+    # A batch takes at most its instance's share of the queued rows (queued / instances), so that
+    # one instance never runs a full batch while another idles with nothing left to take.
+    split_across_instances: bool = True
 
 
 class Instances(_Strict):

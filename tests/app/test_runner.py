@@ -139,3 +139,28 @@ def test_stop_is_clean_with_requests_in_flight(instances) -> None:
 
     results = asyncio.run(run())
     assert all(isinstance(r, list | InferenceFailed) for r in results)
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_queued_rows_are_split_across_idle_instances(split: bool) -> None:
+    """One instance busy, 32 rows queued: the other takes its share (16) and leaves the rest to the
+    first one when it frees, instead of one batch of 32 while an instance finds nothing to take."""
+    x = np.random.default_rng(3).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    runner = make_runner("resnet-shapes", max_batch_size=32, split_across_instances=split)
+
+    async def body(r: Runner):
+        first = asyncio.ensure_future(r.infer({"input": x}))  # an idle pool dispatches it at once
+        await asyncio.sleep(0)
+        rest = [asyncio.ensure_future(r.infer({"input": x})) for _ in range(32)]
+        return await asyncio.gather(first, *rest)
+
+    results = asyncio.run(_with_runner(runner, body))
+    expected = reference_session(ZOO, "resnet-shapes").run(None, {"input": x})[0]
+    for (logits,) in results:
+        np.testing.assert_allclose(logits, expected, atol=1e-5)
+    sizes = sorted(runner.stats.by_batch_size)
+    assert runner.stats.inference_count == 33
+    if split:
+        assert max(sizes) <= 17 and runner.stats.execution_count >= 3, runner.stats.by_batch_size
+    else:
+        assert 32 in sizes, runner.stats.by_batch_size
