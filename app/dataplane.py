@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel
 
-from app import codecs, logs
+from app import codecs, logs, tracing
 from app import v2_tensors as v2
 from app.core.decoding import beam_search, greedy_decode
 from app.core.repository_format import GenerationDefaults
@@ -157,16 +157,18 @@ class DataPlane:
     async def _infer_v2(
         self, mv: ModelVersion, body: bytes, header_length: str | None
     ) -> tuple[bytes, int | None]:
-        header, binary = v2.parse_body(body, header_length, self.settings.max_json_bytes)
-        runner = mv.runner()
-        feeds = v2.decode_inputs(header, binary, runner.graph, self.v2_limits)
+        with tracing.span("parse"):
+            header, binary = v2.parse_body(body, header_length, self.settings.max_json_bytes)
+            runner = mv.runner()
+            feeds = v2.decode_inputs(header, binary, runner.graph, self.v2_limits)
         if mv.tokenizer is not None:
             v2.check_token_inputs(feeds, mv.tokenizer.vocab_size, mv.config.preprocessing.max_length)
         chosen = v2.requested_outputs(header, runner.graph)
         results = await run_rows(runner, feeds)
         # The protocol's id: the client's, else this request's X-Request-Id (the same in the logs).
         request_id = header.get("id") or logs.request_id()
-        return v2.encode_response(mv.name, mv.version, request_id, results, chosen)
+        with tracing.span("serialize"):
+            return v2.encode_response(mv.name, mv.version, request_id, results, chosen)
 
 
 # ------------------------------------------------------------------------------------------- generation

@@ -36,7 +36,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
-from app import logs, metrics
+from app import logs, metrics, tracing
 from app.api import handlers
 from app.api.handlers import JSON_ENDPOINTS, V2_GENERATE, V2_INFER, V2_INFER_TEMPLATES, Answer, Call
 from app.errors import (
@@ -107,6 +107,7 @@ class Frontend:
         outcome = {"status": 500, "model": "", "endpoint": "unmatched"}
         request_id = _request_id(scope)
         notes = logs.start_request(request_id.decode("latin-1"))
+        root = _start_trace(scope, request_id) if tracing.enabled() else None
 
         async def send_with_status(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -134,6 +135,8 @@ class Frontend:
             self._observe(outcome, seconds)
             if self.access_log:
                 self._access(scope, outcome, notes, seconds)
+            if root is not None:
+                tracing.end_request(root, outcome["status"], outcome["model"], notes.get("version"))
 
     async def _bounded(self, scope: Scope, receive: Receive, send: Send, outcome: dict) -> None:
         path = scope["path"]
@@ -217,16 +220,8 @@ class Frontend:
 
     async def _exchange(self, handler, call: Call, send: Send) -> None:
         answer: Answer = await handler(self.state, call)
-        if answer.stream is None:
-            await _respond(send, answer.status, answer.headers, answer.body)
-            return
-        try:
-            await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
-            async for event in answer.stream:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-        finally:
-            await answer.close()  # on cancellation too: the sequence leaves the decode loop, the slot frees
-        await send({"type": "http.response.body", "body": b""})
+        with tracing.span("response"):  # a stream: until its last event
+            await _send_answer(send, answer)
 
     async def _until_disconnect(self, receive: Receive, work: Awaitable[None]) -> None:
         """Run ``work`` while watching the connection: if the client goes away first, ``work`` is
@@ -364,9 +359,48 @@ def _request_id(scope: Scope) -> bytes:
     return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}".encode()
 
 
+def _inference_route(method: str, path: str) -> str | None:
+    """The route of an inference request (on either dispatch path), None for any other request."""
+    if method != "POST":
+        return None
+    if path in JSON_ENDPOINTS:
+        return path
+    match = V2_INFER.match(path)
+    if match:
+        return V2_INFER_TEMPLATES[match["version"] is not None]
+    match = V2_GENERATE.match(path)
+    if match:
+        versioned = "/versions/{version}" if match["version"] is not None else ""
+        return f"/v2/models/{{name}}{versioned}/{match['kind']}"
+    return None
+
+
+def _start_trace(scope: Scope, request_id: bytes):
+    """The root span of an inference request (tracing on), None for other requests."""
+    route = _inference_route(scope["method"], scope["path"])
+    if route is None:
+        return None
+    return tracing.start_request(
+        scope["method"], route, scope["path"], request_id.decode("latin-1"), scope["headers"]
+    )
+
+
 def _content_length(scope: Scope) -> int | None:
     value = _header(scope, b"content-length")
     return int(value) if value is not None and value.isdigit() else None
+
+
+async def _send_answer(send: Send, answer: Answer) -> None:
+    if answer.stream is None:
+        await _respond(send, answer.status, answer.headers, answer.body)
+        return
+    try:
+        await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+        async for event in answer.stream:
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+    finally:
+        await answer.close()  # on cancellation too: the sequence leaves the decode loop, the slot frees
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

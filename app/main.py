@@ -15,7 +15,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from app import __version__, logs
+from app import __version__, logs, tracing
 from app.api import generate, models, openai, predict, repository, v2
 from app.api.responses import JSONResponse
 from app.completions import TextPlane
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Frontend:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.setup(settings)  # first: with SERVE_OTEL_ENDPOINT set, a missing extra fails at once
         registry = Registry(settings)
         app.state.registry = registry
         app.state.dataplane = DataPlane(registry, settings)
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> Frontend:
             await registry.stop()
             app.state.dataplane.close()
             app.state.generation.close()
+            tracing.shutdown()  # flush the spans still queued for export
 
     # FastAPIOffline: FastAPI whose /docs and /redoc load their scripts from this server (assets shipped
     # in the fastapi-offline package), so the pages work offline and in air-gapped clusters.

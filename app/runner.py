@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app import logs, metrics
+from app import logs, metrics, tracing
 from app.core.repository_format import Batching, GraphSpec
 from app.errors import DeadlineExceeded, InferenceFailed, QueueFull, ServingError
 from app.session import Session
@@ -47,6 +47,7 @@ class _Request:
     queue_s: float = 0.0  # set when its batch ran: for the request's access line
     compute_s: float = 0.0
     batch_rows: int = 0
+    trace: object = field(default_factory=tracing.current_span)  # the request's span (tracing on), or None
 
 
 @dataclass
@@ -307,6 +308,20 @@ class Runner:
         self.batches_run += 1
         self.requests_run += len(batch)
         self._in_flight_gauge.inc()
+        span = (  # linked to each request's span; their queue spans end at ``started``
+            tracing.start_batch(
+                self.name,
+                self.graph.file,
+                f"{self.graph.file}#{self.sessions.index(session)}",
+                session.provider,
+                [(r.trace, r.enqueued) for r in batch],
+                rows,
+                started,
+            )
+            if tracing.enabled()
+            else None
+        )
+        ok = False
         try:
             loop = asyncio.get_running_loop()
             results, phases = await loop.run_in_executor(self._executor, self._run_batch, session, batch)
@@ -314,6 +329,7 @@ class Runner:
             for request in batch:
                 request.queue_s, request.compute_s = started - request.enqueued, sum(phases) / 1e9
                 request.batch_rows = rows
+            ok = True
         except ServingError as exc:
             results = [exc] * len(batch)
         except Exception:  # any onnxruntime failure fails this batch only
@@ -325,6 +341,8 @@ class Runner:
             self._in_flight_gauge.dec()
             self._busy -= 1
             self._idle.put_nowait(session)
+            if span is not None:
+                tracing.end_batch(span, failed=not ok)
         for request, result in zip(batch, results, strict=True):
             if request.future.done():
                 continue

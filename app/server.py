@@ -22,7 +22,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from app import logs
+from app import logs, tracing
 from app.frontend import Frontend
 from app.main import create_app
 from app.settings import Settings
@@ -174,6 +174,10 @@ def build_server(settings: Settings, **config: Any) -> Server:
 def main() -> None:
     settings = Settings()
     logs.configure(settings.log_format)
+    try:
+        tracing.require(settings)
+    except tracing.TracingUnavailable as exc:
+        sys.exit(f"error: {exc}")
     sys.setswitchinterval(settings.switch_interval_s)
     # log_config=None: uvicorn's loggers propagate to the root handler (one format for every line).
     build_server(settings, log_config=None).run()

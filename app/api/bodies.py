@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from app import tracing
 from app.admission import Ticket
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.registry import Registry
@@ -68,7 +69,12 @@ REPARSE_BYTES = 64 * 1024
 def parse_body(model: type[Body], raw: bytes) -> Body:
     """orjson, then pydantic on the objects: for bodies of many numbers this is ~2.4x faster than
     pydantic's own JSON parsing (5 MB of nested lists: 35 vs 85 ms, all of it holding the interpreter),
-    and as fast for small ones."""
+    and as fast for small ones. Traced as the request's ``parse`` span."""
+    with tracing.span("parse"):
+        return _parse(model, raw)
+
+
+def _parse(model: type[Body], raw: bytes) -> Body:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

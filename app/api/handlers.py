@@ -21,6 +21,7 @@ import orjson
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
+from app import tracing
 from app.api.bodies import admitted, check_json_size, parse_body, refuse_simple_media, require_json
 from app.api.openai_schemas import ChatRequest, CompletionRequest, V2GenerateRequest
 from app.api.schemas import GenerateRequest, PredictRequest
@@ -89,7 +90,8 @@ Handler = Callable[..., Awaitable[Answer]]
 
 
 def _json_answer(result: dict[str, Any]) -> Answer:
-    return Answer(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY))
+    with tracing.span("serialize"):
+        return Answer(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 def _json_body(call: Call, max_json_bytes: int) -> bytes:
