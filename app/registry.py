@@ -445,14 +445,21 @@ class Registry:
 
     def _load(self, mv: ModelVersion) -> None:
         started = time.perf_counter()
+        # Every load and unload series of the model exists from its first load (at 0 until its first
+        # event): a series born with its first event loses that event to rate() and increase().
+        loaded, failed = (
+            metrics.MODEL_LOADS.labels(mv.name, "loaded"),
+            metrics.MODEL_LOADS.labels(mv.name, "failed"),
+        )
+        metrics.MODEL_UNLOADS.labels(mv.name)
         try:
             self._load_or_raise(mv)
             mv.state, mv.reason = READY, None
-            metrics.MODEL_LOADS.labels(mv.name, "loaded").inc()
+            loaded.inc()
         except Exception as exc:  # a broken model disables itself, never the server
             mv.state, mv.reason = FAILED, self._reason(exc)
             mv.runners, mv.generator = {}, None
-            metrics.MODEL_LOADS.labels(mv.name, "failed").inc()
+            failed.inc()
             log.error(
                 "model %s version %s failed to load: %s: %s", mv.name, mv.version, type(exc).__name__, exc
             )

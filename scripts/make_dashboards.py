@@ -405,8 +405,47 @@ def resources() -> dict:
                 8,
                 options={"orientation": "horizontal", "displayMode": "basic", "showUnfilled": True},
             ),
+            timeseries(
+                "Model loads and unloads",
+                "Version loads by result (loaded, failed) and versions unloaded, in each interval: start-up, "
+                "polls of the repository and the control API (SERVE_MODEL_CONTROL_MODE).",
+                [
+                    target(
+                        f"sum by (model, result) (increase(serve_model_loads_total{{{M}}}[{RI}]))",
+                        "{{model}} {{result}}",
+                    ),
+                    target(
+                        f"sum by (model) (increase(serve_model_unloads_total{{{M}}}[{RI}]))",
+                        "{{model}} unloaded",
+                    ),
+                ],
+                "short",
+                w=16,
+                axis="versions",
+            ),
+            failing_versions(),
         ],
     )
+
+
+def failing_versions() -> dict:
+    """Per model, its versions whose latest load failed (the serving version stays; the
+    ServeModelVersionLoadFailed alert names them): 0 is green, any other number red."""
+    p = stat(
+        "Versions failing to load",
+        "Per model, the versions whose latest load attempt failed (serve_model_version_failed); the "
+        "version that served before keeps serving. The alert ServeModelVersionLoadFailed names them.",
+        [target(f"sum by (model) (serve_model_version_failed{{{M}}})", "{{model}}")],
+        "short",
+        w=8,
+        h=8,
+    )
+    p["fieldConfig"]["defaults"]["thresholds"] = {
+        "mode": "absolute",
+        "steps": [{"color": "green", "value": None}, {"color": "red", "value": 1}],
+    }
+    p["options"]["colorMode"] = "background"
+    return p
 
 
 DASHBOARDS = {"overview": overview, "batching": batching, "generation": generation, "resources": resources}
