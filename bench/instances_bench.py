@@ -29,7 +29,8 @@ from ports import start_server
 from serve_bench import LUA_SCRIPT, WRK_TIMEOUT_S, parse_wrk, write_bodies
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("resnet-shapes", "vit-shapes")
+# Two compute-bound graphs, and two light ones that must not lose by the split (batching pays there).
+MODELS = ("resnet-shapes", "vit-shapes", "lenet5-digits", "mlp-digits")
 CONCURRENCY = (32, 64)
 
 

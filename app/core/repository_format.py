@@ -128,9 +128,12 @@ class Batching(_Strict):
     max_queue_delay_ms: float = Field(default=2.0, ge=0)
     max_queue_size: int = Field(default=256, gt=0)
     timeout_ms: float = Field(default=5000.0, gt=0)
-    # A batch takes at most its instance's share of the queued rows (queued / instances), so that
-    # one instance never runs a full batch while another idles with nothing left to take.
-    split_across_instances: bool = True
+    # A batch takes at most its instance's share of the queued rows (queued / instances), so that one
+    # instance never runs a full batch while another finds nothing left to take. Pays for compute-bound
+    # graphs (cost per row flat in the batch size: +20% at 32 connections for the ResNet and the ViT);
+    # costs light ones, where a bigger batch is cheaper per row (-11..16% for LeNet-5 and the MLP), so
+    # it is off unless a model's config.json turns it on (bench/instances_bench.py).
+    split_across_instances: bool = False
 
 
 class Instances(_Strict):
