@@ -149,7 +149,9 @@ def without_timings(value):
 
 def post(url: str, body: dict) -> tuple[int, str, list]:
     """Status, content type, and the answer: one JSON value, or the list of a stream's events."""
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    # One request id on both sides: a V2 answer without an id of its own carries it.
+    headers = {"Content-Type": "application/json", "X-Request-Id": "same-inside-and-outside"}
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers)
     with urllib.request.urlopen(request, timeout=60) as response:
         kind = response.headers.get("content-type", "")
         text = response.read().decode()
