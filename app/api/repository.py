@@ -22,6 +22,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from app.api.bodies import check_json_size
 from app.api.deps import RegistryDep, mark_model
 from app.api.responses import JSONResponse
 from app.api.schemas import ERROR_RESPONSES, ErrorResponse
@@ -128,8 +129,7 @@ def _explicit(registry: Registry) -> None:
 
 async def _json_object(request: Request) -> dict[str, Any]:
     raw = await request.body()
-    if len(raw) > request.app.state.registry.settings.max_json_bytes:
-        raise BadRequest("the body is larger than SERVE_MAX_JSON_BYTES")
+    check_json_size(raw, request.app.state.registry.settings.max_json_bytes)  # 413, as everywhere
     if not raw.strip():
         return {}
     try:

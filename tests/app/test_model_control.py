@@ -282,6 +282,16 @@ def test_control_api_needs_the_token(control_server) -> None:
     assert refused.value.status() == "401"
 
 
+def test_a_control_body_over_the_json_limit_is_413(control_server) -> None:
+    """Bodies of the control API are bounded like every JSON body (SERVE_MAX_JSON_BYTES), before
+    they are parsed."""
+    limit = control_server.app.state.registry.settings.max_json_bytes
+    body = b'{"parameters": {"x": "' + b"a" * limit + b'"}}'
+    for path in ("/v2/repository/index", "/v2/repository/models/mlp-digits/load"):
+        status, answer = _raw(control_server, path, {**ADMIN, "Content-Type": "application/json"}, body)
+        assert status == 413 and "at most" in answer["error"], (path, status, answer)
+
+
 _AUDIT: dict = {"on": False, "paths": []}
 
 
