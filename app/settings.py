@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     # per request, and when set, the key every /v1 request must send as "Authorization: Bearer <key>".
     max_choices: int = Field(default=16, gt=0)
     max_prompts: int = Field(default=16, gt=0)
+    max_messages: int = Field(default=256, gt=0)
     api_key: str | None = None
 
     # Admission. Every request is admitted or refused before its body is parsed: per model, at most

@@ -15,6 +15,7 @@ from app import tracing
 from app.admission import Ticket
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.registry import Registry
+from app.settings import Settings
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -66,15 +67,36 @@ def check_json_size(raw: bytes, max_json_bytes: int) -> None:
 REPARSE_BYTES = 64 * 1024
 
 
-def parse_body(model: type[Body], raw: bytes) -> Body:
+# Top-level list fields whose length a setting bounds: field -> (that setting, the refusal). Checked
+# on the parsed JSON, before pydantic validates every item: 200,000 chat messages (6 MB) took 550 ms
+# of validation on the event loop, 2,000,000 prompts 130 ms. The data plane checks the same bounds
+# again where lists arrive by other ways (V2 generate's parameters.stop).
+LIST_LIMITS: dict[str, tuple[str, str]] = {
+    "messages": ("max_messages", "messages holds {n} messages; at most {limit}"),
+    "prompt": ("max_prompts", "prompt holds {n} prompts; at most {limit}"),
+    "stop": ("max_stop_strings", "stop has {n} strings; at most {limit}"),
+    "latent": ("max_images", "latent must hold 1 to {limit} vectors; got {n}"),
+}
+
+
+def parse_body(model: type[Body], raw: bytes, settings: Settings | None = None) -> Body:
     """orjson, then pydantic on the objects: for bodies of many numbers this is ~2.4x faster than
     pydantic's own JSON parsing (5 MB of nested lists: 35 vs 85 ms, all of it holding the interpreter),
-    and as fast for small ones. Traced as the request's ``parse`` span."""
+    and as fast for small ones. With ``settings``, LIST_LIMITS are checked in between. Traced as the
+    request's ``parse`` span."""
     with tracing.span("parse"):
-        return _parse(model, raw)
+        return _parse(model, raw, settings)
 
 
-def _parse(model: type[Body], raw: bytes) -> Body:
+def _check_lists(data: dict[str, Any], settings: Settings) -> None:
+    for field, (setting, refusal) in LIST_LIMITS.items():
+        value = data.get(field)
+        limit = getattr(settings, setting)
+        if isinstance(value, list) and len(value) > limit:
+            raise InvalidInput(refusal.format(n=len(value), limit=limit), param=field)
+
+
+def _parse(model: type[Body], raw: bytes, settings: Settings | None = None) -> Body:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -83,6 +105,8 @@ def _parse(model: type[Body], raw: bytes) -> Body:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
+    if settings is not None:
+        _check_lists(data, settings)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -142,13 +166,13 @@ async def admitted(registry: Registry, schema: type[Body], raw: bytes) -> AsyncI
     client may send the moment it has the answer, finds the slot free)."""
     match = MODEL_MEMBER.search(raw)
     if match is None:  # no plainly written model: the parse says what is wrong, or finds the name
-        body = parse_body(schema, raw)
+        body = parse_body(schema, raw, registry.settings)
         name = body.model
     else:
         body, name = None, match[1].decode()
     with await registry.gate(name).admit(len(raw)) as ticket:
         if body is None:
-            body = parse_body(schema, raw)
+            body = parse_body(schema, raw, registry.settings)
             if body.model != name:
                 raise InvalidInput("model: given more than once")
         yield body, ticket

@@ -568,6 +568,7 @@ GENERATE = [
     row("gen-seed-negative", G, w(GPT, seed=-1), 422, "seed"),
     row("gen-seed-string", G, w(GPT, seed="abc"), 422, "seed"),
     row("gen-stop-nine-strings", G, w(GPT, stop=[f"s{i}" for i in range(9)]), 422, "stop"),
+    row("gen-stop-100000-strings", G, w(GPT, stop=["s"] * 100_000), 422, "stop"),
     row("gen-stop-65-characters", G, w(GPT, stop=["x" * 65]), 422, "stop"),
     row("gen-stop-empty-string", G, w(GPT, stop=["ok", ""]), 422, "stop"),
     row("gen-stop-not-a-list", G, w(GPT, stop="abc"), 422, "stop"),

@@ -47,6 +47,24 @@ CASES = [
         "huge prompt list", "/v1/completions", _cmpl(prompt=["a"] * 10_000), 400, ("10000 prompts",), "prompt"
     ),
     Case("empty prompt list", "/v1/completions", _cmpl(prompt=[]), 400, ("empty",), "prompt"),
+    # Counted on the parsed JSON before pydantic validates each item (200,000 messages took 550 ms).
+    Case(
+        "huge message list",
+        "/v1/chat/completions",
+        {"model": GPT, "messages": [{"role": "user", "content": "a"}] * 100_000},
+        400,
+        ("100000 messages", "at most 256"),
+        "messages",
+    ),
+    Case(  # the count comes first: no item is validated (each of these would be refused)
+        "too many invalid messages",
+        "/v1/chat/completions",
+        {"model": GPT, "messages": [{"role": "tool"}] * 300},
+        400,
+        ("300 messages",),
+        "messages",
+    ),
+    Case("huge stop list", "/v1/completions", _cmpl(stop=["s"] * 100_000), 400, ("100000 strings",), "stop"),
     Case("empty prompt", "/v1/completions", _cmpl(prompt=""), 400, ("prompt is empty",), "prompt"),
     Case(
         "long prompt", "/v1/completions", _cmpl(prompt="a" * 100_000), 400, ("100000 characters",), "prompt"
