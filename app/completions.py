@@ -324,7 +324,7 @@ class TextPlane:
             choices.close()
         return {**head, "choices": out, "usage": usage(job.prompt_tokens, choices.completion_tokens)}
 
-    async def _stream_completions(
+    def _stream_completions(
         self, choices: Choices, job: TextJob, head: dict, echoes: list[str], body: BaseModel, logprobs
     ) -> AsyncIterator[bytes]:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -337,17 +337,33 @@ class TextPlane:
             choice = {"index": index, "text": text, "finish_reason": reason, "logprobs": lp}
             return _event({**head, "choices": [choice], **tail})
 
+        def piece(i: int, event: TokenText) -> bytes:
+            lp = logprobs(event.logprobs, offsets[i]) if want else None
+            offsets[i] += len(event.text)
+            return chunk(i, event.text, None, lp)
+
+        opening = [chunk(i, echo, None) for i, echo in enumerate(echoed) if echo]
+
+        def end(i: int) -> bytes:
+            return chunk(i, "", finish_reason(choices.seqs[i]))
+
+        return self._openai_stream(choices, job, head, include_usage, opening, piece, end)
+
+    @staticmethod
+    async def _openai_stream(
+        choices: Choices, job: TextJob, head: dict, include_usage: bool, opening: list[bytes], piece, end
+    ) -> AsyncIterator[bytes]:
+        """What both OpenAI streams send: the ``opening`` chunks, a chunk per piece of text
+        (``piece``) and per finished choice (``end``), an error event that ends the stream, the usage
+        chunk when asked, then [DONE]. The choices leave the decode loop however the stream ends."""
         try:
-            for i, echo in enumerate(echoed):
-                if echo:
-                    yield chunk(i, echo, None)
-            async for i, event in self._guarded(choices):
+            for first in opening:
+                yield first
+            async for i, event in TextPlane._guarded(choices):
                 if isinstance(event, TokenText):
-                    lp = logprobs(event.logprobs, offsets[i]) if want else None
-                    offsets[i] += len(event.text)
-                    yield chunk(i, event.text, None, lp)
+                    yield piece(i, event)
                 elif isinstance(event, Finished):
-                    yield chunk(i, "", finish_reason(choices.seqs[i]))
+                    yield end(i)
                 else:
                     yield event  # an error event: the stream ends with it
                     return
@@ -505,7 +521,7 @@ class TextPlane:
             choices.close()
         return {**head, "choices": out, "usage": usage(job.prompt_tokens, choices.completion_tokens)}
 
-    async def _stream_chat(
+    def _stream_chat(
         self, choices: Choices, job: TextJob, head: dict, body: BaseModel, strings: list[str]
     ) -> AsyncIterator[bytes]:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -516,25 +532,17 @@ class TextPlane:
             choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason}
             return _event({**head, "choices": [choice], **tail})
 
-        try:
-            for i in range(len(choices.seqs)):  # the first delta of each choice carries the role
-                yield chunk(i, {"role": "assistant", "content": ""}, None)
-            async for i, event in self._guarded(choices):
-                if isinstance(event, TokenText):
-                    lp = chat_logprobs(event.logprobs, strings) if want else None
-                    yield chunk(i, {"content": event.text}, None, lp)
-                elif isinstance(event, Finished):
-                    yield chunk(i, {}, finish_reason(choices.seqs[i]))
-                else:
-                    yield event
-                    return
-            if include_usage:
-                yield _event(
-                    {**head, "choices": [], "usage": usage(job.prompt_tokens, choices.completion_tokens)}
-                )
-            yield DONE
-        finally:
-            choices.close()
+        def piece(i: int, event: TokenText) -> bytes:
+            lp = chat_logprobs(event.logprobs, strings) if want else None
+            return chunk(i, {"content": event.text}, None, lp)
+
+        # The first delta of each choice carries the role.
+        opening = [chunk(i, {"role": "assistant", "content": ""}, None) for i in range(len(choices.seqs))]
+
+        def end(i: int) -> bytes:
+            return chunk(i, {}, finish_reason(choices.seqs[i]))
+
+        return self._openai_stream(choices, job, head, include_usage, opening, piece, end)
 
     # ------------------------------------------------------------------------------ V2 generate
 

@@ -309,32 +309,12 @@ def stage_export(
     )
 
 
-def export_to_repository(
-    graphs: list[GraphExport],
-    *,
-    repository: Path,
-    config_fields: dict,
-    report_fields: dict,
-    version: int = 1,
-    overwrite: bool = False,
-    plots: dict[str, Path] | None = None,
-    batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES,
-    tolerance: float = PARITY_TOLERANCE,
-) -> ExportResult:
-    """Write ``repository/<name>/config.json`` and ``repository/<name>/<version>/`` (see
-    :func:`stage_export`). An existing version folder, or a config.json that differs, is replaced only
-    with ``overwrite`` (training.repository_policy.RepositoryConflict otherwise)."""
-    staged = stage_export(
-        graphs,
-        repository=repository,
-        config_fields=config_fields,
-        report_fields=report_fields,
-        version=version,
-        overwrite=overwrite,
-        plots=plots,
-        batch_sizes=batch_sizes,
-        tolerance=tolerance,
-    )
+def export_to_repository(graphs: list[GraphExport], **options: Any) -> ExportResult:
+    """Write ``repository/<name>/config.json`` and ``repository/<name>/<version>/`` in one step
+    (``options`` as :func:`stage_export` takes them). An existing version folder, or a config.json that
+    differs, is replaced only with ``overwrite`` (training.repository_policy.RepositoryConflict
+    otherwise)."""
+    staged = stage_export(graphs, **options)
     try:
         return staged.commit()
     finally:

@@ -121,10 +121,16 @@ async def _generation(state: Any, call: Call, schema: type, run: Callable[[Any],
     except BaseException:
         await admission.aclose()
         raise
+    return await _generated(result, admission, SSE_HEADERS)
+
+
+async def _generated(result: Any, admission: AsyncExitStack, stream_headers) -> Answer:
+    """One JSON object is answered at once, its slot released first; a stream keeps the slot until
+    the stream is closed."""
     if isinstance(result, dict):
         await admission.aclose()
         return _json_answer(result)
-    return Answer(headers=list(SSE_HEADERS), stream=result, _admission=admission)
+    return Answer(headers=list(stream_headers), stream=result, _admission=admission)
 
 
 async def generate(state: Any, call: Call) -> Answer:
@@ -155,10 +161,7 @@ async def generate_v2(state: Any, call: Call, name: str, version: str | None, st
     except BaseException:
         await admission.aclose()
         raise
-    if isinstance(result, dict):
-        await admission.aclose()
-        return _json_answer(result)
-    return Answer(headers=list(V2_SSE_HEADERS), stream=result, _admission=admission)
+    return await _generated(result, admission, V2_SSE_HEADERS)
 
 
 async def infer_v2(state: Any, call: Call, name: str, version: str | None) -> Answer:
