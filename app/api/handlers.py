@@ -156,7 +156,7 @@ async def generate_v2(state: Any, call: Call, name: str, version: str | None, st
     admission = AsyncExitStack()
     try:
         admission.enter_context(await state.registry.gate(name).admit(len(raw)))
-        body = parse_body(V2GenerateRequest, raw)
+        body = parse_body(V2GenerateRequest, raw, state.registry.settings)
         result = await state.completions.v2_generate(name, check_version(version), body, stream)
     except BaseException:
         await admission.aclose()

@@ -192,6 +192,13 @@ CASES = [
     ),
     Case("v2 bad type", f"/v2/models/{GPT}/generate", {"text_input": ["x"]}, 422, ("text_input",)),
     Case(
+        "v2 huge stop list",
+        f"/v2/models/{GPT}/generate",
+        {"text_input": "x", "parameters": {"stop": ["s"] * 100_000}},
+        422,
+        ("parameters.stop has 100000 strings", "at most 8"),
+    ),
+    Case(
         "v2 max_tokens",
         f"/v2/models/{GPT}/generate",
         {"text_input": "x", "parameters": {"max_tokens": 10**9}},
