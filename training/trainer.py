@@ -9,6 +9,7 @@ under ``torchrun`` (DistributedDataParallel; gloo on CPU).
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import math
@@ -273,6 +274,11 @@ class DistributedContext:
         return self.world_size > 1
 
 
+def _leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_distributed() -> DistributedContext:
     """Join the process group when launched by ``torchrun`` (gloo works on CPU); otherwise single process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -281,6 +287,9 @@ def init_distributed() -> DistributedContext:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
+        # Leave the group before the interpreter tears down: a gloo group still alive at exit can
+        # abort the process ("terminate called without an active exception") after a good run.
+        atexit.register(_leave_process_group)
     # One intra-op thread per process: the processes already use the cores.
     torch.set_num_threads(1)
     return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size())
