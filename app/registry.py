@@ -516,6 +516,8 @@ class Registry:
             label = f"{mv.name}/{mv.version}/{role}"
             # The KV-cache step graph belongs to the decode loop (one session: the loop is the batch).
             count = 1 if role == DECODER_STEP else config.instances.count
+            if os.environ.get("CB_CAP_INSTANCES"):  # EXPERIMENT
+                count = min(count, len(os.sched_getaffinity(0)))
             sessions = [Session(path, graph, options, label) for _ in range(count)]
             if self.settings.warmup:
                 for session in sessions:
@@ -525,7 +527,10 @@ class Registry:
                 block_size = config.preprocessing.max_length
                 mv.generator = TextGenerator(mv.name, sessions[0], mv.tokenizer, block_size, self.limits)
             else:
-                mv.runners[role] = Runner(mv.name, graph, sessions, config.batching)
+                runner = Runner(mv.name, graph, sessions, config.batching)
+                if self.settings.warmup:
+                    runner.measure_cost()
+                mv.runners[role] = runner
         metrics.PROVIDER.labels(mv.name, mv.provider).set(1)
 
     # ------------------------------------------------------------------------------ lifecycle

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +33,33 @@ from app.session import Session
 log = logging.getLogger(__name__)
 
 PADDING_AWARE_INPUTS = ("lengths", "attention_mask")
+# A graph is compute-bound when one row costs onnxruntime more than the HTTP layer spends on one
+# request (30-70 us on these cores: the MLP, whose rows cost ~1 us, serves ~14,000 req/s on one core).
+# Then its instances are the bottleneck and should all be running (split_across_instances when the
+# model does not say): measured, the ResNet and the ViT (120-830 us per row) gain by it, LeNet-5 and
+# the MLP (1-30 us) lose 11-16% (bench/instances_bench.py, bench/ceiling_bench.py).
+COMPUTE_BOUND_ROW_S = 50e-6
+# A batch that already holds enough rows that a bigger one would cost less than this share less per
+# row starts at once when it is split (other instances busy): waiting for company buys nothing.
+WORTH_WAITING = 0.1
+# Split batches per session beyond the one it runs: the next starts as soon as the running one ends,
+# on the session's own worker thread, instead of after the event loop (busy with HTTP) has seen the
+# end and formed it: +25% for the ResNet at 32 connections on two cores (bench/ceiling_bench.py).
+QUEUED_PER_SESSION = 1
+
+
+@dataclass(frozen=True)
+class BatchCost:
+    """A graph's run time as ``fixed_s + per_row_s * rows``, from timed runs at load."""
+
+    fixed_s: float
+    per_row_s: float
+
+    def rows_worth_waiting_for(self, limit: int) -> int:
+        """The fewest rows whose run costs within WORTH_WAITING of the marginal cost per row."""
+        if self.per_row_s <= 0:
+            return limit
+        return max(1, min(limit, math.ceil(self.fixed_s / (WORTH_WAITING * self.per_row_s))))
 
 
 @dataclass(eq=False)
@@ -105,14 +133,22 @@ class Runner:
         )
         self._queue: collections.deque[_Request] = collections.deque()
         self._arrived = asyncio.Event()
+        # A session appears here once per batch it may be given: one running, and when batches are
+        # split (compute-bound graphs) one more queued behind it, which its worker thread starts the
+        # moment the first ends instead of after a round trip through a busy event loop (start()).
         self._idle: asyncio.Queue[Session] = asyncio.Queue()
-        for session in sessions:
-            self._idle.put_nowait(session)
         self._in_flight: set[asyncio.Task] = set()
-        # Sessions running a batch. Not len(_in_flight): a finished task leaves that set one loop
+        # Batches given to sessions. Not len(_in_flight): a finished task leaves that set one loop
         # iteration after its session is back, which made a lone request wait for company.
         self._busy = 0
-        self._executor = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=f"ort-{name}")
+        # One worker thread per session: a batch queued behind another on its session waits there.
+        self._executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}-{i}")
+            for i in range(len(sessions))
+        ]
+        self.cost: BatchCost | None = None  # measure_cost() at load
+        self.split = self._splits()
+        self._enough_rows = batching.max_batch_size
         self._task: asyncio.Task | None = None
         self.batches_run = 0  # counters for /models and tests: how much batching actually happened
         self.requests_run = 0
@@ -129,7 +165,30 @@ class Runner:
 
     # ------------------------------------------------------------------------------ lifecycle
 
+    def measure_cost(self) -> BatchCost:
+        """Time runs of one row and of max_batch_size rows on the first instance (blocking: at load,
+        before ``start``), and decide from them whether batches split across instances."""
+        limit = self.batching.max_batch_size
+        one = self.sessions[0].time_run(1)
+        full = self.sessions[0].time_run(limit) if limit > 1 else one
+        per_row = max(0.0, (full - one) / (limit - 1)) if limit > 1 else one
+        self.cost = BatchCost(fixed_s=max(0.0, one - per_row), per_row_s=per_row)
+        self.split = self._splits()
+        self._enough_rows = self.cost.rows_worth_waiting_for(limit) if self.split else limit
+        return self.cost
+
+    def _splits(self) -> bool:
+        """The model's split_across_instances; when it does not say, whether the graph is compute-bound."""
+        configured = self.batching.split_across_instances
+        if configured is not None:
+            return configured
+        cost = self.cost
+        return len(self.sessions) > 1 and cost is not None and cost.per_row_s >= COMPUTE_BOUND_ROW_S
+
     def start(self) -> None:
+        for _ in range(1 + QUEUED_PER_SESSION if self.split else 1):
+            for session in self.sessions:
+                self._idle.put_nowait(session)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
@@ -141,7 +200,8 @@ class Runner:
             if not request.future.done():
                 request.future.set_exception(InferenceFailed(f"model {self.name!r} is shutting down"))
         self._queue.clear()
-        self._executor.shutdown(wait=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True)
 
     # ------------------------------------------------------------------------------ submitting
 
@@ -246,8 +306,9 @@ class Runner:
         while True:
             share = self._share(rows)
             rows += self._take_compatible(batch, share - rows)
-            # Full; or nothing else running; or the rest of the queue is other instances' share.
-            if rows >= limit or pool_idle or (share < limit and self._queue):
+            # Full; or nothing else running; or the rest of the queue is other instances' share; or
+            # split and big enough that more rows would not make it cheaper per row.
+            if rows >= limit or pool_idle or (share < limit and self._queue) or rows >= self._enough_rows:
                 break
             remaining = close_at - time.perf_counter()
             if remaining <= 0:
@@ -268,7 +329,7 @@ class Runner:
         other instance finds nothing left to take."""
         limit = self.batching.max_batch_size
         instances = len(self.sessions)
-        if instances > 1 and self.batching.split_across_instances:
+        if instances > 1 and self.split:
             queued = taken + sum(request.rows for request in self._queue)
             limit = min(limit, max(taken, -(-queued // instances)))
         return limit
@@ -297,38 +358,20 @@ class Runner:
     # ------------------------------------------------------------------------------ execution
 
     async def _execute(self, session: Session, batch: list[_Request]) -> None:
-        started = time.perf_counter()
-        queue_s = 0.0
+        formed = time.perf_counter()
         for request in batch:
-            request.started = True
-            self._queue_time.observe(started - request.enqueued)
-            queue_s += started - request.enqueued
+            request.started = True  # past its deadline now, it is answered anyway: moments away
         rows = sum(r.rows for r in batch)
         self._batch_size.observe(rows)
         self.batches_run += 1
         self.requests_run += len(batch)
         self._in_flight_gauge.inc()
-        span = (  # linked to each request's span; their queue spans end at ``started``
-            tracing.start_batch(
-                self.name,
-                self.graph.file,
-                f"{self.graph.file}#{self.sessions.index(session)}",
-                session.provider,
-                [(r.trace, r.enqueued) for r in batch],
-                rows,
-                started,
-            )
-            if tracing.enabled()
-            else None
-        )
         ok = False
+        started = formed  # when the run began: later than ``formed`` when queued behind another
         try:
             loop = asyncio.get_running_loop()
-            results, phases = await loop.run_in_executor(self._executor, self._run_batch, session, batch)
-            self.stats.record(rows, len(batch), int(queue_s * 1e9), phases)
-            for request in batch:
-                request.queue_s, request.compute_s = started - request.enqueued, sum(phases) / 1e9
-                request.batch_rows = rows
+            executor = self._executors[self.sessions.index(session)]
+            started, results, phases = await loop.run_in_executor(executor, self._run_batch, session, batch)
             ok = True
         except ServingError as exc:
             results = [exc] * len(batch)
@@ -341,6 +384,25 @@ class Runner:
             self._in_flight_gauge.dec()
             self._busy -= 1
             self._idle.put_nowait(session)
+        queue_s = 0.0
+        for request in batch:
+            self._queue_time.observe(started - request.enqueued)
+            queue_s += started - request.enqueued
+        if ok:
+            self.stats.record(rows, len(batch), int(queue_s * 1e9), phases)
+            for request in batch:
+                request.queue_s, request.compute_s = started - request.enqueued, sum(phases) / 1e9
+                request.batch_rows = rows
+        if tracing.enabled():  # linked to each request's span; their queue spans end at ``started``
+            span = tracing.start_batch(
+                self.name,
+                self.graph.file,
+                f"{self.graph.file}#{self.sessions.index(session)}",
+                session.provider,
+                [(r.trace, r.enqueued) for r in batch],
+                rows,
+                started,
+            )
             if span is not None:
                 tracing.end_batch(span, failed=not ok)
         for request, result in zip(batch, results, strict=True):
@@ -353,9 +415,9 @@ class Runner:
 
     def _run_batch(
         self, session: Session, batch: list[_Request]
-    ) -> tuple[list[list[np.ndarray]], tuple[int, int, int]]:
+    ) -> tuple[float, list[list[np.ndarray]], tuple[int, int, int]]:
         """Worker thread: concatenate (padding where allowed), run, split rows back per request; also
-        the nanoseconds of those three phases."""
+        when it began (perf_counter) and the nanoseconds of those three phases."""
         started = time.perf_counter()
         t0 = time.perf_counter_ns()
         feeds = {}
@@ -382,4 +444,4 @@ class Runner:
                 rows.append(part)
             results.append(rows)
             offset += request.rows
-        return results, (t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
+        return started, results, (t1 - t0, t2 - t1, time.perf_counter_ns() - t2)

@@ -300,9 +300,13 @@ def parse_wrk(text: str) -> WrkResult:
     )
 
 
-def run_wrk(url: str, body: Body, connections: int, seconds: int) -> WrkResult:
+def run_wrk(
+    url: str, body: Body, connections: int, seconds: int, core: str | None = CLIENT_CORE
+) -> WrkResult:
+    """wrk on ``core`` (None: wherever the scheduler puts it, sharing the server's cores)."""
     # -t1: one client thread holds every connection, so the client stays on its one core.
-    command = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    command = ["taskset", "-c", core] if core is not None else []
+    command += ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
     command += ["--latency", "--timeout", f"{WRK_TIMEOUT_S}s", "-s", str(LUA_SCRIPT), url]
     headers = "\n".join(f"{name}: {value}" for name, value in body.headers.items())
     env = {**os.environ, "BENCH_BODY_FILE": str(body.file), "BENCH_HEADERS": headers}

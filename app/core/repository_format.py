@@ -129,11 +129,12 @@ class Batching(_Strict):
     max_queue_size: int = Field(default=256, gt=0)
     timeout_ms: float = Field(default=5000.0, gt=0)
     # A batch takes at most its instance's share of the queued rows (queued / instances), so that one
-    # instance never runs a full batch while another finds nothing left to take. Pays for compute-bound
-    # graphs (cost per row flat in the batch size: +20% at 32 connections for the ResNet and the ViT);
-    # costs light ones, where a bigger batch is cheaper per row (-11..16% for LeNet-5 and the MLP), so
-    # it is off unless a model's config.json turns it on (bench/instances_bench.py).
-    split_across_instances: bool = False
+    # instance never runs a full batch while another finds nothing left to take, and starts without
+    # waiting for company once more rows would not make it cheaper per row. Pays for compute-bound
+    # graphs (+20% at 32 connections for the ResNet and the ViT); costs light ones, whose requests cost
+    # the HTTP layer more than their rows cost onnxruntime (-11..16% for LeNet-5 and the MLP). Unset:
+    # decided per graph by its run time measured at load (app/runner.py, COMPUTE_BOUND_ROW_S).
+    split_across_instances: bool | None = None
 
 
 class Instances(_Strict):
