@@ -516,8 +516,6 @@ class Registry:
             label = f"{mv.name}/{mv.version}/{role}"
             # The KV-cache step graph belongs to the decode loop (one session: the loop is the batch).
             count = 1 if role == DECODER_STEP else config.instances.count
-            if os.environ.get("CB_CAP_INSTANCES"):  # EXPERIMENT
-                count = min(count, len(os.sched_getaffinity(0)))
             sessions = [Session(path, graph, options, label) for _ in range(count)]
             if self.settings.warmup:
                 for session in sessions:
@@ -528,7 +526,7 @@ class Registry:
                 mv.generator = TextGenerator(mv.name, sessions[0], mv.tokenizer, block_size, self.limits)
             else:
                 runner = Runner(mv.name, graph, sessions, config.batching)
-                if self.settings.warmup:
+                if self.settings.warmup and runner.needs_cost:
                     runner.measure_cost()
                 mv.runners[role] = runner
         metrics.PROVIDER.labels(mv.name, mv.provider).set(1)

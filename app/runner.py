@@ -4,8 +4,15 @@ One background task owns the queue. It waits for an idle session, takes the olde
 every compatible request queued behind it up to ``max_batch_size`` rows. When the whole pool is idle
 it dispatches at once (a lone request never waits for company); when other batches are in flight it
 waits for more requests until the batch is full or ``max_queue_delay_ms`` has passed since the oldest
-one arrived. Batches run in worker threads, so the event loop never blocks on onnxruntime, and while
-they run the next batch fills up. An error in a batch fails that batch's callers only.
+one arrived. Batches run in worker threads (one per session), so the event loop never blocks on
+onnxruntime, and while they run the next batch fills up. An error in a batch fails that batch's
+callers only.
+
+Compute-bound graphs (a row costs more than the HTTP layer spends on a request; timed at load, see
+``measure_cost``) are split across instances (``split_across_instances``, unless the model says): a
+batch takes its instance's share of the queue, starts without waiting for company once more rows
+would not make it cheaper per row, and one more batch queues behind each running one, so that a
+session starts its next batch the moment one ends, without waiting for the busy event loop.
 
 Rows of different lengths share a batch when the graph takes ``lengths`` or an ``attention_mask``
 (it knows which positions are padding): they are right-padded with 0 to the longest and each caller
@@ -46,6 +53,8 @@ WORTH_WAITING = 0.1
 # on the session's own worker thread, instead of after the event loop (busy with HTTP) has seen the
 # end and formed it: +25% for the ResNet at 32 connections on two cores (bench/ceiling_bench.py).
 QUEUED_PER_SESSION = 1
+# Split batches up to this size are assembled on the event loop (~10 us per 100 KB copied).
+ASSEMBLE_ON_LOOP_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,12 @@ class Runner:
         self.split = self._splits()
         self._enough_rows = self.cost.rows_worth_waiting_for(limit) if self.split else limit
         return self.cost
+
+    @property
+    def needs_cost(self) -> bool:
+        """Whether measure_cost() would decide anything: several instances, the split not configured
+        off."""
+        return len(self.sessions) > 1 and self.batching.split_across_instances is not False
 
     def _splits(self) -> bool:
         """The model's split_across_instances; when it does not say, whether the graph is compute-bound."""
@@ -371,7 +386,17 @@ class Runner:
         try:
             loop = asyncio.get_running_loop()
             executor = self._executors[self.sessions.index(session)]
-            started, results, phases = await loop.run_in_executor(executor, self._run_batch, session, batch)
+            # Split batches are assembled here: on the worker thread, numpy's copy gives up the
+            # interpreter and taking it back waited behind the busy event loop, every batch (+5-9%
+            # for the ResNet on two cores). Large ones stay on the worker: nothing heavy here.
+            feeds, assembly_ns = None, 0
+            if self.split and self._fits_on_loop(batch):
+                feeds = self._assemble(batch)
+                assembly_ns = int((time.perf_counter() - formed) * 1e9)
+            started, results, phases = await loop.run_in_executor(
+                executor, self._run_batch, session, batch, feeds
+            )
+            phases = (phases[0] + assembly_ns, *phases[1:])
             ok = True
         except ServingError as exc:
             results = [exc] * len(batch)
@@ -413,13 +438,12 @@ class Runner:
             else:
                 request.future.set_result(result)
 
-    def _run_batch(
-        self, session: Session, batch: list[_Request]
-    ) -> tuple[float, list[list[np.ndarray]], tuple[int, int, int]]:
-        """Worker thread: concatenate (padding where allowed), run, split rows back per request; also
-        when it began (perf_counter) and the nanoseconds of those three phases."""
-        started = time.perf_counter()
-        t0 = time.perf_counter_ns()
+    @staticmethod
+    def _fits_on_loop(batch: list[_Request]) -> bool:
+        return sum(a.nbytes for r in batch for a in r.feeds.values()) <= ASSEMBLE_ON_LOOP_BYTES
+
+    def _assemble(self, batch: list[_Request]) -> dict[str, np.ndarray]:
+        """The batch's feeds: each input's rows concatenated (padded to the longest where allowed)."""
         feeds = {}
         for name in batch[0].feeds:
             parts = [r.feeds[name] for r in batch]
@@ -427,6 +451,17 @@ class Runner:
                 longest = max(p.shape[1] for p in parts)
                 parts = [pad_to(p, longest) for p in parts]
             feeds[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return feeds
+
+    def _run_batch(
+        self, session: Session, batch: list[_Request], feeds: dict[str, np.ndarray] | None
+    ) -> tuple[float, list[list[np.ndarray]], tuple[int, int, int]]:
+        """Worker thread: assemble the feeds (unless given), run, split rows back per request; also
+        when it began (perf_counter) and the nanoseconds of those three phases."""
+        started = time.perf_counter()
+        t0 = time.perf_counter_ns()
+        if feeds is None:
+            feeds = self._assemble(batch)
         t1 = time.perf_counter_ns()
         outputs = session.run(feeds)
         t2 = time.perf_counter_ns()

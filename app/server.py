@@ -89,9 +89,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is not None and cycle.transport is self.transport and _ONE_SEND:  # not an upgrade
-            cycle.transport = _HeadWithBody(self.transport, self.loop)
 
     def send_400_response(self, msg: str) -> None:
         if self._head_too_large:  # the parser stopped on our exception: say why
@@ -136,49 +133,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.write(b"".join(head) + body)
         self.transport.close()
-
-
-import os  # EXPERIMENT
-
-_ONE_SEND = os.environ.get("CB_ONE_SEND", "1") == "1"
-
-
-class _HeadWithBody:
-    """One response's view of its connection's transport: the status line and headers (the response's
-    first write) wait for the body's first write, and both leave in one system call. Written apart,
-    they were two TCP segments and two wake-ups of the client per answer; with the client on the same
-    cores, each wake-up also preempted the event loop (bench/ceiling_bench.py). A head that no body
-    follows in the same turn of the event loop (a stream's first event comes later) leaves at the
-    next turn."""
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._head: bytes | None = None
-        self._written = False
-
-    def write(self, data: bytes) -> None:
-        if not self._written:
-            self._written = True
-            self._head = data
-            self._loop.call_soon(self._flush)
-        elif self._head is not None:
-            head, self._head = self._head, None
-            self._transport.writelines((head, data))  # one writev
-        else:
-            self._transport.write(data)
-
-    def _flush(self) -> None:
-        head, self._head = self._head, None
-        if head is not None and not self._transport.is_closing():
-            self._transport.write(head)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
 
 
 class Server(uvicorn.Server):
