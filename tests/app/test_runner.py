@@ -11,7 +11,7 @@ import pytest
 
 from app.core.repository_format import Batching, ModelConfig
 from app.errors import DeadlineExceeded, InferenceFailed, QueueFull
-from app.runner import Runner
+from app.runner import COMPUTE_BOUND_ROW_S, BatchCost, Runner
 from app.session import Session, SessionOptions
 from tests.app.conftest import ZOO, reference_session
 
@@ -164,3 +164,56 @@ def test_queued_rows_are_split_across_idle_instances(split: bool) -> None:
         assert max(sizes) <= 17 and runner.stats.execution_count >= 3, runner.stats.by_batch_size
     else:
         assert 32 in sizes, runner.stats.by_batch_size
+
+
+def test_batch_cost_rows_worth_waiting_for() -> None:
+    """Plain arithmetic: the fewest rows within WORTH_WAITING (10%) of the marginal cost per row."""
+    assert BatchCost(fixed_s=0.0, per_row_s=1e-3).rows_worth_waiting_for(32) == 1
+    assert BatchCost(fixed_s=1e-3, per_row_s=1e-3).rows_worth_waiting_for(32) == 10
+    assert BatchCost(fixed_s=1.0, per_row_s=1e-3).rows_worth_waiting_for(32) == 32  # never below the limit
+    assert BatchCost(fixed_s=1e-3, per_row_s=0.0).rows_worth_waiting_for(16) == 16
+
+
+def test_measured_cost_decides_the_split_unless_configured() -> None:
+    """Unset, split_across_instances follows the run time measured at load: a ResNet row costs
+    onnxruntime far more than an MLP row; configured either way, the model's word stands (off: not
+    even measured)."""
+    resnet, mlp = make_runner("resnet-shapes"), make_runner("mlp-digits")
+    assert not resnet.split and resnet.needs_cost  # nothing measured yet: today's behaviour
+    for runner in (resnet, mlp):
+        cost = runner.measure_cost()
+        assert cost.fixed_s >= 0 and cost.per_row_s >= 0
+        assert runner.split == (cost.per_row_s >= COMPUTE_BOUND_ROW_S)
+    assert resnet.cost.per_row_s > 10 * mlp.cost.per_row_s
+    assert not make_runner("resnet-shapes", split_across_instances=False).needs_cost
+    assert not make_runner("resnet-shapes", instances=1).needs_cost
+    forced = make_runner("mlp-digits", split_across_instances=True)
+    forced.measure_cost()
+    assert forced.split
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_split_batches_queue_behind_running_ones(split: bool) -> None:
+    """64 rows queued at once on two instances: split, each session also gets one batch queued behind
+    its running one (its share of what is left: 32, 16, 8, 4 rows), started by its worker thread the
+    moment the first ends; not split, at most one batch per session. Every caller gets its own rows."""
+    x = np.random.default_rng(4).normal(size=(64, 1, 3, 32, 32)).astype(np.float32)
+    runner = make_runner("resnet-shapes", max_batch_size=32, split_across_instances=split)
+    busy: list[int] = []
+
+    async def body(r: Runner):
+        calls = [asyncio.ensure_future(r.infer({"input": row})) for row in x]
+        while not all(c.done() for c in calls):
+            busy.append(r._busy)
+            await asyncio.sleep(0)
+        return [c.result() for c in calls]
+
+    results = asyncio.run(_with_runner(runner, body))
+    expected = reference_session(ZOO, "resnet-shapes").run(None, {"input": x[:, 0]})[0]
+    np.testing.assert_allclose(np.concatenate([logits for (logits,) in results]), expected, atol=1e-5)
+    assert runner.stats.inference_count == 64
+    if split:
+        assert max(busy) == 4, busy
+        assert sorted(runner.stats.by_batch_size)[-4:] == [4, 8, 16, 32], runner.stats.by_batch_size
+    else:
+        assert max(busy) <= 2, busy
