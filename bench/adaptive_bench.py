@@ -1,8 +1,8 @@
 """Adaptive batching (``max_queue_delay_ms: "auto"``) against a sweep of fixed delays and no batching,
 under open-loop Poisson load at 30%, 60% and 90% of capacity (issue 17, part 3). Run by hand:
 
-    .venv/bin/python bench/adaptive_bench.py --quick          # a check, ~3 min
-    flock /work/bench.lock .venv/bin/python bench/adaptive_bench.py   # the README's figures, ~12 min
+    .venv/bin/python bench/adaptive_bench.py --quick   # a check, ~3 min (results in the temp dir)
+    flock /work/bench.lock .venv/bin/python bench/adaptive_bench.py   # the README's figures, ~15 min
 
 How it measures, and why:
 - The model is the MLP (mlp-digits) with its own instances (two single-threaded sessions), bodies are
@@ -264,18 +264,27 @@ def open_loop_cell(
                 "failed": int((mine & ~ok).sum()),
             }
         )
-    rows = batches_after[0] - batches_before[0]
-    count = batches_after[1] - batches_before[1]
     return {
         "rate_per_s": rate,
         "windows": per_window,
-        "mean_batch_rows": rows / count if count else math.nan,
+        "rows": batches_after[0] - batches_before[0],
+        "batches": batches_after[1] - batches_before[1],
         "peak_connections": generator.peak_connections,
         "peak_backlog": generator.peak_backlog,
-        # Shares of a core over the cell: near 1.0 for the generator would make it the limit.
-        "server_cpu": server_cpu / wall,
-        "generator_cpu": own_cpu / wall,
+        "server_cpu_s": server_cpu,
+        "generator_cpu_s": own_cpu,
+        "wall_s": wall,
     }
+
+
+def merge(parts: list[dict]) -> dict:
+    """One candidate's cells at one load (one per round) as one."""
+    merged = {"rate_per_s": parts[0]["rate_per_s"], "windows": [w for p in parts for w in p["windows"]]}
+    for key in ("rows", "batches", "server_cpu_s", "generator_cpu_s", "wall_s"):
+        merged[key] = sum(p[key] for p in parts)
+    for key in ("peak_connections", "peak_backlog"):
+        merged[key] = max(p[key] for p in parts)
+    return merged
 
 
 # ---------------------------------------------------------------------------------------- server side
@@ -350,11 +359,12 @@ def summarise(cell: dict, target_ms: float) -> dict:
         "window_count": len(good),
         "send_lag_p99_ms": float(max(w["send_lag_p99_ms"] for w in windows)),
         "failed": sum(w["failed"] for w in windows),
-        "mean_batch_rows": cell["mean_batch_rows"],
+        "mean_batch_rows": cell["rows"] / cell["batches"] if cell["batches"] else math.nan,
         "peak_connections": cell["peak_connections"],
         "peak_backlog": cell["peak_backlog"],
-        "server_cpu": cell["server_cpu"],
-        "generator_cpu": cell["generator_cpu"],
+        # Shares of a core: the generator near 1.0 would make it the limit.
+        "server_cpu": cell["server_cpu_s"] / cell["wall_s"],
+        "generator_cpu": cell["generator_cpu_s"] / cell["wall_s"],
     }
 
 
@@ -400,8 +410,8 @@ def markdown(result: dict) -> str:
         f"Capacity = {result['capacity_per_s']:.0f} req/s ({result['capacity_from']}).",
         "",
         "| load | candidate | offered/s | sent/s | goodput/s | p50 ms | p99 ms (median, worst window) "
-        "| windows p99 <= target | rows/batch | send lag p99 ms | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| windows p99 <= target | rows/batch | send lag p99 ms | cpu server, generator | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for load, cells in result["summary"].items():
         for name, s in cells.items():
@@ -410,7 +420,7 @@ def markdown(result: dict) -> str:
                 f"{s['goodput_per_s']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms_median']:.2f}, "
                 f"{s['p99_ms_worst']:.2f} | {s['windows_within_target'] * s['window_count']:.0f}/"
                 f"{s['window_count']} | {s['mean_batch_rows']:.1f} | {s['send_lag_p99_ms']:.2f} | "
-                f"{s['failed']} |"
+                f"{s['server_cpu']:.2f}, {s['generator_cpu']:.2f} | {s['failed']} |"
             )
     lines += [
         "",
@@ -442,19 +452,19 @@ def main() -> None:
     parser.add_argument("--delays", type=float, nargs="+", default=[0, 1, 2, 5, 10])
     parser.add_argument("--instances", type=int, default=2)
     parser.add_argument("--window", type=float, default=10.0, help="seconds per window")
-    parser.add_argument("--windows", type=int, default=2, help="windows per fixed / no-batching cell")
-    parser.add_argument("--auto-windows", type=int, default=6, help="windows per auto cell")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before the first window")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every candidate per load")
+    parser.add_argument("--windows", type=int, default=1, help="windows per fixed / no-batching cell")
+    parser.add_argument("--auto-windows", type=int, default=2, help="windows per auto cell")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before a cell's first window")
     parser.add_argument("--capacity-seconds", type=int, default=6)
     parser.add_argument("--max-connections", type=int, default=512)
     parser.add_argument("--warm-connections", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "adaptive_bench.json")
     args = parser.parse_args()
     if args.quick:
-        args.delays, args.window, args.windows, args.auto_windows = [0, 2, 10], 3.0, 1, 2
-        args.warmup, args.capacity_seconds = 1.0, 3
-        if args.out == parser.get_default("out"):
-            args.out = args.out.with_name("adaptive_bench_quick.json")
+        args.delays, args.window, args.rounds, args.capacity_seconds = [0, 2, 10], 3.0, 1, 3
+        if args.out == parser.get_default("out"):  # a check: bench/results keeps the real figures
+            args.out = Path(tempfile.gettempdir()) / "adaptive_bench_quick.json"
     os.sched_setaffinity(0, {CLIENT_CORE})
     load_average = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="adaptive-bench-"))
@@ -479,27 +489,31 @@ def main() -> None:
         batching_names = [n for n in names if n != NO_BATCHING]
         capacity_from = max(batching_names, key=lambda n: capacity[n]["requests_per_s"])
         capacity_per_s = capacity[capacity_from]["requests_per_s"]
-        cells: dict[str, dict[str, dict]] = {}
+        cells: dict[str, dict[str, list[dict]]] = {}
         for k, load in enumerate(LOADS):
             rate = load * capacity_per_s
-            order = names[k % len(names) :] + names[: k % len(names)]
-            cells[f"{load:.0%}"] = {}
-            for j, name in enumerate(order):
-                windows = args.auto_windows if name == AUTO else args.windows
-                process, url = servers[name]
-                cell = open_loop_cell(url, process.pid, request, rate, windows, args, seed=100 * k + j)
-                cells[f"{load:.0%}"][name] = cell
-                s = summarise(cell, args.target_ms)
-                print(
-                    f"{load:.0%} {name}: offered {rate:.0f}/s sent {s['sent_per_s']:.0f}/s goodput "
-                    f"{s['goodput_per_s']:.0f}/s p99 {s['p99_ms_median']:.2f} ms (worst "
-                    f"{s['p99_ms_worst']:.2f}) rows/batch {s['mean_batch_rows']:.1f} lag p99 "
-                    f"{s['send_lag_p99_ms']:.2f} ms cpu server {s['server_cpu']:.2f} generator "
-                    f"{s['generator_cpu']:.2f} conns {s['peak_connections']} failed {s['failed']}",
-                    flush=True,
-                )
+            cells[f"{load:.0%}"] = {name: [] for name in names}
+            # Rounds of one cell per candidate, the order rotating: the machine's drift (other work
+            # shares it) falls on every candidate alike.
+            for r in range(args.rounds):
+                shift = (k + r) % len(names)
+                for j, name in enumerate(names[shift:] + names[:shift]):
+                    windows = args.auto_windows if name == AUTO else args.windows
+                    process, url = servers[name]
+                    seed = 1000 * k + 100 * r + j
+                    cell = open_loop_cell(url, process.pid, request, rate, windows, args, seed)
+                    cells[f"{load:.0%}"][name].append(cell)
+                    s = summarise(cell, args.target_ms)
+                    print(
+                        f"{load:.0%} r{r} {name}: offered {rate:.0f}/s sent {s['sent_per_s']:.0f}/s "
+                        f"goodput {s['goodput_per_s']:.0f}/s p99 {s['p99_ms_median']:.2f} ms (worst "
+                        f"{s['p99_ms_worst']:.2f}) rows/batch {s['mean_batch_rows']:.1f} lag p99 "
+                        f"{s['send_lag_p99_ms']:.2f} ms cpu server {s['server_cpu']:.2f} generator "
+                        f"{s['generator_cpu']:.2f} conns {s['peak_connections']} failed {s['failed']}",
+                        flush=True,
+                    )
         summary = {
-            load: {name: summarise(by_name[name], args.target_ms) for name in names}
+            load: {name: summarise(merge(by_name[name]), args.target_ms) for name in names}
             for load, by_name in cells.items()
         }
         commit = subprocess.run(
