@@ -39,7 +39,7 @@ import math
 from dataclasses import dataclass
 
 # Observations of batches with fewer distinct row counts than this spread cannot separate the fixed
-# cost from the per-row cost: such a fit predicts conservatively (see _Fit.predict).
+# cost from the per-row cost: such a fit predicts conservatively (see _Fit.lines).
 _MIN_ROW_VARIANCE = 0.25
 
 
