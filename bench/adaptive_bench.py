@@ -133,6 +133,8 @@ class OpenLoop:
     async def run(self, warm_connections: int, drain_s: float) -> None:
         loop = asyncio.get_running_loop()
         self._all_done = asyncio.Event()
+        for _ in range(warm_connections):
+            self._count_connection()
         opened = await asyncio.gather(*(self._connect() for _ in range(warm_connections)))
         self._idle.extend(c for c in opened if c is not None)
         schedule, n, i = self.schedule, len(self.schedule), 0
@@ -160,11 +162,15 @@ class OpenLoop:
         self._backlog.append(index)
         self.peak_backlog = max(self.peak_backlog, len(self._backlog))
         if self.connections < self.max_connections:
+            self._count_connection()  # now, not when the task runs: a burst must not open hundreds
             loop.create_task(self._open())
 
-    async def _connect(self) -> _Connection | None:
+    def _count_connection(self) -> None:
         self.connections += 1
         self.peak_connections = max(self.peak_connections, self.connections)
+
+    async def _connect(self) -> _Connection | None:
+        """A new connection, already counted in ``connections``."""
         loop = asyncio.get_running_loop()
         try:
             _, connection = await loop.create_connection(lambda: _Connection(self), self.host, self.port)
@@ -232,7 +238,7 @@ def open_loop_cell(
     """One candidate at one rate: warm-up, then ``windows`` windows; per-window figures."""
     seconds = args.warmup + windows * args.window
     host, port = url.removeprefix("http://").split(":")
-    start = time.perf_counter() + 0.5  # after the warm connections are open
+    start = time.perf_counter() + 1.0  # after the warm connections are open
     schedule = poisson_schedule(rate, seconds, start, seed)
     generator = OpenLoop(host, int(port), request, schedule, args.max_connections)
     batches_before = batch_counts(url)
@@ -458,7 +464,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before a cell's first window")
     parser.add_argument("--capacity-seconds", type=int, default=6)
     parser.add_argument("--max-connections", type=int, default=512)
-    parser.add_argument("--warm-connections", type=int, default=64)
+    # Opened before each cell: connections opened under load queue behind the server's accept loop
+    # and turn its stalls into the generator's (the server admits 256 requests per model at a time).
+    parser.add_argument("--warm-connections", type=int, default=320)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "adaptive_bench.json")
     args = parser.parse_args()
     if args.quick:
