@@ -10,9 +10,11 @@ How it measures, and why:
   core 1 (``taskset``), this script and its load generator on core 0, so capacity is one core's. The
   delay only acts while another batch is running, so one instance would make every fixed delay the
   same policy; two instances on the one core is where the choice matters.
-- Capacity: the best closed-loop throughput (wrk, 64 connections) of any batching candidate. Then each
+- Capacity: the best closed-loop throughput (64 connections, each sending its next request when the
+  last is answered) of any batching candidate, measured with the same client code as the open loop
+  so that both see the same client costs. Then each
   candidate gets open-loop load at 30/60/90% of it, candidates side by side (idle servers cost
-  nothing), in an order that rotates per load.
+  nothing), in rounds whose order rotates.
 - Open loop: arrival times are drawn up front (exponential gaps, seeded) and each request is sent at
   its time whatever the server is doing, over keep-alive connections (a new one is opened when none is
   free, up to --max-connections); latency runs from the *scheduled* time to the last byte of the
@@ -46,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 from ports import start_server  # bench/ports.py, beside this script
-from serve_bench import run_wrk, write_bodies
+from serve_bench import write_bodies
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "mlp-digits"
@@ -77,9 +79,8 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
 
-    def send(self, index: int, now: float) -> None:
+    def send(self, index: int) -> None:
         self.current = index
-        self.generator.sent_at[index] = now
         self.transport.write(self.generator.request)
 
     def data_received(self, data: bytes) -> None:
@@ -145,19 +146,24 @@ class OpenLoop:
                 self._due(i, now, loop)
                 i += 1
             if i < n:
-                wait = schedule[i] - clock()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                # At least a millisecond: the loop's timers have that resolution, and shorter sleeps
+                # return at once (a busy loop that took three times the CPU per request). What is
+                # sent late by this counts in its latency (measured from the schedule) and send lag.
+                await asyncio.sleep(max(schedule[i] - clock(), 0.001))
         if self._pending:
             with contextlib.suppress(TimeoutError):  # what is still missing counts as failed
                 await asyncio.wait_for(self._all_done.wait(), drain_s)
         for connection in list(self._idle):
             connection.transport.close()
 
+    def _send(self, connection: _Connection, index: int, now: float) -> None:
+        self.sent_at[index] = now
+        connection.send(index)
+
     def _due(self, index: int, now: float, loop: asyncio.AbstractEventLoop) -> None:
         self._pending += 1
         if self._idle:
-            self._idle.popleft().send(index, now)  # FIFO: every connection stays warm (keep-alive timeout)
+            self._send(self._idle.popleft(), index, now)  # FIFO: all stay warm (keep-alive timeout)
             return
         self._backlog.append(index)
         self.peak_backlog = max(self.peak_backlog, len(self._backlog))
@@ -186,7 +192,7 @@ class OpenLoop:
 
     def _next(self, connection: _Connection) -> None:
         if self._backlog:
-            connection.send(self._backlog.popleft(), time.perf_counter())
+            self._send(connection, self._backlog.popleft(), time.perf_counter())
         else:
             self._idle.append(connection)
 
@@ -208,6 +214,66 @@ class OpenLoop:
             self._finish(connection.current, -1)
         elif connection in self._idle:
             self._idle.remove(connection)
+
+
+class ClosedLoop:
+    """Capacity: ``connections`` connections, each sending its next request as soon as the answer to
+    the last one arrives (the same client code as the open loop, so the same client costs)."""
+
+    def __init__(self, host: str, port: int, request: bytes) -> None:
+        self.host, self.port, self.request = host, port, request
+        self.measuring = False
+        self.stopping = False
+        self.answered_ok = 0
+        self.failed = 0
+        self._sent: dict[_Connection, float] = {}
+        self.latencies: list[float] = []
+
+    async def run(self, connections: int, warmup_s: float, seconds: float) -> float:
+        """Answers per second over ``seconds`` after ``warmup_s``."""
+        loop = asyncio.get_running_loop()
+        factory = lambda: _Connection(self)  # noqa: E731
+        opened = await asyncio.gather(
+            *(loop.create_connection(factory, self.host, self.port) for _ in range(connections))
+        )
+        for _, connection in opened:
+            self._next(connection)
+        await asyncio.sleep(warmup_s)
+        self.measuring, started = True, time.perf_counter()
+        await asyncio.sleep(seconds)
+        self.measuring, elapsed = False, time.perf_counter() - started
+        self.stopping = True
+        for _, connection in opened:
+            connection.transport.close()
+        return self.answered_ok / elapsed
+
+    def _next(self, connection: _Connection) -> None:
+        if not self.stopping:
+            self._sent[connection] = time.perf_counter()
+            connection.send(0)
+
+    def answered(self, connection: _Connection, status: int) -> None:
+        if self.measuring:
+            if status == 200:
+                self.answered_ok += 1
+                self.latencies.append(time.perf_counter() - self._sent[connection])
+            else:
+                self.failed += 1
+        self._next(connection)
+
+    def lost(self, connection: _Connection) -> None:
+        if self.measuring:
+            self.failed += 1
+
+
+def closed_loop_capacity(url: str, request: bytes, args: argparse.Namespace) -> dict:
+    host, port = url.removeprefix("http://").split(":")
+    generator = ClosedLoop(host, int(port), request)
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        rate = runner.run(generator.run(args.capacity_connections, 1.0, args.capacity_seconds))
+    if generator.failed:
+        raise RuntimeError(f"{url}: {generator.failed} failed requests in the capacity run")
+    return {"requests_per_s": rate, "p99_ms": percentile_ms(np.asarray(generator.latencies), 99)}
 
 
 def poisson_schedule(rate: float, seconds: float, start: float, seed: int) -> list[float]:
@@ -241,17 +307,18 @@ def open_loop_cell(
     start = time.perf_counter() + 1.0  # after the warm connections are open
     schedule = poisson_schedule(rate, seconds, start, seed)
     generator = OpenLoop(host, int(port), request, schedule, args.max_connections)
-    batches_before = batch_counts(url)
+    before = scrape(url)
     server_cpu, own_cpu, wall = cpu_seconds(pid), time.process_time(), time.perf_counter()
     with asyncio.Runner(loop_factory=new_loop) as runner:
         runner.run(generator.run(args.warm_connections, drain_s=5.0))
     wall = time.perf_counter() - wall
     server_cpu, own_cpu = cpu_seconds(pid) - server_cpu, time.process_time() - own_cpu
-    batches_after = batch_counts(url)
+    after = scrape(url)
     scheduled = np.asarray(schedule) - start
     sent = np.asarray(generator.sent_at) - start
     done = np.asarray(generator.done_at) - start
-    ok = np.asarray(generator.status) == 200
+    status = np.asarray(generator.status)
+    ok = status == 200
     latency = np.where(ok & np.isfinite(done), done - scheduled, np.inf)
     per_window = []
     for k in range(windows):
@@ -268,13 +335,17 @@ def open_loop_cell(
                 "p99_ms": percentile_ms(latency[mine], 99),
                 "send_lag_p99_ms": percentile_ms(lag, 99),
                 "failed": int((mine & ~ok).sum()),
+                # status -> count: 429/503 refusals, -1 a lost connection, 0 no answer before the end
+                "failed_by_status": {
+                    str(code): int(n)
+                    for code, n in zip(*np.unique(status[mine & ~ok], return_counts=True), strict=True)
+                },
             }
         )
     return {
         "rate_per_s": rate,
         "windows": per_window,
-        "rows": batches_after[0] - batches_before[0],
-        "batches": batches_after[1] - batches_before[1],
+        **{k: after.get(k, 0.0) - before.get(k, 0.0) for k in ("rows", "batches", "queue_s", "queued")},
         "peak_connections": generator.peak_connections,
         "peak_backlog": generator.peak_backlog,
         "server_cpu_s": server_cpu,
@@ -286,7 +357,7 @@ def open_loop_cell(
 def merge(parts: list[dict]) -> dict:
     """One candidate's cells at one load (one per round) as one."""
     merged = {"rate_per_s": parts[0]["rate_per_s"], "windows": [w for p in parts for w in p["windows"]]}
-    for key in ("rows", "batches", "server_cpu_s", "generator_cpu_s", "wall_s"):
+    for key in ("rows", "batches", "queue_s", "queued", "server_cpu_s", "generator_cpu_s", "wall_s"):
         merged[key] = sum(p[key] for p in parts)
     for key in ("peak_connections", "peak_backlog"):
         merged[key] = max(p[key] for p in parts)
@@ -302,33 +373,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def batch_counts(url: str) -> tuple[float, float]:
-    """(rows, batches) the MLP's batcher has run so far, from /metrics."""
-    host, port = url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=10)
-    connection.request("GET", "/metrics")
-    text = connection.getresponse().read().decode()
-    connection.close()
-    values = {}
-    for name in ("sum", "count"):
-        found = re.search(rf'^serve_batch_size_{name}{{model="{MODEL}"}} ([\d.e+]+)$', text, re.MULTILINE)
-        values[name] = float(found.group(1)) if found else 0.0
-    return values["sum"], values["count"]
+# What /metrics says about the MLP: (name, labels beyond model) -> key.
+SCRAPED = {
+    ("serve_batch_size_sum", ""): "rows",
+    ("serve_batch_size_count", ""): "batches",
+    ("serve_queue_duration_seconds_sum", ""): "queue_s",
+    ("serve_queue_duration_seconds_count", ""): "queued",
+    ("serve_batch_hold_seconds", ""): "hold_s",
+    ("serve_batch_cost_seconds", ',term="batch"'): "cost_batch_s",
+    ("serve_batch_cost_seconds", ',term="row"'): "cost_row_s",
+}
 
 
-def adaptive_gauges(url: str) -> dict[str, float]:
+def scrape(url: str) -> dict[str, float]:
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
     connection.request("GET", "/metrics")
     text = connection.getresponse().read().decode()
     connection.close()
     found = {}
-    for key, pattern in (
-        ("hold_s", rf'^serve_batch_hold_seconds{{model="{MODEL}"}} (\S+)$'),
-        ("cost_batch_s", rf'^serve_batch_cost_seconds{{model="{MODEL}",term="batch"}} (\S+)$'),
-        ("cost_row_s", rf'^serve_batch_cost_seconds{{model="{MODEL}",term="row"}} (\S+)$'),
-    ):
-        match = re.search(pattern, text, re.MULTILINE)
+    for (name, labels), key in SCRAPED.items():
+        match = re.search(rf'^{name}{{model="{MODEL}"{labels}}} (\S+)$', text, re.MULTILINE)
         if match:
             found[key] = float(match.group(1))
     return found
@@ -365,7 +430,11 @@ def summarise(cell: dict, target_ms: float) -> dict:
         "window_count": len(good),
         "send_lag_p99_ms": float(max(w["send_lag_p99_ms"] for w in windows)),
         "failed": sum(w["failed"] for w in windows),
+        "failed_by_status": dict(
+            sum((collections.Counter(w["failed_by_status"]) for w in windows), collections.Counter())
+        ),
         "mean_batch_rows": cell["rows"] / cell["batches"] if cell["batches"] else math.nan,
+        "mean_queue_ms": cell["queue_s"] / cell["queued"] * 1e3 if cell["queued"] else math.nan,
         "peak_connections": cell["peak_connections"],
         "peak_backlog": cell["peak_backlog"],
         # Shares of a core: the generator near 1.0 would make it the limit.
@@ -404,7 +473,7 @@ def markdown(result: dict) -> str:
         f"{args['instances']} single-threaded instances, generator on core 0. Target p99 {target:g} ms; "
         f"{args['window']:g} s windows after a {args['warmup']:g} s warm-up.",
         "",
-        "Closed-loop capacity (wrk, 64 connections):",
+        f"Closed-loop capacity ({args['capacity_connections']} connections):",
         "",
         "| candidate | req/s | p99 ms |",
         "|---|---|---|",
@@ -416,8 +485,9 @@ def markdown(result: dict) -> str:
         f"Capacity = {result['capacity_per_s']:.0f} req/s ({result['capacity_from']}).",
         "",
         "| load | candidate | offered/s | sent/s | goodput/s | p50 ms | p99 ms (median, worst window) "
-        "| windows p99 <= target | rows/batch | send lag p99 ms | cpu server, generator | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| windows p99 <= target | rows/batch | batcher queue ms | send lag p99 ms | cpu server, generator "
+        "| failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for load, cells in result["summary"].items():
         for name, s in cells.items():
@@ -425,7 +495,8 @@ def markdown(result: dict) -> str:
                 f"| {load} | {name} | {s['rate_per_s']:.0f} | {s['sent_per_s']:.0f} | "
                 f"{s['goodput_per_s']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms_median']:.2f}, "
                 f"{s['p99_ms_worst']:.2f} | {s['windows_within_target'] * s['window_count']:.0f}/"
-                f"{s['window_count']} | {s['mean_batch_rows']:.1f} | {s['send_lag_p99_ms']:.2f} | "
+                f"{s['window_count']} | {s['mean_batch_rows']:.1f} | {s['mean_queue_ms']:.2f} | "
+                f"{s['send_lag_p99_ms']:.2f} | "
                 f"{s['server_cpu']:.2f}, {s['generator_cpu']:.2f} | {s['failed']} |"
             )
     lines += [
@@ -462,11 +533,13 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=1, help="windows per fixed / no-batching cell")
     parser.add_argument("--auto-windows", type=int, default=2, help="windows per auto cell")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before a cell's first window")
-    parser.add_argument("--capacity-seconds", type=int, default=6)
+    parser.add_argument("--capacity-seconds", type=float, default=6.0)
+    parser.add_argument("--capacity-connections", type=int, default=64)
     parser.add_argument("--max-connections", type=int, default=512)
-    # Opened before each cell: connections opened under load queue behind the server's accept loop
-    # and turn its stalls into the generator's (the server admits 256 requests per model at a time).
-    parser.add_argument("--warm-connections", type=int, default=320)
+    # Opened before each cell, as many as the capacity run uses (the server's cost per request grows
+    # with its open connections: 64 answered 7,000 req/s closed-loop, 320 about 5,000); more are
+    # opened when all are busy, up to --max-connections.
+    parser.add_argument("--warm-connections", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "adaptive_bench.json")
     args = parser.parse_args()
     if args.quick:
@@ -482,18 +555,22 @@ def main() -> None:
     body = write_bodies(MODEL, ROOT / "models" / MODEL, work, seed=0)["json"]
     request = http_request(body.path, body.file.read_bytes(), body.headers)
     servers: dict[str, tuple[subprocess.Popen, str]] = {}
-    base = {"SERVE_MODEL_REPOSITORY": str(repository), "SERVE_INSTANCES": str(args.instances)}
+    # Every candidate admits 1,024 requests at a time (the default 256, beyond which refusals are held
+    # for a second, turned a stall of the machine into seconds of refusals that blocked the
+    # generator's connections): transients show up as queueing, which is what is measured here.
+    base = {
+        "SERVE_MODEL_REPOSITORY": str(repository),
+        "SERVE_INSTANCES": str(args.instances),
+        "SERVE_MAX_QUEUE_SIZE": "1024",
+    }
     try:
         for name, env in candidates(args).items():
             servers[name] = start_server({**base, **env})
         names = list(servers)
         capacity = {}
         for name in names:
-            result = run_wrk(servers[name][1] + body.path, body, 64, args.capacity_seconds)
-            if result.errors:
-                raise RuntimeError(f"{name}: {result.errors} errors in the capacity run")
-            capacity[name] = {"requests_per_s": result.requests_per_s, "p99_ms": result.latency_ms["99"]}
-            print(f"capacity {name}: {result.requests_per_s:.0f} req/s", flush=True)
+            capacity[name] = closed_loop_capacity(servers[name][1], request, args)
+            print(f"capacity {name}: {capacity[name]['requests_per_s']:.0f} req/s", flush=True)
         batching_names = [n for n in names if n != NO_BATCHING]
         capacity_from = max(batching_names, key=lambda n: capacity[n]["requests_per_s"])
         capacity_per_s = capacity[capacity_from]["requests_per_s"]
@@ -517,7 +594,8 @@ def main() -> None:
                         f"goodput {s['goodput_per_s']:.0f}/s p99 {s['p99_ms_median']:.2f} ms (worst "
                         f"{s['p99_ms_worst']:.2f}) rows/batch {s['mean_batch_rows']:.1f} lag p99 "
                         f"{s['send_lag_p99_ms']:.2f} ms cpu server {s['server_cpu']:.2f} generator "
-                        f"{s['generator_cpu']:.2f} conns {s['peak_connections']} failed {s['failed']}",
+                        f"{s['generator_cpu']:.2f} conns {s['peak_connections']} queue "
+                        f"{s['mean_queue_ms']:.2f} ms failed {s['failed_by_status']}",
                         flush=True,
                     )
         summary = {
@@ -537,7 +615,7 @@ def main() -> None:
             "cells": cells,
             "summary": summary,
             "verdicts": verdicts(summary, names, args.target_ms),
-            "auto_gauges": adaptive_gauges(servers[AUTO][1]),
+            "auto_gauges": scrape(servers[AUTO][1]),
         }
     finally:
         for process, _ in servers.values():
