@@ -4,8 +4,9 @@ One background task owns the queue. It waits for an idle session, takes the olde
 every compatible request queued behind it up to ``max_batch_size`` rows. When the whole pool is idle
 it dispatches at once (a lone request never waits for company); when other batches are in flight it
 waits for more requests until the batch is full or ``max_queue_delay_ms`` has passed since the oldest
-one arrived. Batches run in worker threads, so the event loop never blocks on onnxruntime, and while
-they run the next batch fills up. An error in a batch fails that batch's callers only.
+one arrived (``"auto"``: until ``AdaptiveDelay`` says go, app/batch_policy.py). Batches run in
+worker threads, so the event loop never blocks on onnxruntime, and while they run the next batch
+fills up. An error in a batch fails that batch's callers only.
 
 Rows of different lengths share a batch when the graph takes ``lengths`` or an ``attention_mask``
 (it knows which positions are padding): they are right-padded with 0 to the longest and each caller
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app import logs, metrics, tracing
+from app.batch_policy import AdaptiveDelay
 from app.core.repository_format import Batching, GraphSpec
 from app.errors import DeadlineExceeded, InferenceFailed, QueueFull, ServingError
 from app.session import Session
@@ -126,6 +128,16 @@ class Runner:
         self._rejected_deadline = metrics.REJECTED.labels(name, "deadline")
         # Created now, at 0: a series born with its first event loses that event to rate().
         self._rejected_full = metrics.REJECTED.labels(name, "queue_full")
+        # max_queue_delay_ms "auto": each hold is chosen from the batch cost measured here, the arrival
+        # rate and the latency target, instead of a fixed delay.
+        self.policy: AdaptiveDelay | None = None
+        if batching.max_queue_delay_ms == "auto":
+            self.policy = AdaptiveDelay(batching.latency_target_ms / 1000)
+            self._hold_gauge = metrics.BATCH_HOLD.labels(name)
+            self._cost_gauges = (
+                metrics.BATCH_COST.labels(name, "batch"),
+                metrics.BATCH_COST.labels(name, "row"),
+            )
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -162,6 +174,8 @@ class Runner:
             enqueued=now,
             deadline=now + timeout_s,
         )
+        if self.policy is not None:
+            self.policy.arrived(now, rows)
         self._queue.append(request)
         self._queue_depth.set(len(self._queue))
         self._arrived.set()
@@ -242,13 +256,18 @@ class Runner:
         batch, rows = [first], first.rows
         limit = self.batching.max_batch_size
         pool_idle = self._busy == 0  # nothing else running: dispatch at once
-        close_at = first.enqueued + self.batching.max_queue_delay_ms / 1000
+        if self.policy is None:
+            close_at = first.enqueued + self.batching.max_queue_delay_ms / 1000
         while True:
             share = self._share(rows)
             rows += self._take_compatible(batch, share - rows)
             # Full; or nothing else running; or the rest of the queue is other instances' share.
             if rows >= limit or pool_idle or (share < limit and self._queue):
                 break
+            if self.policy is not None:
+                close_at = self._adaptive_release(first, rows, share)
+                if close_at is None:
+                    break
             remaining = close_at - time.perf_counter()
             if remaining <= 0:
                 break
@@ -260,6 +279,17 @@ class Runner:
                 break
         self._queue_depth.set(len(self._queue))
         return batch
+
+    def _adaptive_release(self, first: _Request, rows: int, room: int) -> float | None:
+        """When the batch should leave under max_queue_delay_ms "auto"; None: now. Asked again at every
+        arrival and every finished batch, so a pool that went idle while this batch waited for company
+        dispatches it at once."""
+        if self._busy == 0:
+            return None
+        now = time.perf_counter()
+        decision = self.policy.decide(now, first.enqueued, rows, room, concurrent=self._busy + 1)
+        self._hold_gauge.set(max(0.0, decision.release_at - first.enqueued))
+        return decision.release_at if decision.release_at > now else None
 
     def _share(self, taken: int) -> int:
         """The most rows a batch holding ``taken`` rows may grow to. With several instances, its share
@@ -298,6 +328,7 @@ class Runner:
 
     async def _execute(self, session: Session, batch: list[_Request]) -> None:
         started = time.perf_counter()
+        concurrent = self._busy  # batches running now, this one included: the cost model's key
         queue_s = 0.0
         for request in batch:
             request.started = True
@@ -325,6 +356,11 @@ class Runner:
         try:
             loop = asyncio.get_running_loop()
             results, phases = await loop.run_in_executor(self._executor, self._run_batch, session, batch)
+            if self.policy is not None:
+                # The batch's own time, measured on its thread: the event loop's lag in handing it over
+                # and back grows with the load, not with the rows, and would teach the model that
+                # every batch is slow under load.
+                self._learn(rows, sum(phases) / 1e9, concurrent)
             self.stats.record(rows, len(batch), int(queue_s * 1e9), phases)
             for request in batch:
                 request.queue_s, request.compute_s = started - request.enqueued, sum(phases) / 1e9
@@ -341,6 +377,8 @@ class Runner:
             self._in_flight_gauge.dec()
             self._busy -= 1
             self._idle.put_nowait(session)
+            if self.policy is not None:
+                self._arrived.set()  # a batch waiting for company decides again: the pool may be idle
             if span is not None:
                 tracing.end_batch(span, failed=not ok)
         for request, result in zip(batch, results, strict=True):
@@ -350,6 +388,13 @@ class Runner:
                 request.future.set_exception(result)
             else:
                 request.future.set_result(result)
+
+    def _learn(self, rows: int, seconds: float, concurrent: int) -> None:
+        self.policy.observe(rows, seconds, concurrent)
+        terms = self.policy.cost.terms(concurrent)
+        if terms is not None:
+            for gauge, value in zip(self._cost_gauges, terms, strict=True):
+                gauge.set(value)
 
     def _run_batch(
         self, session: Session, batch: list[_Request]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -124,8 +124,12 @@ class ChatTemplate(_Strict):
 
 class Batching(_Strict):
     max_batch_size: int = Field(default=32, gt=0)
-    # Counted from the oldest queued request; an idle pool dispatches a lone request at once.
-    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    # Counted from the oldest queued request; an idle pool dispatches a lone request at once. "auto":
+    # the batcher chooses each hold from the batch cost it measures, the arrival rate and
+    # latency_target_ms (app/batch_policy.py).
+    max_queue_delay_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] | Literal["auto"] = 2.0
+    # With "auto" only: the p99 (ms) of queue wait + batch run to stay under while maximising throughput.
+    latency_target_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     max_queue_size: int = Field(default=256, gt=0)
     timeout_ms: float = Field(default=5000.0, gt=0)
     # A batch takes at most its instance's share of the queued rows (queued / instances), so that one
@@ -134,6 +138,17 @@ class Batching(_Strict):
     # costs light ones, where a bigger batch is cheaper per row (-11..16% for LeNet-5 and the MLP), so
     # it is off unless a model's config.json turns it on (bench/instances_bench.py).
     split_across_instances: bool = False
+
+    @model_validator(mode="after")
+    def _target_with_auto(self) -> Batching:
+        if self.max_queue_delay_ms == "auto":
+            if self.latency_target_ms is None:
+                raise ValueError('max_queue_delay_ms "auto" needs latency_target_ms (the p99 to stay under)')
+            if self.latency_target_ms > self.timeout_ms:
+                raise ValueError("latency_target_ms must not exceed timeout_ms (requests would expire first)")
+        elif self.latency_target_ms is not None:
+            raise ValueError('latency_target_ms applies only with max_queue_delay_ms "auto"')
+        return self
 
 
 class Instances(_Strict):
