@@ -157,9 +157,12 @@ def _effective_config(config: ModelConfig, settings: Settings) -> ModelConfig:
             "max_queue_size",
             "timeout_ms",
             "split_across_instances",
+            "latency_target_ms",
         )
         if getattr(settings, k) is not None
     }
+    if batching.get("max_queue_delay_ms", "auto") != "auto" and "latency_target_ms" not in batching:
+        batching["latency_target_ms"] = None  # a fixed SERVE_ delay replaces the model's "auto" and target
     instances = {
         k: v
         for k, v in (
@@ -471,7 +474,12 @@ class Registry:
         no config excerpts; the log has the full exception."""
         if isinstance(exc, ValidationError):
             fields = sorted({".".join(str(p) for p in e["loc"]) or "(root)" for e in exc.errors()})
-            return f"{exc.title} is invalid: {', '.join(fields)}"
+            # Our own validators' messages name the rule a config broke, never its values: add them.
+            rules = sorted(
+                {e["msg"].removeprefix("Value error, ") for e in exc.errors() if e["type"] == "value_error"}
+            )
+            because = f" ({'; '.join(rules)})" if rules else ""
+            return f"{exc.title} is invalid: {', '.join(fields)}{because}"
         text = str(exc)
         # Absolute spellings only: a relative root ("models") is no leak, and is a common word.
         for root in {str(self.root.resolve()), str(self.root.absolute())}:

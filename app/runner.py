@@ -4,9 +4,9 @@ One background task owns the queue. It waits for an idle session, takes the olde
 every compatible request queued behind it up to ``max_batch_size`` rows. When the whole pool is idle
 it dispatches at once (a lone request never waits for company); when other batches are in flight it
 waits for more requests until the batch is full or ``max_queue_delay_ms`` has passed since the oldest
-one arrived. Batches run in worker threads (one per session), so the event loop never blocks on
-onnxruntime, and while they run the next batch fills up. An error in a batch fails that batch's
-callers only.
+one arrived (``"auto"``: until ``AdaptiveDelay`` says go, app/batch_policy.py). Batches run in
+worker threads (one per session), so the event loop never blocks on onnxruntime, and while they run
+the next batch fills up. An error in a batch fails that batch's callers only.
 
 Compute-bound graphs (a row costs more than the HTTP layer spends on a request; timed at load, see
 ``measure_cost``) are split across instances (``split_across_instances``, unless the model says): a
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app import logs, metrics, tracing
+from app.batch_policy import AdaptiveDelay
 from app.core.repository_format import Batching, GraphSpec
 from app.errors import DeadlineExceeded, InferenceFailed, QueueFull, ServingError
 from app.session import Session
@@ -171,6 +172,16 @@ class Runner:
         self._rejected_deadline = metrics.REJECTED.labels(name, "deadline")
         # Created now, at 0: a series born with its first event loses that event to rate().
         self._rejected_full = metrics.REJECTED.labels(name, "queue_full")
+        # max_queue_delay_ms "auto": each hold is chosen from the batch cost measured here, the arrival
+        # rate and the latency target, instead of a fixed delay.
+        self.policy: AdaptiveDelay | None = None
+        if batching.max_queue_delay_ms == "auto":
+            self.policy = AdaptiveDelay(batching.latency_target_ms / 1000)
+            self._hold_gauge = metrics.BATCH_HOLD.labels(name)
+            self._cost_gauges = (
+                metrics.BATCH_COST.labels(name, "batch"),
+                metrics.BATCH_COST.labels(name, "row"),
+            )
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -237,6 +248,8 @@ class Runner:
             enqueued=now,
             deadline=now + timeout_s,
         )
+        if self.policy is not None:
+            self.policy.arrived(now, rows)
         self._queue.append(request)
         self._queue_depth.set(len(self._queue))
         self._arrived.set()
@@ -317,7 +330,8 @@ class Runner:
         batch, rows = [first], first.rows
         limit = self.batching.max_batch_size
         pool_idle = self._busy == 0  # nothing else running: dispatch at once
-        close_at = first.enqueued + self.batching.max_queue_delay_ms / 1000
+        if self.policy is None:
+            close_at = first.enqueued + self.batching.max_queue_delay_ms / 1000
         while True:
             share = self._share(rows)
             rows += self._take_compatible(batch, share - rows)
@@ -325,6 +339,10 @@ class Runner:
             # split and big enough that more rows would not make it cheaper per row.
             if rows >= limit or pool_idle or (share < limit and self._queue) or rows >= self._enough_rows:
                 break
+            if self.policy is not None:
+                close_at = self._adaptive_release(first, rows, share)
+                if close_at is None:
+                    break
             remaining = close_at - time.perf_counter()
             if remaining <= 0:
                 break
@@ -336,6 +354,17 @@ class Runner:
                 break
         self._queue_depth.set(len(self._queue))
         return batch
+
+    def _adaptive_release(self, first: _Request, rows: int, room: int) -> float | None:
+        """When the batch should leave under max_queue_delay_ms "auto"; None: now. Asked again at every
+        arrival and every finished batch, so a pool that went idle while this batch waited for company
+        dispatches it at once."""
+        if self._busy == 0:
+            return None
+        now = time.perf_counter()
+        decision = self.policy.decide(now, first.enqueued, rows, room, concurrent=self._busy + 1)
+        self._hold_gauge.set(max(0.0, decision.release_at - first.enqueued))
+        return decision.release_at if decision.release_at > now else None
 
     def _share(self, taken: int) -> int:
         """The most rows a batch holding ``taken`` rows may grow to. With several instances, its share
@@ -374,6 +403,7 @@ class Runner:
 
     async def _execute(self, session: Session, batch: list[_Request]) -> None:
         formed = time.perf_counter()
+        concurrent = self._busy  # batches given to sessions now, this one included: the cost model's key
         for request in batch:
             request.started = True  # past its deadline now, it is answered anyway: moments away
         rows = sum(r.rows for r in batch)
@@ -397,6 +427,11 @@ class Runner:
                 executor, self._run_batch, session, batch, feeds
             )
             phases = (phases[0] + assembly_ns, *phases[1:])
+            if self.policy is not None:
+                # The batch's own time, measured on its thread: the event loop's lag in handing it over
+                # and back grows with the load, not with the rows, and would teach the model that
+                # every batch is slow under load.
+                self._learn(rows, sum(phases) / 1e9, concurrent)
             ok = True
         except ServingError as exc:
             results = [exc] * len(batch)
@@ -409,6 +444,8 @@ class Runner:
             self._in_flight_gauge.dec()
             self._busy -= 1
             self._idle.put_nowait(session)
+            if self.policy is not None:
+                self._arrived.set()  # a batch waiting for company decides again: the pool may be idle
         queue_s = 0.0
         for request in batch:
             self._queue_time.observe(started - request.enqueued)
@@ -437,6 +474,13 @@ class Runner:
                 request.future.set_exception(result)
             else:
                 request.future.set_result(result)
+
+    def _learn(self, rows: int, seconds: float, concurrent: int) -> None:
+        self.policy.observe(rows, seconds, concurrent)
+        terms = self.policy.cost.terms(concurrent)
+        if terms is not None:
+            for gauge, value in zip(self._cost_gauges, terms, strict=True):
+                gauge.set(value)
 
     @staticmethod
     def _fits_on_loop(batch: list[_Request]) -> bool:

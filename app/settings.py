@@ -8,7 +8,7 @@ turns batching off).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     instances: int | None = Field(default=None, gt=0)
     intra_op_threads: int | None = Field(default=None, gt=0)
     max_batch_size: int | None = Field(default=None, gt=0)
-    max_queue_delay_ms: float | None = Field(default=None, ge=0)
+    max_queue_delay_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] | Literal["auto"] | None = None
+    latency_target_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # with "auto"
     split_across_instances: bool | None = None
     max_queue_size: int | None = Field(default=None, gt=0)
     timeout_ms: float | None = Field(default=None, gt=0)
@@ -68,6 +69,8 @@ class Settings(BaseSettings):
     max_choices: int = Field(default=16, gt=0)
     max_prompts: int = Field(default=16, gt=0)
     max_messages: int = Field(default=256, gt=0)
+    # Log-probabilities one /v1 request may return: choices x max tokens x (alternatives + 1).
+    max_logprob_values: int = Field(default=32768, gt=0)
     api_key: str | None = None
 
     # Admission. Every request is admitted or refused before its body is parsed: per model, at most

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -124,8 +124,12 @@ class ChatTemplate(_Strict):
 
 class Batching(_Strict):
     max_batch_size: int = Field(default=32, gt=0)
-    # Counted from the oldest queued request; an idle pool dispatches a lone request at once.
-    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    # Counted from the oldest queued request; an idle pool dispatches a lone request at once. "auto":
+    # the batcher chooses each hold from the batch cost it measures, the arrival rate and
+    # latency_target_ms (app/batch_policy.py).
+    max_queue_delay_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] | Literal["auto"] = 2.0
+    # With "auto" only: the p99 (ms) of queue wait + batch run to stay under while maximising throughput.
+    latency_target_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     max_queue_size: int = Field(default=256, gt=0)
     timeout_ms: float = Field(default=5000.0, gt=0)
     # A batch takes at most its instance's share of the queued rows (queued / instances), so that one
@@ -135,6 +139,17 @@ class Batching(_Strict):
     # the HTTP layer more than their rows cost onnxruntime (-11..16% for LeNet-5 and the MLP). Unset:
     # decided per graph by its run time measured at load (app/runner.py, COMPUTE_BOUND_ROW_S).
     split_across_instances: bool | None = None
+
+    @model_validator(mode="after")
+    def _target_with_auto(self) -> Batching:
+        if self.max_queue_delay_ms == "auto":
+            if self.latency_target_ms is None:
+                raise ValueError('max_queue_delay_ms "auto" needs latency_target_ms (the p99 to stay under)')
+            if self.latency_target_ms > self.timeout_ms:
+                raise ValueError("latency_target_ms must not exceed timeout_ms (requests would expire first)")
+        elif self.latency_target_ms is not None:
+            raise ValueError('latency_target_ms applies only with max_queue_delay_ms "auto"')
+        return self
 
 
 class Instances(_Strict):
@@ -182,13 +197,16 @@ class VersionPolicy(_Strict):
 class ModelConfig(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     family: str
-    task: Literal["classification", "reconstruction", "generation", "text_generation", "seq2seq"]
+    task: Literal[
+        "classification", "reconstruction", "generation", "text_generation", "seq2seq", "image_translation"
+    ]
     description: str = ""
     # Pin a version; by default the highest integer version folder is served.
     version: int | None = None
     # Which version folders are loaded and served (Triton's version_policy); None: the latest one.
     version_policy: VersionPolicy | None = None
-    # Role -> graph, e.g. {"model": ...} or {"encoder": ..., "decoder": ...} or {"generator": ...}.
+    # Role -> graph, e.g. {"model": ...} or {"encoder": ..., "decoder": ...} or {"generator": ...};
+    # an image translator has one graph per direction ({"thin_to_thick": ..., "thick_to_thin": ...}).
     graphs: dict[str, GraphSpec]
     preprocessing: ImagePreprocessing | TextPreprocessing | None = Field(default=None, discriminator="kind")
     postprocessing: ImagePostprocessing | None = None
@@ -205,6 +223,8 @@ class ModelConfig(_Strict):
             raise ValueError("a classification model needs labels")
         if self.task == "generation" and (self.generation is None or self.generation.latent_dim is None):
             raise ValueError("a generation model needs generation defaults with latent_dim")
+        if self.task == "image_translation" and not isinstance(self.preprocessing, ImagePreprocessing):
+            raise ValueError("an image_translation model needs image preprocessing (it takes images)")
         if self.task in ("text_generation", "seq2seq") and not isinstance(
             self.preprocessing, TextPreprocessing
         ):

@@ -8,7 +8,9 @@ import time
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
+from app.batch_policy import AdaptiveDelay, ArrivalRate
 from app.core.repository_format import Batching, ModelConfig
 from app.errors import DeadlineExceeded, InferenceFailed, QueueFull
 from app.runner import COMPUTE_BOUND_ROW_S, BatchCost, Runner
@@ -217,3 +219,56 @@ def test_split_batches_queue_behind_running_ones(split: bool) -> None:
         assert sorted(runner.stats.by_batch_size)[-4:] == [4, 8, 16, 32], runner.stats.by_batch_size
     else:
         assert max(busy) <= 2, busy
+
+
+def test_adaptive_batching_answers_every_caller_and_learns_the_batch_cost() -> None:
+    rng = np.random.default_rng(4)
+    requests = [rng.normal(size=(int(rng.integers(1, 5)), 64)).astype(np.float32) for _ in range(200)]
+    runner = make_runner("mlp-digits", max_batch_size=16, max_queue_delay_ms="auto", latency_target_ms=50)
+
+    async def body(r: Runner):
+        answers = []
+        for wave in range(10):  # waves of 20 callers: batches of several sizes, some with the pool busy
+            chunk = requests[wave * 20 : (wave + 1) * 20]
+            answers += await asyncio.gather(*(r.infer({"input": x}) for x in chunk))
+        return answers
+
+    results = asyncio.run(_with_runner(runner, body))
+    session = reference_session(ZOO, "mlp-digits")
+    for x, (logits,) in zip(requests, results, strict=True):
+        np.testing.assert_allclose(logits, session.run(None, {"input": x})[0], atol=1e-5)
+    assert runner.batches_run < len(requests)
+    assert runner.policy.cost.predict(16) > 0  # learned from the batches that ran
+    batch_cost = REGISTRY.get_sample_value(
+        "serve_batch_cost_seconds", {"model": "mlp-digits", "term": "batch"}
+    )
+    assert batch_cost is not None and batch_cost >= 0
+
+
+def test_adaptive_hold_ends_when_the_pool_goes_idle() -> None:
+    """A batch waiting for company while another runs leaves the moment that one finishes: an idle pool
+    never waits (a fixed delay only checks the pool when the batch starts forming)."""
+    runner = make_runner("vit-shapes", max_queue_delay_ms="auto", latency_target_ms=4000)
+    # Taught a light graph's cost (waiting pays) and a slow arrival rate (a full batch is seconds
+    # away): the plan for a lone request behind a busy instance is to wait about the 2 s budget.
+    runner.policy = AdaptiveDelay(4.0, arrivals=ArrivalRate(time_constant_s=10.0))
+    for rows in range(1, 33):
+        for concurrent in (1, 2):
+            runner.policy.observe(rows, 0.010 + 1e-5 * rows, concurrent)
+    big = np.zeros((32, 3, 32, 32), np.float32)  # ~30 ms on one thread
+
+    async def body(r: Runner):
+        first = asyncio.ensure_future(r.infer({"input": big}))  # an idle pool runs it at once
+        while not REGISTRY.get_sample_value("serve_batches_in_flight", {"model": "vit-shapes"}):
+            await asyncio.sleep(0)
+        started = time.perf_counter()
+        await r.infer({"input": big[:1]})  # holds for company while the first batch runs
+        waited = time.perf_counter() - started
+        await first
+        return waited
+
+    waited = asyncio.run(_with_runner(runner, body))
+    planned = REGISTRY.get_sample_value("serve_batch_hold_seconds", {"model": "vit-shapes"})
+    assert planned > 1.0  # the plan was to wait for company...
+    assert waited < planned / 2  # ...but the first batch finished, and the pool idle dispatched it
+    assert runner.batches_run == 2
