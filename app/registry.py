@@ -517,14 +517,16 @@ class Registry:
             # The KV-cache step graph belongs to the decode loop (one session: the loop is the batch).
             count = 1 if role == DECODER_STEP else config.instances.count
             sessions = [Session(path, graph, options, label) for _ in range(count)]
-            if self.settings.warmup:
-                for session in sessions:
-                    session.warmup()
             mv.provider = sessions[0].provider
             if role == DECODER_STEP:
                 block_size = config.preprocessing.max_length
                 mv.generator = TextGenerator(mv.name, sessions[0], mv.tokenizer, block_size, self.limits)
+                if self.settings.warmup:  # through its cache: an in-place graph needs its bindings
+                    mv.generator.warmup()
             else:
+                if self.settings.warmup:
+                    for session in sessions:
+                        session.warmup()
                 mv.runners[role] = Runner(mv.name, graph, sessions, config.batching)
         metrics.PROVIDER.labels(mv.name, mv.provider).set(1)
 
