@@ -45,7 +45,7 @@ import numpy as np
 import onnxruntime
 from ports import free_port  # bench/ports.py, beside this script
 
-from app.core.repository_format import served_version, version_folders
+from app.core.repository_format import default_version
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -324,7 +324,7 @@ def copy_models(repository: Path) -> Path:
 
 def graph_file(model_dir: Path) -> Path:
     config = json.loads((model_dir / "config.json").read_text())
-    version = served_version(version_folders(model_dir), config.get("version"))
+    version = default_version(model_dir, config.get("version"))
     return model_dir / str(version) / next(iter(config["graphs"].values()))["file"]
 
 

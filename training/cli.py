@@ -15,8 +15,7 @@ from app.core.repository_format import (
     REPORT_FILE,
     ModelConfig,
     Report,
-    served_version,
-    version_folders,
+    default_version,
 )
 
 if TYPE_CHECKING:
@@ -171,7 +170,7 @@ def _outcome(summary: RunSummary, args: argparse.Namespace, checkpoint: Path) ->
 def _served(version_dir: Path) -> str:
     """Which version the server picks after this export (a pin in config.json may keep an older one)."""
     pinned = json.loads((version_dir.parent / CONFIG_FILE).read_text()).get("version")
-    version = served_version(version_folders(version_dir.parent), pinned)
+    version = default_version(version_dir.parent, pinned)
     return f"version {version}" + (" (pinned in config.json)" if pinned == version else "")
 
 
@@ -262,7 +261,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(f"{'model':22s} {'parity':>9s}  quality")
     for model_dir in sorted(p for p in repo.iterdir() if (p / CONFIG_FILE).is_file()):
         config = ModelConfig.model_validate_json((model_dir / CONFIG_FILE).read_text())
-        version = served_version(version_folders(model_dir), config.version)
+        version = default_version(model_dir, config.version)
         if version is None:
             print(f"{config.name:22s} no version folder")
             problems += 1
@@ -310,7 +309,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{config.name} is a {config.task} model, not a language model with a decoder_step graph"
         )
-    version = served_version(version_folders(model_dir), config.version)
+    version = default_version(model_dir, config.version)
     graph = config.graphs["decoder_step"]
     session = ort.InferenceSession(
         str(model_dir / str(version) / graph.file), providers=["CPUExecutionProvider"]
@@ -329,6 +328,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
         print(f"--- sample {i + 1} (finish: {result.finish_reason})")
         print(args.prompt + tokenizer.decode(result.token_ids, stop_at_eos=False))
+    return 0
+
+
+def cmd_variant(args: argparse.Namespace) -> int:
+    """Make a faster variant of a model's version and publish it as the next version."""
+    from training.variants import make_variant, variant_table
+
+    summary = make_variant(
+        args.out / args.model,
+        args.kind,
+        source_version=args.source_version,
+        version=args.version,
+        overwrite=args.overwrite,
+    )
+    print(variant_table(args.model, summary.result.path.name, summary.variant))
+    print(f"published {summary.result.path} (requests pick it with version {summary.result.path.name})")
     return 0
 
 
@@ -392,6 +407,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1)
     p.set_defaults(fn=cmd_sample)
 
+    p = sub.add_parser("variant", help="make a faster variant of a version and publish it as the next one")
+    p.add_argument("model", help="model name in the repository, e.g. mlp-digits")
+    p.add_argument(
+        "--kind",
+        required=True,
+        help="optimized (fp32, graph optimizations applied offline) or int8 (quantized); the kinds are "
+        "registered in training/variants.py",
+    )
+    p.add_argument(
+        "--from",
+        dest="source_version",
+        type=int,
+        default=None,
+        metavar="VERSION",
+        help="the trained version to start from (default: the one answering requests that name none)",
+    )
+    p.add_argument("--out", type=Path, default=Path("models"), help="model repository (default: models)")
+    p.add_argument(
+        "--version", type=int, default=None, help="version folder to write (default: the next one)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="allow replacing that version folder")
+    p.set_defaults(fn=cmd_variant)
+
     p = sub.add_parser(
         "vanishing-gradients", help="deep MLP: sigmoid vs ReLU vs ReLU + batch norm + residual"
     )
@@ -425,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.export import ExportError
     from training.recipes import UnknownRecipeError
     from training.registry import UnknownModelError
+    from training.variants import VariantError
 
     try:
         return args.fn(args)
@@ -433,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         ExportError,
         UnknownRecipeError,
         UnknownModelError,
+        VariantError,
         ValueError,
         FileNotFoundError,
         FloatingPointError,

@@ -25,6 +25,8 @@ def describe(mv: ModelVersion, registry: Registry, full: bool) -> dict[str, Any]
         "reason": mv.reason,
         "provider": mv.provider,
         "load_seconds": round(mv.load_seconds, 4),
+        "variant": mv.report.variant_kind if mv.report is not None else None,
+        "variants": {str(v): kind for v, kind in registry.variant_kinds(mv.name).items()},
     }
     config = mv.config
     if config is None:
@@ -49,6 +51,8 @@ def describe(mv: ModelVersion, registry: Registry, full: bool) -> dict[str, Any]
         info["metrics"] = mv.report.metrics
         info["parity"] = mv.report.parity.model_dump()
         info["trained_by"] = mv.report.command
+        if mv.report.variant is not None:
+            info["variant_report"] = mv.report.variant.model_dump()
     return info
 
 
