@@ -517,7 +517,8 @@ class Registry:
             config.instances.intra_op_threads,
             optimized_offline=variant.optimized_offline if variant is not None else None,
         )
-        for role, graph in config.graphs.items():
+        graphs = mv.report.graphs(config) if mv.report is not None else config.graphs
+        for role, graph in graphs.items():
             path = mv.path / graph.file
             if self.settings.verify_sha256:
                 if mv.report is None:
@@ -539,11 +540,11 @@ class Registry:
                 mv.generator = TextGenerator(mv.name, sessions[0], mv.tokenizer, block_size, self.limits)
                 if self.settings.warmup:  # through its cache: an in-place graph needs its bindings
                     mv.generator.warmup()
-            else:
-                if self.settings.warmup:
-                    for session in sessions:
-                        session.warmup()
-                mv.runners[role] = Runner(mv.name, graph, sessions, config.batching)
+                continue
+            if self.settings.warmup:
+                for session in sessions:
+                    session.warmup()
+            mv.runners[role] = Runner(mv.name, graph, sessions, config.batching)
         metrics.PROVIDER.labels(mv.name, mv.provider).set(1)
 
     # ------------------------------------------------------------------------------ lifecycle

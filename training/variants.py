@@ -127,6 +127,9 @@ class GraphJob:
 class GraphResult:
     method: str  # how the graph was made, for report.json
     optimized_offline: str | None = None  # the onnxruntime level the saved graph is optimized at
+    # The graph's own inputs and outputs when the transform changes them (report.json's Variant.graphs,
+    # which the server reads for this version); None: config.json's, checked.
+    spec: GraphSpec | None = None
 
 
 @dataclass
@@ -140,6 +143,9 @@ class Evaluation:
 
 Transform = Callable[[GraphJob], GraphResult]
 Evaluator = Callable[[VariantContext, Path], Evaluation]
+# (ctx, source version folder, candidate folder) -> max |difference| per graph role and speed figures,
+# for graphs an evaluator's recorded feeds cannot drive on both sides (a changed contract).
+Comparison = Callable[[VariantContext, Path, Path], tuple[dict[str, float], list[Throughput]]]
 
 # ---------------------------------------------------------------------------------------- registries
 
@@ -147,6 +153,7 @@ ANY = "*"
 _TRANSFORMS: dict[tuple[str, str, str], Transform] = {}
 _KINDS: dict[str, str] = {}  # kind -> one line of what it does
 _EVALUATORS: dict[str, Evaluator] = {}
+_COMPARISONS: dict[str, Comparison] = {}  # family -> its own comparison
 
 
 def register_kind(kind: str, description: str) -> None:
@@ -185,6 +192,18 @@ def register_evaluator(objective: str) -> Callable[[Evaluator], Evaluator]:
 
     def wrap(fn: Evaluator) -> Evaluator:
         _EVALUATORS[objective] = fn
+        return fn
+
+    return wrap
+
+
+def register_comparison(family: str) -> Callable[[Comparison], Comparison]:
+    """Decorator: ``fn(ctx, source_dir, candidate_dir) -> (per_graph, speed)`` adds the family's own
+    measurements of source and candidate to a variant's (max difference and speed of graphs whose
+    inputs changed, which the evaluator's recorded feeds cannot drive on both sides)."""
+
+    def wrap(fn: Comparison) -> Comparison:
+        _COMPARISONS[family] = fn
         return fn
 
     return wrap
@@ -555,18 +574,20 @@ def make_variant(
     with tempfile.TemporaryDirectory(prefix="variant-") as scratch:
         work = Path(scratch)
         ctx = load_context(model_dir, source_version, work)
-        files, methods, levels = {}, {}, set()
+        files, methods, levels, changed = {}, {}, set(), {}
         for role, spec in ctx.config.graphs.items():
             target = work / spec.file
             job = GraphJob(ctx, role, spec, ctx.source_dir / spec.file, target)
             made = transform_for(kind, ctx.family, role)(job)
-            _check_signature(role, spec, target)
+            _check_signature(role, made.spec or spec, target)
             files[spec.file], methods[role] = target, made.method
             levels.add(made.optimized_offline)
+            if made.spec is not None:
+                changed[role] = made.spec
         if len(levels) > 1:
             raise VariantError(f"the graphs of one variant must share one offline level, got {levels}")
         offline = levels.pop()
-        variant, metrics = _compare(ctx, kind, files, methods, offline)
+        variant, metrics = _compare(ctx, kind, files, methods, offline, changed)
         missed = [str(r) for r in check_bars(ctx.recipe.quality, metrics) if not r.ok]
         if missed:
             raise VariantError(
@@ -603,7 +624,12 @@ def make_variant(
 
 
 def _compare(
-    ctx: VariantContext, kind: str, files: dict[str, Path], methods: dict[str, str], offline: str | None
+    ctx: VariantContext,
+    kind: str,
+    files: dict[str, Path],
+    methods: dict[str, str],
+    offline: str | None,
+    graphs: dict[str, GraphSpec] | None = None,
 ) -> tuple[Variant, dict[str, float]]:
     """Score source and variant on the held-out data, their max difference and speed, in one run."""
     evaluate = _evaluator(ctx)
@@ -622,6 +648,7 @@ def _compare(
         onnxruntime=ort.__version__,
         optimized_offline=offline,
         max_abs_diff=0.0,
+        graphs=graphs or {},
     )
     (candidate_dir / REPORT_FILE).write_text(
         ctx.report.model_copy(update={"variant": stub}).model_dump_json(by_alias=True)
@@ -636,6 +663,10 @@ def _compare(
         for batch in SPEED_BATCH_SIZES:
             fp32_rate, variant_rate = throughput([fp32, variant], rows(feeds, batch))
             speed.append(Throughput(graph=role, batch_size=batch, fp32=fp32_rate, variant=variant_rate))
+    if ctx.family in _COMPARISONS:
+        family_diffs, family_speed = _COMPARISONS[ctx.family](ctx, ctx.source_dir, candidate_dir)
+        per_graph.update(family_diffs)
+        speed += family_speed
     method = (
         next(iter(methods.values()))
         if len(set(methods.values())) == 1
@@ -655,6 +686,7 @@ def _compare(
         max_abs_diff=max(per_graph.values(), default=0.0),
         per_graph=per_graph,
         speed=speed,
+        graphs=graphs or {},
     )
     return variant, {**ctx.report.metrics, **made.metrics}
 
@@ -677,3 +709,7 @@ def variant_table(model: str, version: str, variant: Variant) -> str:
             f"method: {variant.method}",
         ]
     )
+
+
+# Families' own variants register themselves on import (their transforms, evaluators, comparisons).
+from training import gpt_variants  # noqa: E402, F401

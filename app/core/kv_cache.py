@@ -124,12 +124,13 @@ class KVCache:
         self.append(entries)
         return logits[:, -1]
 
-    def prefill(self, tokens: np.ndarray, lengths: list[int]) -> np.ndarray:
+    def prefill(self, tokens: np.ndarray, lengths: list[int], every_position: bool = False) -> np.ndarray:
         """New rows from prompts, ``tokens`` (n, S) right-padded to ``lengths``, in one step on empty
-        caches; returns the logits at each prompt's last position (n, V)."""
+        caches; returns the logits at each prompt's last position (n, V), or at every position
+        (n, S, V) with ``every_position``."""
         logits, *entries = self._run(self.empty_feeds(tokens))
         self.add(entries, lengths)
-        return logits[np.arange(len(lengths)), np.asarray(lengths) - 1]
+        return logits if every_position else logits[np.arange(len(lengths)), np.asarray(lengths) - 1]
 
     def append(self, new: list[np.ndarray]) -> None:
         """Store one new position per row (a decode step's outputs after the logits)."""
@@ -243,9 +244,10 @@ class InPlaceKVCache:
         self.lengths += 1
         return logits[:, -1].copy()  # the bound array is overwritten by the next step
 
-    def prefill(self, tokens: np.ndarray, lengths: list[int]) -> np.ndarray:
+    def prefill(self, tokens: np.ndarray, lengths: list[int], every_position: bool = False) -> np.ndarray:
         """New rows from prompts, ``tokens`` (n, S) right-padded to ``lengths``, in one step; returns
-        the logits at each prompt's last position (n, V)."""
+        the logits at each prompt's last position (n, V), or at every position (n, S, V) with
+        ``every_position``."""
         count, width = tokens.shape
         if width > self.slots:
             raise ValueError(f"a prompt of {width} tokens does not fit the cache's {self.slots} slots")
@@ -256,7 +258,7 @@ class InPlaceKVCache:
         self._session.run_with_iobinding(self._binding)
         self.lengths = np.concatenate([self.lengths, np.asarray(lengths, np.int64)])
         self._decode_io = None
-        return logits[np.arange(count), np.asarray(lengths) - 1]
+        return logits if every_position else logits[np.arange(count), np.asarray(lengths) - 1]
 
     def keep(self, rows: list[int]) -> None:
         """Keep only ``rows`` (in this order) as rows 0, 1, ...; only the rows that move are copied."""

@@ -262,6 +262,10 @@ class Variant(_Strict):
     max_abs_diff: float
     per_graph: dict[str, float] = {}
     speed: list[Throughput] = []
+    # Graphs (by role) whose inputs and outputs differ from config.json's, with their own: a transform
+    # that changes a graph's contract (GPT's step graph that writes its KV cache in place,
+    # training/step_graph.py). This version is served with these specs; the others are config.json's.
+    graphs: dict[str, GraphSpec] = {}
 
 
 class Report(_Strict):
@@ -284,6 +288,11 @@ class Report(_Strict):
     variant: Variant | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def graphs(self, config: ModelConfig) -> dict[str, GraphSpec]:
+        """This version's graphs: config.json's, with the ones a variant changed (Variant.graphs)."""
+        changed = self.variant.graphs if self.variant is not None else {}
+        return {role: changed.get(role, spec) for role, spec in config.graphs.items()}
 
     @property
     def variant_kind(self) -> str:
