@@ -116,8 +116,8 @@ class StepGraph:
     def __init__(self, config: ModelConfig, version_dir: Path) -> None:
         report = Report.model_validate_json((version_dir / REPORT_FILE).read_text())
         self.spec = report.graphs(config)[STEP]
-        offline = report.variant.optimized_offline if report.variant is not None else None
-        self.session = cpu_session(version_dir / self.spec.file, offline)
+        self.optimized_offline = report.variant.optimized_offline if report.variant is not None else None
+        self.session = cpu_session(version_dir / self.spec.file, self.optimized_offline)
         self.slots = config.preprocessing.max_length
 
     def cache(self) -> KVCache | InPlaceKVCache:
