@@ -546,8 +546,10 @@ def make_variant(
     version: int | None = None,
     overwrite: bool = False,
     command: str | None = None,
+    speed_rounds: int = 7,
 ) -> VariantSummary:
     """Make ``kind`` of a version of the model in ``model_dir`` and publish it as a new version.
+    ``speed_rounds``: alternating rounds of 0.2 s per candidate and batch size (see throughput).
     Refuses (VariantError, nothing written) when the variant misses a quality bar of its recipe."""
     if kind not in _KINDS:
         raise VariantError(f"unknown variant kind {kind!r}; kinds: {', '.join(_KINDS)}")
@@ -566,7 +568,7 @@ def make_variant(
         if len(levels) > 1:
             raise VariantError(f"the graphs of one variant must share one offline level, got {levels}")
         offline = levels.pop()
-        variant, metrics = _compare(ctx, kind, files, methods, offline)
+        variant, metrics = _compare(ctx, kind, files, methods, offline, speed_rounds)
         missed = [str(r) for r in check_bars(ctx.recipe.quality, metrics) if not r.ok]
         if missed:
             raise VariantError(
@@ -603,7 +605,12 @@ def make_variant(
 
 
 def _compare(
-    ctx: VariantContext, kind: str, files: dict[str, Path], methods: dict[str, str], offline: str | None
+    ctx: VariantContext,
+    kind: str,
+    files: dict[str, Path],
+    methods: dict[str, str],
+    offline: str | None,
+    speed_rounds: int,
 ) -> tuple[Variant, dict[str, float]]:
     """Score source and variant on the held-out data, their max difference and speed, in one run."""
     evaluate = _evaluator(ctx)
@@ -634,7 +641,7 @@ def _compare(
         variant = cpu_session(candidate_dir / spec.file, offline)
         per_graph[role] = max_difference(fp32, variant, feeds)
         for batch in SPEED_BATCH_SIZES:
-            fp32_rate, variant_rate = throughput([fp32, variant], rows(feeds, batch))
+            fp32_rate, variant_rate = throughput([fp32, variant], rows(feeds, batch), rounds=speed_rounds)
             speed.append(Throughput(graph=role, batch_size=batch, fp32=fp32_rate, variant=variant_rate))
     method = (
         next(iter(methods.values()))
