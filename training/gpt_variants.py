@@ -194,7 +194,7 @@ def decode_rates(
 
 @register_comparison("gpt")
 def compare_step_graphs(
-    ctx: VariantContext, source_dir: Path, candidate_dir: Path
+    ctx: VariantContext, source_dir: Path, candidate_dir: Path, speed_rounds: int
 ) -> tuple[dict[str, float], list[Throughput]]:
     source, candidate = StepGraph(ctx.config, source_dir), StepGraph(ctx.config, candidate_dir)
     held_out = ctx.bundle.test.tensors[0].numpy()
@@ -204,6 +204,6 @@ def compare_step_graphs(
     steps = min(DECODE_STEPS, source.slots - len(prompt))
     speed = []
     for rows in DECODE_ROWS:
-        fp32, variant = decode_rates([source, candidate], prompt, rows, steps)
+        fp32, variant = decode_rates([source, candidate], prompt, rows, steps, speed_rounds)
         speed.append(Throughput(graph=STEP, batch_size=rows, fp32=fp32, variant=variant))
     return {STEP: difference}, speed

@@ -143,9 +143,9 @@ class Evaluation:
 
 Transform = Callable[[GraphJob], GraphResult]
 Evaluator = Callable[[VariantContext, Path], Evaluation]
-# (ctx, source version folder, candidate folder) -> max |difference| per graph role and speed figures,
-# for graphs an evaluator's recorded feeds cannot drive on both sides (a changed contract).
-Comparison = Callable[[VariantContext, Path, Path], tuple[dict[str, float], list[Throughput]]]
+# (ctx, source version folder, candidate folder, speed rounds) -> max |difference| per graph role and
+# speed figures, for graphs an evaluator's recorded feeds cannot drive on both sides (a changed contract).
+Comparison = Callable[[VariantContext, Path, Path, int], tuple[dict[str, float], list[Throughput]]]
 
 # ---------------------------------------------------------------------------------------- registries
 
@@ -198,7 +198,7 @@ def register_evaluator(objective: str) -> Callable[[Evaluator], Evaluator]:
 
 
 def register_comparison(family: str) -> Callable[[Comparison], Comparison]:
-    """Decorator: ``fn(ctx, source_dir, candidate_dir) -> (per_graph, speed)`` adds the family's own
+    """Decorator: ``fn(ctx, source_dir, candidate_dir, speed_rounds) -> (per_graph, speed)`` adds the family's own
     measurements of source and candidate to a variant's (max difference and speed of graphs whose
     inputs changed, which the evaluator's recorded feeds cannot drive on both sides)."""
 
@@ -565,8 +565,10 @@ def make_variant(
     version: int | None = None,
     overwrite: bool = False,
     command: str | None = None,
+    speed_rounds: int = 7,
 ) -> VariantSummary:
     """Make ``kind`` of a version of the model in ``model_dir`` and publish it as a new version.
+    ``speed_rounds``: alternating rounds of 0.2 s per candidate and batch size (see throughput).
     Refuses (VariantError, nothing written) when the variant misses a quality bar of its recipe."""
     if kind not in _KINDS:
         raise VariantError(f"unknown variant kind {kind!r}; kinds: {', '.join(_KINDS)}")
@@ -587,7 +589,7 @@ def make_variant(
         if len(levels) > 1:
             raise VariantError(f"the graphs of one variant must share one offline level, got {levels}")
         offline = levels.pop()
-        variant, metrics = _compare(ctx, kind, files, methods, offline, changed)
+        variant, metrics = _compare(ctx, kind, files, methods, offline, speed_rounds, changed)
         missed = [str(r) for r in check_bars(ctx.recipe.quality, metrics) if not r.ok]
         if missed:
             raise VariantError(
@@ -629,6 +631,7 @@ def _compare(
     files: dict[str, Path],
     methods: dict[str, str],
     offline: str | None,
+    speed_rounds: int,
     graphs: dict[str, GraphSpec] | None = None,
 ) -> tuple[Variant, dict[str, float]]:
     """Score source and variant on the held-out data, their max difference and speed, in one run."""
@@ -661,10 +664,12 @@ def _compare(
         variant = cpu_session(candidate_dir / spec.file, offline)
         per_graph[role] = max_difference(fp32, variant, feeds)
         for batch in SPEED_BATCH_SIZES:
-            fp32_rate, variant_rate = throughput([fp32, variant], rows(feeds, batch))
+            fp32_rate, variant_rate = throughput([fp32, variant], rows(feeds, batch), rounds=speed_rounds)
             speed.append(Throughput(graph=role, batch_size=batch, fp32=fp32_rate, variant=variant_rate))
     if ctx.family in _COMPARISONS:
-        family_diffs, family_speed = _COMPARISONS[ctx.family](ctx, ctx.source_dir, candidate_dir)
+        family_diffs, family_speed = _COMPARISONS[ctx.family](
+            ctx, ctx.source_dir, candidate_dir, speed_rounds
+        )
         per_graph.update(family_diffs)
         speed += family_speed
     method = (
