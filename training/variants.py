@@ -198,9 +198,9 @@ def register_evaluator(objective: str) -> Callable[[Evaluator], Evaluator]:
 
 
 def register_comparison(family: str) -> Callable[[Comparison], Comparison]:
-    """Decorator: ``fn(ctx, source_dir, candidate_dir, speed_rounds) -> (per_graph, speed)`` adds the family's own
-    measurements of source and candidate to a variant's (max difference and speed of graphs whose
-    inputs changed, which the evaluator's recorded feeds cannot drive on both sides)."""
+    """Decorator: ``fn(ctx, source_dir, candidate_dir, speed_rounds) -> (per_graph, speed)`` adds the
+    family's own measurements of source and candidate to a variant's (max difference and speed of
+    graphs whose inputs changed, which the evaluator's recorded feeds cannot drive on both sides)."""
 
     def wrap(fn: Comparison) -> Comparison:
         _COMPARISONS[family] = fn
