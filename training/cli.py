@@ -317,7 +317,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"{config.name} is a {config.task} model, not a language model with a decoder_step graph"
         )
     version = default_version(model_dir, config.version)
-    graph = config.graphs["decoder_step"]
+    report = Report.model_validate_json((model_dir / str(version) / REPORT_FILE).read_text())
+    graph = report.graphs(config)["decoder_step"]  # a variant's step graph may have its own contract
     session = ort.InferenceSession(
         str(model_dir / str(version) / graph.file), providers=["CPUExecutionProvider"]
     )

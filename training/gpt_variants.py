@@ -29,10 +29,9 @@ import torch
 
 from app.core.kv_cache import InPlaceKVCache, KVCache, step_cache
 from app.core.ort_options import OFFLINE_EXTENDED
-from app.core.repository_format import REPORT_FILE, GraphSpec, ModelConfig, Report, Throughput
+from app.core.repository_format import REPORT_FILE, ModelConfig, Report, Throughput
 from training import trainer
-from training.export import tensor_specs
-from training.step_graph import fuse_step_graph
+from training.step_graph import fuse_step_graph, graph_spec
 from training.variants import (
     Evaluation,
     GraphJob,
@@ -62,11 +61,6 @@ def _fused(job: GraphJob) -> Path:
     return fused
 
 
-def _spec(path: Path, file: str) -> GraphSpec:
-    inputs, outputs = tensor_specs(onnx.load(str(path), load_external_data=False))
-    return GraphSpec(file=file, inputs=inputs, outputs=outputs)
-
-
 @register_transform("optimized", family="gpt", role=STEP)
 def fused_step_graph(job: GraphJob) -> GraphResult:
     fused = _fused(job)
@@ -76,7 +70,7 @@ def fused_step_graph(job: GraphJob) -> GraphResult:
         f"fused in-place step graph (GroupQueryAttention, packed QKV, BiasGelu; training/step_graph.py), "
         f"then onnxruntime {ort.__version__} {OFFLINE_EXTENDED} optimizations offline",
         optimized_offline=OFFLINE_EXTENDED,
-        spec=_spec(job.target, job.spec.file),
+        spec=graph_spec(job.target, job.spec.file),
     )
 
 
@@ -103,7 +97,7 @@ def fused_int8_step_graph(job: GraphJob) -> GraphResult:
         "fused in-place step graph (training/step_graph.py), MatMuls dynamic int8 (s8 weights, per tensor), "
         f"then onnxruntime {ort.__version__} {OFFLINE_EXTENDED} optimizations offline",
         optimized_offline=OFFLINE_EXTENDED,
-        spec=_spec(job.target, job.spec.file),
+        spec=graph_spec(job.target, job.spec.file),
     )
 
 

@@ -36,6 +36,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from app.core.repository_format import GraphSpec
+from training.export import tensor_specs
+
 MS_DOMAIN = "com.microsoft"
 LINEARS = {  # our key -> the exported parameter prefix inside gpt.blocks.<i>
     "q": "attn.q_proj",
@@ -244,3 +247,10 @@ def fuse_step_graph(src: Path, dst: Path) -> onnx.ModelProto:
     onnx.checker.check_model(model, full_check=True)
     onnx.save_model(model, str(dst))
     return model
+
+
+def graph_spec(path: Path, file: str) -> GraphSpec:
+    """The inputs and outputs of the graph at ``path``, as config.json (or a variant's report) declares
+    them for the file name ``file``."""
+    inputs, outputs = tensor_specs(onnx.load(str(path), load_external_data=False))
+    return GraphSpec(file=file, inputs=inputs, outputs=outputs)
