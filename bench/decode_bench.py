@@ -166,7 +166,7 @@ def _in_process(tokens: int, rounds: int) -> dict:
             row[f"{mode}_step_us"] = 1e6 * step
             row[f"{mode}_ort_share"] = statistics.median(share for _, share in entry[mode])
             row[f"{mode}_overhead"] = (
-                statistics.median(s / r for (s, _), r in zip(entry[mode], entry["raw"])) - 1
+                statistics.median(s / r for (s, _), r in zip(entry[mode], entry["raw"], strict=True)) - 1
             )
         row["greedy_same_as_v1"] = entry["texts"] == runs[f"1/{key.split('/')[1]}"]["texts"]
         result[key] = row
@@ -273,8 +273,8 @@ def report(
         "cache builds; server: the decode loop (feeds, cache, sampling, text, events), and the share "
         "of its time inside onnxruntime.",
         "",
-        "| version | rows | raw step us | server step us | overhead | in onnxruntime | sampled (T=0.8, top-k 20) "
-        "step us | overhead | greedy text = v1 |",
+        "| version | rows | raw step us | server step us | overhead | in onnxruntime "
+        "| sampled (T=0.8, top-k 20) step us | overhead | greedy text = v1 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for rows in ROWS:
@@ -288,8 +288,9 @@ def report(
             )
     lines += [
         "",
-        f"HTTP, {stream_tokens} new tokens per stream (temperature 0.8, top-k 20), servers on core 1, client "
-        f"on core 0, {rounds[1]} alternating rounds; today = the server of `{baseline_ref}` serving version 1:",
+        f"HTTP, {stream_tokens} new tokens per stream (temperature 0.8, top-k 20), servers on core 1, "
+        f"client on core 0, {rounds[1]} alternating rounds; today = the server of `{baseline_ref}` "
+        "serving version 1:",
         "",
         "| server | version | streams | aggregate tokens/s | vs today (median of rounds) |",
         "|---|---|---|---|---|",
@@ -303,13 +304,15 @@ def report(
     lines += ["", f"Greedy text through this server, {len(GREEDY_PROMPTS)} prompts of 200 tokens:", ""]
     for version, matches in same.items():
         lines.append(
-            f"- version {version} ({VERSIONS[version]}): {matches} of {len(GREEDY_PROMPTS)} identical to version 1"
+            f"- version {version} ({VERSIONS[version]}): {matches} of {len(GREEDY_PROMPTS)} "
+            "identical to version 1"
         )
     if start:
         runs = ", ".join(f"{s:.2f}" for s in start)
         lines += [
             "",
-            f"Start to ready, whole zoo with its variants, unpinned: median {statistics.median(start):.2f} s ({runs})",
+            f"Start to ready, whole zoo with its variants, unpinned: median {statistics.median(start):.2f} s "
+            f"({runs})",
         ]
     return "\n".join(lines) + "\n"
 
