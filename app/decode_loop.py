@@ -458,7 +458,7 @@ class TextGenerator:
             self._rows = [self._rows[i] for i in keep]
 
     def _decode(self) -> np.ndarray:
-        tokens = np.asarray([[seq.seen[-1]] for seq in self._rows], np.int64)  # (B, 1)
+        tokens = np.array([seq.seen[-1] for seq in self._rows], np.int64)[:, None]  # (B, 1)
         logits = self._cache.decode(tokens)  # (B, V)
         for seq in self._rows:
             seq.cached += 1
@@ -492,8 +492,11 @@ class TextGenerator:
             members = [seqs[i] for i in index]
             seen = [seq.seen for seq in members] if params.repetition_penalty != 1.0 else None
             generated = [seq.new for seq in members] if params.counts_generated else None
-            rows = logits if len(index) == len(seqs) else logits[index]
-            tokens[index] = select_next_tokens(rows, params, [seq.rng for seq in members], seen, generated)
+            rngs = [seq.rng for seq in members] if params.temperature > 0 else None  # greedy needs none
+            if len(groups) == 1:  # the whole batch: no gathering and scattering of rows
+                tokens = select_next_tokens(logits, params, rngs, seen, generated)
+            else:
+                tokens[index] = select_next_tokens(logits[index], params, rngs, seen, generated)
         chosen = tokens.tolist()
         logprobs: list[TokenLogprob | None] = [None] * len(seqs)
         wanted = [i for i, seq in enumerate(seqs) if seq.logprobs is not None]

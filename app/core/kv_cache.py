@@ -219,6 +219,7 @@ class InPlaceKVCache:
         self._binding = session.io_binding()
         self._bound: tuple[int, int] | None = None  # the rows (first, count) the cache is bound to
         self._decode_io: tuple[np.ndarray, np.ndarray] | None = None  # bound tokens and logits
+        self._longest = 0  # max(lengths) while bound for decoding
         self._logits_bound: np.ndarray | None = None
         self._reallocate(1)
 
@@ -229,19 +230,21 @@ class InPlaceKVCache:
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         """One step of every row: ``tokens`` (B, 1) -> the next logits (B, V); the graph stores the
         entries. A row must have a free slot (the caller slides its window at ``slots``)."""
-        if self.rows and int(self.lengths.max()) >= self.slots:
-            raise ValueError(f"a row holds all {self.slots} slots; it must leave before the next step")
         if self._decode_io is None:
             # Bound once until the rows change: a step then writes its tokens into the bound array,
             # runs, and counts the new positions in the bound lengths, with no binding calls.
             rows = self.rows
             self.lengths = np.array(self.lengths, np.int64)  # an array of its own, bound as past_lengths
+            self._longest = int(self.lengths.max(initial=0))
             self._decode_io = np.empty((rows, 1), np.int64), np.empty((rows, 1, self._vocab), np.float32)
             self._bind(0, self._decode_io[0], self.lengths, self._decode_io[1])
+        if self._longest >= self.slots:  # the graph would write past the buffer
+            raise ValueError(f"a row holds all {self.slots} slots; it must leave before the next step")
         step_tokens, logits = self._decode_io
         np.copyto(step_tokens, tokens)
         self._session.run_with_iobinding(self._binding)
         self.lengths += 1
+        self._longest += 1
         return logits[:, -1].copy()  # the bound array is overwritten by the next step
 
     def prefill(self, tokens: np.ndarray, lengths: list[int], every_position: bool = False) -> np.ndarray:
