@@ -2,18 +2,22 @@
 
 One loop per model advances every active sequence by one token per step, as text-generation-inference
 and vLLM do. New requests join at step boundaries: their prompts are prefilled together in one call
-(right-padded, on empty caches) and their cache entries are stored as new rows of the batch's
-:class:`~app.core.kv_cache.KVCache`. Each row keeps its own length, so sequences of any lengths share a
-decode step without padding or realignment, and a decode step writes only the new position of each
-row instead of copying the cache. Rows that leave (finished, disconnected) are dropped between steps. A
-sequence that fills the context window continues on a sliding window: it leaves and its last half
-is prefilled again.
+(right-padded, on empty caches) and become new rows of the batch's cache (``app.core.kv_cache``: the
+graph's contract picks :class:`~app.core.kv_cache.KVCache`, which stores the new positions the graph
+returns, or :class:`~app.core.kv_cache.InPlaceKVCache`, whose graph writes them into the bound buffers
+itself). Each row keeps its own length, so sequences of any lengths share a decode step without padding
+or realignment, and a decode step writes only the new position of each row instead of copying the
+cache. Rows that leave (finished, disconnected) are dropped between steps. A sequence that fills the
+context window continues on a sliding window: it leaves and its last half is prefilled again.
 
 The loop runs in its own thread and never waits for the event loop: a step (feeds, onnxruntime, cache
 bookkeeping, sampling, stop strings, finishing) is followed at once by the next, and the event loop
 only hears of a step's events (text for streams, the end), one call per step. Handing every step to
 a worker and back cost a round trip through the event loop per token, which on one core was as much
-as the step's own onnxruntime time for a single stream.
+as the step's own onnxruntime time for a single stream. For the same reason a step does no work that
+does not change between steps: admission runs only when sequences wait or were cancelled, the rows'
+grouping by sampling settings is kept while the batch is unchanged, the in-place cache stays bound
+(bench/decode_bench.py measures what is left, against the step graph alone).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from app import metrics
-from app.core.kv_cache import FinishReason, step_cache
+from app.core.kv_cache import FinishReason, InPlaceKVCache, KVCache, step_cache
 from app.core.sampling import SamplingParams, TokenLogprob, select_next_tokens, token_logprobs
 from app.core.tokenizer import CharTokenizer
 from app.errors import QueueFull
@@ -418,7 +422,7 @@ class TextGenerator:
         # rows join or leave, and hashing every row's settings every step cost more than the grouping.
         self._grouped: tuple[list[Sequence], dict[SamplingParams, list[int]]] = ([], {})
 
-    def _new_cache(self):
+    def _new_cache(self) -> KVCache | InPlaceKVCache:
         """The cache the step graph's contract asks for (app/core/kv_cache.py)."""
         session = self.session
         return step_cache(session.graph, session.session, self.block_size, session.run)
