@@ -700,7 +700,8 @@ def variant_table(model: str, version: str, variant: Variant) -> str:
     """What a variant run measured, as markdown: quality next to the source's, difference, speed."""
     quality = ", ".join(f"{k} {q.fp32:.4g} -> {q.variant:.4g}" for k, q in variant.quality.items())
     speed = ", ".join(
-        f"b{t.batch_size} {t.fp32:,.0f} -> {t.variant:,.0f}/s ({t.variant / t.fp32:.2f}x)"
+        f"{'' if t.graph == 'model' else t.graph + ' '}b{t.batch_size} {t.fp32:,.0f} -> {t.variant:,.0f}/s "
+        f"({t.variant / t.fp32:.2f}x)"
         for t in variant.speed
     )
     return "\n".join(
