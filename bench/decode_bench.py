@@ -6,17 +6,19 @@ The versions of ``gpt-corpus`` compared: 1 (the trained export), 2 (``optimized`
 that writes its KV cache in place, training/step_graph.py) and 3 (``int8``: the same with int8
 MatMuls); python -m training variant made 2 and 3 from 1.
 
-1. In process, one core (``taskset -c 1``), for each version, greedy decoding from "The " of 1 and of
-   16 rows: (a) the step graph alone: only the onnxruntime calls, on the feeds the server's cache
-   builds (``app.core.kv_cache``), per step; (b) the server's decode loop (``TextGenerator``: feeds,
-   cache, sampling, detokenising, stop checks, events to the event loop) generating the same, per
-   step, and the share of it spent inside onnxruntime. Overhead = (b) / (a) - 1. Versions alternate
-   within every round; each figure is the median of the rounds.
+1. In process, one core (``taskset -c 1``), for each version, decoding from "The " of 1 and of 16
+   rows: (a) the step graph alone: only the onnxruntime calls, greedy, on the feeds the server's
+   cache builds (``app.core.kv_cache``); (b) the server's decode loop (``TextGenerator``: feeds,
+   cache, sampling, detokenising, stop checks, events to the event loop) generating the same, greedy
+   and sampled. CPU time per step (the machine is shared: other processes inflate wall time, not
+   this process's CPU time); overhead = (b) / (a) - 1. Versions alternate within every round; each
+   figure is the median of the rounds.
 2. Over HTTP, servers pinned to core 1, client threads on core 0: today's server (the code of
    ``--baseline-ref``, checked out into a temporary git worktree, serving version 1) and this server
    serving versions 1, 2 and 3, all running, in alternating rounds: one stream, then 16 concurrent
    streams of 128 new tokens (temperature 0.8, top-k 20: the model's defaults). Aggregate tokens/s
-   (median wave) and the medians of each round's ratio to today's server.
+   (median wave), the server's CPU time per token (all its threads, /proc schedstat), and the
+   medians of each round's ratios to today's server.
 3. Greedy text of version 2 (and 3) against version 1 through this server, token for token.
 4. Start-up of this server with the whole zoo, variants included (unpinned, to ready).
 """
@@ -123,9 +125,11 @@ def _in_process(tokens: int, rounds: int) -> dict:
         timers[version] = session.session = TimedSession(session.session)
         generators[version] = TextGenerator(MODEL, session, tokenizer, block, GenerationLimits())
 
-    async def loop(version: int, rows: int, params: SamplingParams) -> tuple[float, float, list[list[int]]]:
+    async def loop(
+        version: int, rows: int, params: SamplingParams
+    ) -> tuple[float, float, float, list[list[int]]]:
         """CPU seconds per step of the server's loop (this process's: the decode thread with its
-        onnxruntime runs, and the event loop), and wall seconds per step."""
+        onnxruntime runs, and the event loop), of its onnxruntime runs, and wall seconds per step."""
         generator, timer = generators[version], timers[version]
         timer.seconds = 0.0
         started, cpu = time.perf_counter(), time.process_time()
@@ -133,7 +137,7 @@ def _in_process(tokens: int, rounds: int) -> dict:
         for seq in seqs:
             await seq.wait()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - started
-        return cpu / tokens, wall / tokens, [seq.new for seq in seqs]
+        return cpu / tokens, timer.seconds / tokens, wall / tokens, [seq.new for seq in seqs]
 
     async def measure() -> dict:
         for generator in generators.values():
@@ -150,10 +154,10 @@ def _in_process(tokens: int, rounds: int) -> dict:
                     for version in VERSIONS:
                         entry = runs.setdefault(f"{version}/{rows}", {"raw": [], "greedy": [], "sampled": []})
                         entry["raw"].append(raw(version, rows))
-                        step, share, texts = await loop(version, rows, greedy)
-                        entry["greedy"].append((step, share))
+                        *figures, texts = await loop(version, rows, greedy)
+                        entry["greedy"].append(figures)
                         entry.setdefault("texts", texts)
-                        entry["sampled"].append((await loop(version, rows, sampled))[:2])
+                        entry["sampled"].append((await loop(version, rows, sampled))[:3])
         finally:
             for generator in generators.values():
                 await generator.stop()
@@ -165,11 +169,11 @@ def _in_process(tokens: int, rounds: int) -> dict:
         raw_s = statistics.median(entry["raw"])
         row = {"raw_step_us": 1e6 * raw_s}
         for mode in ("greedy", "sampled"):
-            row[f"{mode}_step_us"] = 1e6 * statistics.median(cpu for cpu, _ in entry[mode])
-            row[f"{mode}_wall_step_us"] = 1e6 * statistics.median(wall for _, wall in entry[mode])
-            row[f"{mode}_overhead"] = (
-                statistics.median(c / r for (c, _), r in zip(entry[mode], entry["raw"], strict=True)) - 1
-            )
+            row[f"{mode}_step_us"] = 1e6 * statistics.median(cpu for cpu, _, _ in entry[mode])
+            row[f"{mode}_ort_step_us"] = 1e6 * statistics.median(ort for _, ort, _ in entry[mode])
+            row[f"{mode}_wall_step_us"] = 1e6 * statistics.median(wall for _, _, wall in entry[mode])
+            ratios = [cpu / r for (cpu, _, _), r in zip(entry[mode], entry["raw"], strict=True)]
+            row[f"{mode}_overhead"] = statistics.median(ratios) - 1
         row["greedy_same_as_v1"] = entry["texts"] == runs[f"1/{key.split('/')[1]}"]["texts"]
         result[key] = row
     return result
@@ -199,37 +203,54 @@ def one_model_repository(source: Path, target: Path) -> Path:
     return target
 
 
-def load(candidates: dict[str, tuple[str, int]], new_tokens: int, rounds: int) -> dict:
-    """One stream, then 16 concurrent streams, for each candidate (url, version), round after round;
-    each ratio is the median of the rounds' own ratios (waves of one round see the same machine)."""
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of process ``pid`` so far (/proc schedstat: nanoseconds)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):  # a thread that just ended
+            continue
+    return total / 1e9
+
+
+def load(candidates: dict[str, tuple[str, int, int]], new_tokens: int, rounds: int) -> dict:
+    """One stream, then 16 concurrent streams, for each candidate (url, version, server pid), round
+    after round: tokens/s, and the server's CPU time per token (which the other processes sharing
+    the core do not inflate as they do wall time). Each ratio is the median of the rounds' own ratios
+    (waves of one round see the same machine)."""
     body = {"model": MODEL, "prompt": PROMPT, "max_new_tokens": new_tokens, "temperature": 0.8, "top_k": 20}
     client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=32))
 
-    def wave(url: str, version: int, streams: int, pool: ThreadPoolExecutor) -> float:
+    def wave(url: str, version: int, pid: int, streams: int, pool: ThreadPoolExecutor) -> tuple[float, float]:
         def one(i: int) -> int:
             r = client.post(f"{url}/generate", json={**body, "seed": i, "version": version})
             r.raise_for_status()
             return r.json()["usage"]["completion_tokens"]
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds(pid)
         produced = sum(pool.map(one, range(streams)))
-        return produced / (time.perf_counter() - started)
+        return produced / (time.perf_counter() - started), (cpu_seconds(pid) - cpu) / produced
 
-    waves: dict[tuple[str, int], list[float]] = {(name, s): [] for name in candidates for s in (1, 16)}
+    waves: dict[tuple[str, int], list[tuple[float, float]]] = {
+        (name, s): [] for name in candidates for s in (1, 16)
+    }
     with ThreadPoolExecutor(16) as pool:
-        for url, version in candidates.values():
-            wave(url, version, 16, pool)  # warm-up: connections open, caches allocated
+        for url, version, pid in candidates.values():
+            wave(url, version, pid, 16, pool)  # warm-up: connections open, caches allocated
         for _ in range(rounds):
             for name, streams in waves:
                 waves[name, streams].append(wave(*candidates[name], streams, pool))
     client.close()
     today = next(iter(candidates))
     rows = {}
-    for (name, streams), rates in waves.items():
-        ratios = [r / t for r, t in zip(rates, waves[today, streams], strict=True)]
+    for (name, streams), measured in waves.items():
+        pairs = list(zip(measured, waves[today, streams], strict=True))
         rows[f"{name}/{streams}"] = {
-            "tokens_per_s": statistics.median(rates),
-            "vs_today": statistics.median(ratios),
+            "tokens_per_s": statistics.median(rate for rate, _ in measured),
+            "vs_today": statistics.median(rate / base for (rate, _), (base, _) in pairs),
+            "cpu_us_per_token": 1e6 * statistics.median(cpu for _, cpu in measured),
+            "cpu_vs_today": statistics.median(base / cpu for (_, cpu), (_, base) in pairs),
         }
     return rows
 
@@ -277,16 +298,17 @@ def report(
         "the event loop), greedy and sampled; overhead = server / raw - 1; wall: the server's wall "
         "clock per step.",
         "",
-        "| version | rows | raw step us | server step us (greedy) | overhead | sampled (T=0.8, top-k 20) "
-        "| overhead | wall us (greedy) | greedy text = v1 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| version | rows | raw step us | server step us (greedy) | of which onnxruntime | overhead "
+        "| sampled (T=0.8, top-k 20) | overhead | wall us (greedy) | greedy text = v1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rows in ROWS:
         for version, label in VERSIONS.items():
             r = inproc[f"{version}/{rows}"]
             lines.append(
                 f"| {version}: {label} | {rows} | {r['raw_step_us']:.0f} | {r['greedy_step_us']:.0f} | "
-                f"{100 * r['greedy_overhead']:+.0f}% | {r['sampled_step_us']:.0f} | "
+                f"{r['greedy_ort_step_us']:.0f} | {100 * r['greedy_overhead']:+.0f}% | "
+                f"{r['sampled_step_us']:.0f} | "
                 f"{100 * r['sampled_overhead']:+.0f}% | {r['greedy_wall_step_us']:.0f} | "
                 f"{'yes' if r['greedy_same_as_v1'] else 'no'} |"
             )
@@ -296,14 +318,16 @@ def report(
         f"client on core 0, {rounds[1]} alternating rounds; today = the server of `{baseline_ref}` "
         "serving version 1:",
         "",
-        "| server | version | streams | aggregate tokens/s | vs today (median of rounds) |",
-        "|---|---|---|---|---|",
+        "| server | version | streams | aggregate tokens/s | vs today | server CPU us per token | "
+        "vs today (CPU) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, r in http.items():
         name, streams = key.rsplit("/", 1)
         server, version = name.split(" v")
         lines.append(
-            f"| {server} | {version} | {streams} | {r['tokens_per_s']:.0f} | **{r['vs_today']:.2f}x** |"
+            f"| {server} | {version} | {streams} | {r['tokens_per_s']:.0f} | **{r['vs_today']:.2f}x** | "
+            f"{r['cpu_us_per_token']:.0f} | **{r['cpu_vs_today']:.2f}x** |"
         )
     lines += ["", f"Greedy text through this server, {len(GREEDY_PROMPTS)} prompts of 200 tokens:", ""]
     for version, matches in same.items():
@@ -343,7 +367,10 @@ def main() -> None:
             started.append(base_proc)
             proc, url = start_server({"SERVE_MODEL_REPOSITORY": str(our_models), "PYTHONPATH": str(ROOT)})
             started.append(proc)
-            candidates = {"today v1": (base_url, 1), **{f"this v{v}": (url, v) for v in VERSIONS}}
+            candidates = {
+                "today v1": (base_url, 1, base_proc.pid),
+                **{f"this v{v}": (url, v, proc.pid) for v in VERSIONS},
+            }
             http = load(candidates, stream_tokens, rounds[1])
             reference = greedy_texts(url, 1, 200)
             same = {
