@@ -26,17 +26,18 @@ def free_port() -> int:
 
 
 def start_server(
-    extra_env: dict[str, str] | None = None, *, pinned: bool = True
+    extra_env: dict[str, str] | None = None, *, pinned: bool = True, cwd: Path = ROOT
 ) -> tuple[subprocess.Popen, str]:
     """The app on core 1 (``taskset -c 1``; unpinned: on every core), one single-threaded session per
-    graph unless ``extra_env`` says otherwise, ready; returns the process and its URL."""
+    graph unless ``extra_env`` says otherwise, ready; returns the process and its URL. ``cwd``: the
+    checkout whose ``app`` runs (another one: set PYTHONPATH to it too)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
     env.update({"SERVE_INSTANCES": "1", "SERVE_INTRA_OP_THREADS": "1", **(extra_env or {})})
     command = ["taskset", "-c", "1"] if pinned else []
     command += [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env)
+    proc = subprocess.Popen(command, cwd=cwd, env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
