@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from app.core.ort_options import session_options
 from app.core.repository_format import GraphSpec
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ class SessionOptions:
     # Measured on the 2-core CPU (docs/ARCHITECTURE.md): one single-threaded session per core beats one
     # session with both threads, and onnxruntime's default (all cores, spinning) starves the HTTP layer.
     intra_op_threads: int = 1
+    # The graph was optimized offline at this onnxruntime level and saved (a variant's report says so,
+    # training/variants.py): app/core/ort_options.graph_optimization_level.
+    optimized_offline: str | None = None
 
 
 def requested_providers(device: str) -> list[str]:
@@ -44,14 +48,7 @@ class Session:
     """One onnxruntime session of one graph. ``run`` is blocking: call it from a worker thread."""
 
     def __init__(self, path: Path, graph: GraphSpec, options: SessionOptions, label: str = "") -> None:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # ~2.7x for convnets here
-        so.intra_op_num_threads = options.intra_op_threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Spinning threads burn the core the event loop and the other instances need.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.log_severity_level = 3
+        so = session_options(options.intra_op_threads, options.optimized_offline)
         providers = requested_providers(options.device)
         if options.device == "cuda" and CUDA not in providers:
             log.warning("%s: device=cuda asked, but this onnxruntime has no CUDA provider; using CPU", label)
@@ -60,6 +57,10 @@ class Session:
         self.provider = self.session.get_providers()[0]
         if CUDA in providers and self.provider != CUDA:
             log.warning("%s: CUDA was requested but the session fell back to %s", label, self.provider)
+        if options.optimized_offline is not None and self.provider == CUDA:
+            # The offline fusions were made for the CPU provider; those without a CUDA kernel run on
+            # the CPU, with copies between the devices. The trained (fp32) version is the one for a GPU.
+            log.warning("%s: graph optimized offline for the CPU provider, served on CUDA", label)
         self.output_names = [o.name for o in graph.outputs]
         self._check_signature(label)
         self._binding = self.session.io_binding() if self.provider == CUDA else None

@@ -243,7 +243,7 @@ def main() -> None:
                 servers[name, mode] = start_server(
                     env,
                     pinned=mode == "pinned",
-                    root=path,
+                    cwd=path,
                     as_users_run=True,
                     defaults=True,
                     log_path=work / f"{name}-{mode}.log",

@@ -29,20 +29,20 @@ def start_server(
     extra_env: dict[str, str] | None = None,
     *,
     pinned: bool = True,
-    root: Path = ROOT,
+    cwd: Path = ROOT,
     as_users_run: bool = False,
     defaults: bool = False,
     log_path: Path | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """The app on core 1 (``taskset -c 1``; unpinned: on every core), one single-threaded session per
     graph unless ``extra_env`` says otherwise (``defaults``: the models' own instances and threads),
-    ready; returns the process and its URL. ``root`` is the checkout whose code runs (another worktree,
-    to compare two versions in one run); ``as_users_run`` starts it with ``python -m app`` (its guarded
-    HTTP protocol and settings such as the thread switch interval) instead of plain uvicorn; its output
-    goes to ``log_path`` when given."""
+    ready; returns the process and its URL. ``cwd`` is the checkout whose ``app`` runs (another
+    worktree, to compare two versions in one run; PYTHONPATH is set to it); ``as_users_run`` starts
+    it with ``python -m app`` (its guarded HTTP protocol and settings such as the thread switch
+    interval) instead of plain uvicorn; its output goes to ``log_path`` when given."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
-    env["PYTHONPATH"] = str(root)
+    env["PYTHONPATH"] = str(cwd)
     if not defaults:
         env.update({"SERVE_INSTANCES": "1", "SERVE_INTRA_OP_THREADS": "1"})
     env.update(extra_env or {})
@@ -55,7 +55,7 @@ def start_server(
         command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
     log = log_path.open("ab") if log_path is not None else None
     try:
-        proc = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=log)
     finally:
         if log is not None:
             log.close()  # the child has its own copy

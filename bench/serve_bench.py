@@ -48,7 +48,7 @@ import numpy as np
 import onnxruntime
 from ports import free_port  # bench/ports.py, beside this script
 
-from app.core.repository_format import served_version, version_folders
+from app.core.repository_format import default_version
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -331,7 +331,7 @@ def copy_models(repository: Path, models: tuple[str, ...] = MODELS) -> Path:
 
 def graph_file(model_dir: Path) -> Path:
     config = json.loads((model_dir / "config.json").read_text())
-    version = served_version(version_folders(model_dir), config.get("version"))
+    version = default_version(model_dir, config.get("version"))
     return model_dir / str(version) / next(iter(config["graphs"].values()))["file"]
 
 
@@ -535,7 +535,7 @@ COST_METRICS = ("test_accuracy", "parameters", "multiply_adds")
 def model_costs(model_dir: Path) -> dict[str, float]:
     """The served version's report.json figures of COST_METRICS that it records."""
     config = json.loads((model_dir / "config.json").read_text())
-    version = served_version(version_folders(model_dir), config.get("version"))
+    version = default_version(model_dir, config.get("version"))
     metrics = json.loads((model_dir / str(version) / "report.json").read_text())["metrics"]
     return {k: metrics[k] for k in COST_METRICS if k in metrics}
 

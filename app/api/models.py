@@ -34,6 +34,8 @@ def describe(mv: ModelVersion, registry: Registry, full: bool) -> dict[str, Any]
         "reason": mv.reason,
         "provider": mv.provider,
         "load_seconds": round(mv.load_seconds, 4),
+        "variant": mv.report.variant_kind if mv.report is not None else None,
+        "variants": {str(v): kind for v, kind in registry.variant_kinds(mv.name).items()},
     }
     config = mv.config
     if config is None:
@@ -61,6 +63,8 @@ def describe(mv: ModelVersion, registry: Registry, full: bool) -> dict[str, Any]
         info["trained_by"] = mv.report.command
         info["architecture"] = mv.report.model_config_
         info["plots"] = mv.report.plots
+        if mv.report.variant is not None:
+            info["variant_report"] = mv.report.variant.model_dump()
     return info
 
 

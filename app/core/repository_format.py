@@ -12,6 +12,7 @@ Torch-free on purpose: the exporter imports these models to write the files, the
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -175,7 +176,8 @@ class SpecificVersions(_Strict):
 
 class VersionPolicy(_Strict):
     """Which version folders a model serves, in Triton's shape: exactly one of ``latest``
-    (the highest ``num_versions``), ``all``, ``specific``. Without one: the highest version."""
+    (the highest ``num_versions``), ``all``, ``specific``. Without one: the highest trained version
+    and its variants (policy_versions)."""
 
     latest: LatestVersions | None = None
     all: dict | None = None
@@ -201,9 +203,11 @@ class ModelConfig(_Strict):
         "classification", "reconstruction", "generation", "text_generation", "seq2seq", "image_translation"
     ]
     description: str = ""
-    # Pin a version; by default the highest integer version folder is served.
+    # Pin the version that answers requests naming none; by default the highest trained version (not a
+    # variant, see Report.variant) answers them.
     version: int | None = None
-    # Which version folders are loaded and served (Triton's version_policy); None: the latest one.
+    # Which version folders are loaded and served (Triton's version_policy); None: the highest trained
+    # version and the variants made from it.
     version_policy: VersionPolicy | None = None
     # Role -> graph, e.g. {"model": ...} or {"encoder": ..., "decoder": ...} or {"generator": ...};
     # an image translator has one graph per direction ({"thin_to_thick": ..., "thick_to_thin": ...}).
@@ -241,6 +245,50 @@ class Parity(_Strict):
     provider: str = "CPUExecutionProvider"
 
 
+class QualityFigure(_Strict):
+    """One held-out metric of a variant next to its source's, measured in the same run on the same data."""
+
+    fp32: float
+    variant: float
+
+
+class Throughput(_Strict):
+    """Samples/s of the source's and the variant's primary graph at one batch size: one onnxruntime
+    session each, one thread, alternating rounds in one process (so the ratio holds on a busy machine)."""
+
+    graph: str = "model"  # the graph role measured
+    batch_size: int = Field(gt=0)
+    fp32: float
+    variant: float
+
+
+TRAINED_KIND = "fp32"  # what a trained export is called next to the variants made from it
+
+
+class Variant(_Strict):
+    """A version made from another version of the same model by transforming its graphs, without
+    training (training/variants.py): what was done, and how it compares with its source."""
+
+    # "optimized" (fp32, graph optimizations applied offline) or "int8" (quantized); other kinds may be
+    # registered by training.variants.
+    kind: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    source_version: int = Field(ge=0)
+    method: str  # e.g. "dynamic int8 (MatMul, Gemm; per-channel)"; per graph role when they differ
+    onnxruntime: str  # the version that made it (quantization and offline optimization change with it)
+    # Set when the saved graphs are already optimized at this onnxruntime level (app/session.py).
+    optimized_offline: Literal["extended"] | None = None
+    data: str = ""  # the held-out data the figures below were measured on
+    quality: dict[str, QualityFigure] = {}
+    # max |variant - source| over every output of every graph on that data.
+    max_abs_diff: float
+    per_graph: dict[str, float] = {}
+    speed: list[Throughput] = []
+    # Graphs (by role) whose inputs and outputs differ from config.json's, with their own: a transform
+    # that changes a graph's contract (GPT's step graph that writes its KV cache in place,
+    # training/step_graph.py). This version is served with these specs; the others are config.json's.
+    graphs: dict[str, GraphSpec] = {}
+
+
 class Report(_Strict):
     metrics: dict[str, float]
     parity: Parity
@@ -257,8 +305,20 @@ class Report(_Strict):
     versions: dict[str, str] = {}
     plots: list[str] = []
     notes: list[str] = []
+    # Set on a version made from another one by training/variants.py (None: a trained export).
+    variant: Variant | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def graphs(self, config: ModelConfig) -> dict[str, GraphSpec]:
+        """This version's graphs: config.json's, with the ones a variant changed (Variant.graphs)."""
+        changed = self.variant.graphs if self.variant is not None else {}
+        return {role: changed.get(role, spec) for role, spec in config.graphs.items()}
+
+    @property
+    def variant_kind(self) -> str:
+        """What /models and V2 metadata call this version: the variant's kind, "fp32" for an export."""
+        return self.variant.kind if self.variant is not None else TRAINED_KIND
 
 
 def sha256_of(path: Path) -> str:
@@ -275,18 +335,60 @@ def version_folders(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def served_version(versions: list[int], pinned: int | None) -> int | None:
-    """The version a model serves: the one its config pins when that folder exists, else the
-    highest; None when it has none. The server, the CLI and the benchmarks all pick it this way."""
+def variant_sources(model_dir: Path) -> dict[int, int]:
+    """Which of the model's versions are variants: version -> the version it was made from, read off
+    each report.json's ``variant`` section. A version whose report is missing or unreadable counts as a
+    trained export (its load then fails for its own reason)."""
+    sources = {}
+    for version in version_folders(model_dir):
+        try:
+            variant = json.loads((model_dir / str(version) / REPORT_FILE).read_text()).get("variant")
+            sources[version] = int(variant["source_version"])
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue
+    return sources
+
+
+def _highest_trained(versions: list[int], variants: dict[int, int]) -> int | None:
+    """The highest version that is no variant; the highest of all when every one is a variant."""
+    trained = [v for v in versions if v not in variants]
+    return max(trained or versions, default=None)
+
+
+def served_version(
+    versions: list[int], pinned: int | None, variants: dict[int, int] | None = None
+) -> int | None:
+    """The version that answers a request naming none: the one the config pins when that folder
+    exists, else the highest trained export (``variants``: version -> source, see variant_sources;
+    a variant answers by default only when pinned); None when there is none. The server, the CLI and
+    the benchmarks all pick it this way."""
     if pinned is not None and pinned in versions:
         return pinned
-    return max(versions, default=None)
+    return _highest_trained(versions, variants or {})
 
 
-def policy_versions(versions: list[int], policy: VersionPolicy | None, pinned: int | None) -> list[int]:
-    """The versions a model serves out of its version folders ``versions``: the policy's choice
-    (default: the highest), plus the pinned version when its folder exists; ascending."""
-    policy = policy or VersionPolicy(latest=LatestVersions())
+def default_version(model_dir: Path, pinned: int | None) -> int | None:
+    """:func:`served_version` of a model folder, read from the files."""
+    return served_version(version_folders(model_dir), pinned, variant_sources(model_dir))
+
+
+def policy_versions(
+    versions: list[int],
+    policy: VersionPolicy | None,
+    pinned: int | None,
+    variants: dict[int, int] | None = None,
+) -> list[int]:
+    """The versions a model serves out of its version folders ``versions``: the policy's choice, plus
+    the pinned version when its folder exists; ascending. Without a policy: the highest trained export
+    and the variants made from it (``variants``: version -> source), so making a variant adds a served
+    version without touching config.json, and training a new version retires the old one's variants."""
+    variants = variants or {}
+    if policy is None:
+        base = _highest_trained(versions, variants)
+        chosen = {v for v in versions if v == base or variants.get(v) == base} if versions else set()
+        if pinned is not None and pinned in versions:
+            chosen.add(pinned)
+        return sorted(chosen)
     if policy.all is not None:
         chosen = set(versions)
     elif policy.specific is not None:

@@ -17,8 +17,7 @@ from app.core.repository_format import (
     ImagePostprocessing,
     ImagePreprocessing,
     ModelConfig,
-    served_version,
-    version_folders,
+    default_version,
 )
 from training import plots, trainer
 from training.complexity import multiply_adds, parameter_count
@@ -182,7 +181,7 @@ def judge_probabilities(
             f"(python -m training train {judge})"
         )
     config = ModelConfig.model_validate_json((judge_dir / CONFIG_FILE).read_text())
-    version = served_version(version_folders(judge_dir), config.version)  # the one the server serves
+    version = default_version(judge_dir, config.version)  # the one the server serves
     graph = config.graphs["model"]
     session = ort.InferenceSession(
         str(judge_dir / str(version) / graph.file), providers=["CPUExecutionProvider"]
