@@ -262,6 +262,7 @@ class Variant(_Strict):
     max_abs_diff: float
     per_graph: dict[str, float] = {}
     speed: list[Throughput] = []
+    speed_conditions: str = ""  # threads, cores, rounds: what the speed figures were measured under
 
 
 class Report(_Strict):
