@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 HOST ?= 0.0.0.0
 PORT ?= 8000
 MODELS ?= models
-# Debian's prometheus package brings promtool, which the metrics test runs.
+# Debian's prometheus package brings promtool, which the metrics test runs; its chromium, the browser of
+# the playground's tests (tests/ui, through Playwright: no browser is downloaded).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test train-setup build variants verify format clean
@@ -28,6 +29,7 @@ run: $(PY)
 # Debian's docker.io, docker-compose (1.29) and debootstrap are installed when missing.
 test: $(PY)
 	@command -v promtool >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q prometheus; }
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 	@PATH="$$PATH:/usr/sbin:/sbin"; missing=; \
 	for p in dockerd:docker.io docker-compose:docker-compose debootstrap:debootstrap; do \
 		command -v $${p%%:*} >/dev/null || missing="$$missing $${p#*:}"; done; \

@@ -262,6 +262,17 @@ class TextPlane:
                 f"holds at most {self.settings.max_cached_tokens} (lower n or max_tokens)",
                 param="n",
             )
+        if logprobs is not None:
+            # Each generated token carries itself and its alternatives; formatting them is Python work
+            # on the event loop (16 choices x 1,024 tokens x 21 values held it ~0.5 s), so it is bounded.
+            values = len(prompts) * body.n * max_new * (logprobs + 1)
+            if values > self.settings.max_logprob_values:
+                raise InvalidInput(
+                    f"{len(prompts) * body.n} choices of up to {max_new} tokens with {logprobs} alternatives"
+                    f" each return {values} log-probabilities; the server returns at most "
+                    f"{self.settings.max_logprob_values} per request (lower n, max_tokens or alternatives)",
+                    param=f"{prefix}logprobs",
+                )
         params = SamplingParams(
             temperature=1.0 if body.temperature is None else body.temperature,
             top_k=self.generation.check_top_k(mv, body.top_k or 0),

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     max_choices: int = Field(default=16, gt=0)
     max_prompts: int = Field(default=16, gt=0)
     max_messages: int = Field(default=256, gt=0)
+    # Log-probabilities one /v1 request may return: choices x max tokens x (alternatives + 1).
+    max_logprob_values: int = Field(default=32768, gt=0)
     api_key: str | None = None
 
     # Admission. Every request is admitted or refused before its body is parsed: per model, at most

@@ -186,6 +186,11 @@ class ModelSummary(BaseModel):
     family: str | None = None
     task: str | None = None
     description: str | None = None
+    kinds: dict[str, str] | None = Field(
+        default=None,
+        description='What the model is at each endpoint that serves it, e.g. {"/predict": "VAE", '
+        '"/generate": "image generator"}.',
+    )
 
 
 class ModelList(BaseModel):
@@ -208,6 +213,12 @@ class ModelDetails(ModelSummary):
     metrics: dict[str, float] | None = None
     parity: dict[str, Any] | None = None
     trained_by: str | None = None
+    architecture: dict[str, Any] | None = Field(
+        default=None, description="The network's configuration when it was trained (report.json)."
+    )
+    plots: list[str] | None = Field(
+        default=None, description="The report's pictures, served at GET /models/{name}/plots/{file}."
+    )
     variant_report: dict[str, Any] | None = Field(
         default=None,
         description="A variant's report: its source version, method, held-out quality next to the "

@@ -317,6 +317,17 @@ def test_errors_in_openais_shape(client, live) -> None:
         client.completions.create(model=GPT, prompt="x", max_tokens=10**6)
     with pytest.raises(openai.BadRequestError, match="vocabulary"):
         client.completions.create(model=GPT, prompt="snow \u2603")
+    # 16 choices x 512 tokens x 21 log-probabilities would be ~0.25 s of formatting on the event loop.
+    with pytest.raises(openai.BadRequestError, match="log-probabilities") as refused:
+        client.chat.completions.create(
+            model=GPT,
+            messages=[{"role": "user", "content": "x"}],
+            n=16,
+            max_tokens=512,
+            logprobs=True,
+            top_logprobs=20,
+        )
+    assert refused.value.param == "logprobs"
     with live.client() as http:
         r = http.post("/v1/chat/completions", json={"model": GPT, "messages": []})
         assert r.status_code == 400
