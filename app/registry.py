@@ -332,8 +332,17 @@ class Registry:
                 metrics.MODEL_STATE.labels(name, state).set(0)
             return
         ready = [v for v, mv in versions.items() if mv.ready]
-        # A request naming no version gets the pinned one, else the highest trained export (not a variant).
-        default = served_version(ready or list(versions), pinned if pinned in ready else None, variants)
+        variants = variants or {}
+        trained_ready = [v for v in ready if v not in variants]
+        # A request naming no version gets the pinned one, else the highest trained export that is ready.
+        # A variant never stands in for a trained version that failed: that one answers with its reason
+        # (503), and the variants answer the requests that name them.
+        if pinned in ready:
+            default = pinned
+        elif trained_ready:
+            default = max(trained_ready)
+        else:
+            default = served_version(list(versions), None, variants)
         self._models[name] = versions
         self._default[name] = default
         served = versions[default]

@@ -287,6 +287,7 @@ class Variant(_Strict):
     # that changes a graph's contract (GPT's step graph that writes its KV cache in place,
     # training/step_graph.py). This version is served with these specs; the others are config.json's.
     graphs: dict[str, GraphSpec] = {}
+    speed_conditions: str = ""  # threads, cores, rounds: what the speed figures were measured under
 
 
 class Report(_Strict):

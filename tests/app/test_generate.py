@@ -36,7 +36,7 @@ MODELS = ("gpt-corpus", "seq2seq-dates", "dcgan-digits", "vae-digits")
 
 @pytest.fixture(scope="module")
 def gen_repo(tmp_path_factory):
-    return copy_models(tmp_path_factory.mktemp("gen"), MODELS)
+    return copy_models(tmp_path_factory.mktemp("gen"), MODELS, variants=True)  # gpt-corpus 2 and 3 too
 
 
 @pytest.fixture(scope="module")

@@ -175,3 +175,16 @@ def test_a_variant_whose_report_lies_about_sha256_is_refused(repo, tmp_path):
         assert client.get(f"/models/{MODEL}").json()["served_versions"] == [1, 3]
         _, fp32 = _logits(client, _held_out_rows(2), 1)
         assert fp32.shape == (2, 10)
+
+
+def test_an_offline_optimized_graph_opens_at_the_layout_level():
+    """The server skips the passes such a graph went through but keeps the machine-specific layout
+    pass (NCHWc convolutions are not saved); an unknown level in a report fails the load."""
+    import onnxruntime as ort
+
+    from app.core.ort_options import graph_optimization_level
+
+    assert graph_optimization_level(None) == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert graph_optimization_level("extended") == ort.GraphOptimizationLevel.ORT_ENABLE_LAYOUT
+    with pytest.raises(ValueError, match="unknown offline optimization level"):
+        graph_optimization_level("all")
