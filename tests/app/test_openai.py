@@ -383,7 +383,8 @@ def test_overload_raises_rate_limit_after_retries_and_api_key(repo) -> None:
         gate, generator = server.app.state.registry.gate(GPT), server.app.state.registry.get(GPT).generator
 
         def state() -> str:
-            return f"gate: {gate.held} held; decode loop: {generator.active} active, {generator.queued} queued"
+            loop = f"{generator.active} active, {generator.queued} queued"
+            return f"gate: {gate.held} held; decode loop: {loop}"
 
         try:
             deadline = time.monotonic() + 10
