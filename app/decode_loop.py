@@ -290,6 +290,10 @@ class TextGenerator:
     def active(self) -> int:
         return len(self._active)
 
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
     # ------------------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
