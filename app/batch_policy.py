@@ -1,8 +1,11 @@
 """SLO-aware adaptive batching (``max_queue_delay_ms: "auto"`` with ``latency_target_ms``): how long a
 batch may wait for more rows, decided from what the batcher has measured instead of a fixed delay.
 
-The batcher asks only where a fixed delay would apply: it holds an idle instance while other batches
-run (an idle pool dispatches at once: a lone request never waits for company). A request's latency
+The batcher asks where a fixed delay would apply: it holds an idle instance while other batches run.
+An idle pool dispatches at once (a lone request never waits for company) unless the process keeps
+its CPUs busy (``CpuLoad``, default 80%): then an idle instance is no spare capacity, since the
+requests' HTTP work needs the same cores, and fewer, larger batches leave more of them to it; the
+batcher asks then too. A request's latency
 is its queue wait plus its batch's run, so the question for the oldest queued request is: if the batch
 leaves at time t, does it still finish within the target, and do the rows that arrive meanwhile make
 each row cheaper? Three measured quantities answer it:
@@ -150,6 +153,29 @@ class ArrivalRate:
         return self._decayed(now) / self.time_constant_s
 
 
+class CpuLoad:
+    """The share of its cores the process keeps busy, from readings of the wall clock and the process's
+    CPU clock, smoothed with ``time_constant_s`` (updated at most every ``min_interval_s``)."""
+
+    def __init__(self, cores: int, time_constant_s: float = 0.5, min_interval_s: float = 0.05) -> None:
+        self.cores = cores
+        self.time_constant_s = time_constant_s
+        self.min_interval_s = min_interval_s
+        self.busy = 0.0
+        self._last: tuple[float, float] | None = None
+
+    def update(self, wall: float, cpu: float) -> float:
+        if self._last is None:
+            self._last = (wall, cpu)
+            return self.busy
+        elapsed = wall - self._last[0]
+        if elapsed >= self.min_interval_s:
+            share = (cpu - self._last[1]) / (elapsed * self.cores)
+            self.busy += (share - self.busy) * (1 - math.exp(-elapsed / self.time_constant_s))
+            self._last = (wall, cpu)
+        return self.busy
+
+
 @dataclass(frozen=True)
 class Decision:
     release_at: float  # the time (same clock as the inputs) the batch should leave; <= now: at once
@@ -168,6 +194,8 @@ class AdaptiveDelay:
         min_gain: float = 0.1,
         cost: BatchCostModel | None = None,
         arrivals: ArrivalRate | None = None,
+        cpu: CpuLoad | None = None,
+        saturated: float = 0.8,
     ) -> None:
         if target_s <= 0 or not 0 <= margin < 1 or not 0 <= min_gain < 1:
             raise ValueError("target_s > 0, 0 <= margin < 1 and 0 <= min_gain < 1 are required")
@@ -176,6 +204,13 @@ class AdaptiveDelay:
         self.min_gain = min_gain
         self.cost = cost or BatchCostModel()
         self.arrivals = arrivals or ArrivalRate()
+        self.cpu = cpu or CpuLoad(cores=1)
+        self.saturated = saturated  # CpuLoad.busy from which an idle pool waits for company too
+
+    def idle_pool_waits(self, wall: float, cpu: float) -> bool:
+        """Whether an idle pool should ask ``decide`` instead of dispatching at once, given readings of
+        the wall clock and the process's CPU clock: only while the process keeps its cores busy."""
+        return self.cpu.update(wall, cpu) >= self.saturated
 
     def arrived(self, now: float, rows: int) -> None:
         self.arrivals.add(now, rows)

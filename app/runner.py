@@ -26,6 +26,7 @@ import asyncio
 import collections
 import logging
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app import logs, metrics, tracing
-from app.batch_policy import AdaptiveDelay
+from app.batch_policy import AdaptiveDelay, CpuLoad
 from app.core.repository_format import Batching, GraphSpec
 from app.errors import DeadlineExceeded, InferenceFailed, QueueFull, ServingError
 from app.session import Session
@@ -176,7 +177,9 @@ class Runner:
         # rate and the latency target, instead of a fixed delay.
         self.policy: AdaptiveDelay | None = None
         if batching.max_queue_delay_ms == "auto":
-            self.policy = AdaptiveDelay(batching.latency_target_ms / 1000)
+            # The cores this process may run on (taskset, a container's cpuset), not the machine's.
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            self.policy = AdaptiveDelay(batching.latency_target_ms / 1000, cpu=CpuLoad(cores))
             self._hold_gauge = metrics.BATCH_HOLD.labels(name)
             self._cost_gauges = (
                 metrics.BATCH_COST.labels(name, "batch"),
@@ -329,7 +332,7 @@ class Runner:
             await self._arrived.wait()
         batch, rows = [first], first.rows
         limit = self.batching.max_batch_size
-        pool_idle = self._busy == 0  # nothing else running: dispatch at once
+        pool_idle = self._busy == 0 and not self._cpu_bound()  # nothing else running: dispatch at once
         if self.policy is None:
             close_at = first.enqueued + self.batching.max_queue_delay_ms / 1000
         while True:
@@ -358,13 +361,20 @@ class Runner:
     def _adaptive_release(self, first: _Request, rows: int, room: int) -> float | None:
         """When the batch should leave under max_queue_delay_ms "auto"; None: now. Asked again at every
         arrival and every finished batch, so a pool that went idle while this batch waited for company
-        dispatches it at once."""
-        if self._busy == 0:
+        dispatches it at once (unless the process is CPU-bound)."""
+        if self._busy == 0 and not self._cpu_bound():
             return None
         now = time.perf_counter()
         decision = self.policy.decide(now, first.enqueued, rows, room, concurrent=self._busy + 1)
         self._hold_gauge.set(max(0.0, decision.release_at - first.enqueued))
         return decision.release_at if decision.release_at > now else None
+
+    def _cpu_bound(self) -> bool:
+        """Adaptive batching: the process keeps its cores busy, so an idle instance is no spare capacity
+        (the HTTP work needs the cores too) and an idle pool waits for company as well."""
+        if self.policy is None:
+            return False
+        return self.policy.idle_pool_waits(time.perf_counter(), time.process_time())
 
     def _share(self, taken: int) -> int:
         """The most rows a batch holding ``taken`` rows may grow to. With several instances, its share

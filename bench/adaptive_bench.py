@@ -517,6 +517,19 @@ def markdown(result: dict) -> str:
             f"{v['auto_vs_best_fixed']:.3f} | {v['auto_vs_no_batching']:.2f}x | "
             f"{'yes' if v['slo_met'] else 'NO'} | {'yes' if v['throughput_met'] else 'NO'} |"
         )
+    rounds = result["args"]["rounds"]
+    lines += [
+        "",
+        "p99 (ms) of every window, by round (the candidates of a round ran one after the other, so a "
+        "disturbance from other work on the machine shows in all of them):",
+        "",
+        "| load | candidate | " + " | ".join(f"round {r + 1}" for r in range(rounds)) + " |",
+        "|---|---|" + "---|" * rounds,
+    ]
+    for load, by_name in result["cells"].items():
+        for name, parts in by_name.items():
+            per_round = [" ".join(f"{w['p99_ms']:.1f}" for w in part["windows"]) for part in parts]
+            lines.append(f"| {load} | {name} | " + " | ".join(per_round) + " |")
     if result.get("auto_gauges"):
         g = result["auto_gauges"]
         lines += [

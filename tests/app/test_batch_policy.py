@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from app.batch_policy import AdaptiveDelay, ArrivalRate, BatchCostModel
+from app.batch_policy import AdaptiveDelay, ArrivalRate, BatchCostModel, CpuLoad
 
 FIXED, PER_ROW = 200e-6, 5e-6  # a light graph: the fixed cost per batch dominates small batches
 
@@ -90,6 +90,25 @@ def test_arrival_rate_settles_on_a_steady_rate_and_forgets_silence() -> None:
         rate.add(i / 2000, 1)
     assert rate.rows_per_s(1.0) == pytest.approx(2000, rel=0.01)
     assert rate.rows_per_s(2.0) < 0.01 * 2000  # five time constants of silence
+
+
+def test_cpu_load_is_the_busy_share_of_the_cores() -> None:
+    load = CpuLoad(cores=2, time_constant_s=0.5)
+    load.update(wall=0.0, cpu=0.0)
+    for step in range(1, 41):  # 1.5 of 2 cores busy for 4 s
+        load.update(wall=step * 0.1, cpu=step * 0.15)
+    assert load.busy == pytest.approx(0.75, abs=0.01)
+    for step in range(41, 81):  # then idle
+        load.update(wall=step * 0.1, cpu=6.0)
+    assert load.busy < 0.01
+    assert load.update(wall=8.01, cpu=7.0) == load.busy  # readings closer than min_interval_s wait
+
+
+def test_an_idle_pool_waits_only_while_the_process_is_cpu_bound() -> None:
+    policy = AdaptiveDelay(target_s=0.020, cpu=CpuLoad(cores=1, time_constant_s=0.1))
+    policy.idle_pool_waits(0.0, 0.0)
+    assert not any(policy.idle_pool_waits(t / 10, t / 50) for t in range(1, 20))  # 20% busy
+    assert policy.idle_pool_waits(3.0, 0.38 + 1.1)  # then all of the core for 1.1 s: saturated
 
 
 # ---------------------------------------------------------------------------------------- decisions

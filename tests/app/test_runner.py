@@ -251,7 +251,8 @@ def test_adaptive_hold_ends_when_the_pool_goes_idle() -> None:
     runner = make_runner("vit-shapes", max_queue_delay_ms="auto", latency_target_ms=4000)
     # Taught a light graph's cost (waiting pays) and a slow arrival rate (a full batch is seconds
     # away): the plan for a lone request behind a busy instance is to wait about the 2 s budget.
-    runner.policy = AdaptiveDelay(4.0, arrivals=ArrivalRate(time_constant_s=10.0))
+    # saturated=2: never CPU-bound (then an idle pool would wait too: the next test).
+    runner.policy = AdaptiveDelay(4.0, arrivals=ArrivalRate(time_constant_s=10.0), saturated=2.0)
     for rows in range(1, 33):
         for concurrent in (1, 2):
             runner.policy.observe(rows, 0.010 + 1e-5 * rows, concurrent)
@@ -272,3 +273,25 @@ def test_adaptive_hold_ends_when_the_pool_goes_idle() -> None:
     assert planned > 1.0  # the plan was to wait for company...
     assert waited < planned / 2  # ...but the first batch finished, and the pool idle dispatched it
     assert runner.batches_run == 2
+
+
+def test_a_cpu_bound_process_holds_an_idle_pool_for_company() -> None:
+    """When the process keeps its cores busy, an idle instance is no spare capacity: a lone request
+    waits for company (here: the second row that fills the batch) instead of running alone."""
+    runner = make_runner("mlp-digits", max_batch_size=2, max_queue_delay_ms="auto", latency_target_ms=4000)
+    runner.policy = AdaptiveDelay(4.0, arrivals=ArrivalRate(time_constant_s=10.0), saturated=0.0)
+    for rows in range(1, 33):
+        for concurrent in (1, 2):
+            runner.policy.observe(rows, 0.010 + 1e-5 * rows, concurrent)
+    x = np.random.default_rng(5).normal(size=(2, 64)).astype(np.float32)
+
+    async def body(r: Runner):
+        first = asyncio.ensure_future(r.infer({"input": x[:1]}))
+        await asyncio.sleep(0.05)  # the pool is idle all along
+        second = await r.infer({"input": x[1:]})
+        return await first, second
+
+    (first, second) = asyncio.run(_with_runner(runner, body))
+    assert runner.batches_run == 1  # one batch of both rows
+    expected = reference_session(ZOO, "mlp-digits").run(None, {"input": x})[0]
+    np.testing.assert_allclose(np.concatenate([first[0], second[0]]), expected, atol=1e-5)
