@@ -12,9 +12,12 @@ version together with the variants made from it, and a request names the variant
 Kinds (``--kind``):
 
 * ``optimized``: onnxruntime's graph optimizations up to the extended level, applied offline and saved;
-  the server opens such a graph at a level that skips them (app/core/ort_options.py).
-* ``int8``: onnxruntime's quantization tools: dynamic int8 for MatMul/Gemm/LSTM-heavy graphs, static QDQ
-  with calibration data from the training split for the convnets.
+  the server opens such a graph at a level that skips them (app/core/ort_options.py). The RNN family's
+  graphs also lose their packing glue first (lean_recurrent_classifier). Refused unless it computes its
+  source's function (max difference <= 1e-4).
+* ``int8``: onnxruntime's quantization tools: dynamic int8 for MatMul/Gemm/LSTM-heavy graphs (the RNNs on
+  their lean graph), static QDQ with calibration data from the training split for the convnets; then
+  the same offline optimization.
 
 report.json of a variant is its source's plus a ``variant`` section (repository_format.Variant): kind,
 source version, method, the held-out metrics of source and variant measured in the same run, max
@@ -24,6 +27,7 @@ other figures (training curves, parity with PyTorch) are the source's and are ma
 
 Extension points, so that a family adds its own variants without editing the functions here:
 
+* :func:`register_kind` -> a new ``--kind``;
 * :func:`register_transform` (kind, family, graph role) -> how one graph is transformed;
 * :func:`register_evaluator` (objective) -> how a version's graphs are scored on held-out data, and
   which inputs they were fed there (the max difference and the speed are measured on those).
