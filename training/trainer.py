@@ -632,6 +632,38 @@ def fit(
 # --------------------------------------------------------------------------------------------- GAN
 
 
+def _adversarial_epoch_end(
+    row: dict[str, float],
+    history: list[dict[str, float]],
+    epoch: int,
+    step: int,
+    cfg: TrainConfig,
+    model: nn.Module,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+    checkpoint_dir: Path | None,
+    checkpoint_meta: dict[str, Any] | None,
+) -> None:
+    """A GAN-style epoch's row (each loss's mean over its batches): recorded, reported, checkpointed."""
+    history.append(row)
+    if on_epoch is not None:
+        on_epoch(row)
+    if checkpoint_dir is not None:
+        _save_last(checkpoint_dir, checkpoint_meta, cfg, model, history, epoch + 1, step)
+
+
+def _adversarial_result(
+    history: list[dict[str, float]], recorder: GradNormRecorder, started: float
+) -> TrainResult:
+    """A GAN-style run has no validation loss to pick a best epoch by: the last one is the result."""
+    return TrainResult(
+        history=history,
+        grad_norms=recorder.to_dict(),
+        epochs_run=len(history),
+        seconds=time.perf_counter() - started,
+        best_epoch=len(history),
+    )
+
+
 def fit_gan(
     model: nn.Module,
     bundle: DatasetBundle,
@@ -708,21 +740,13 @@ def fit_gan(
                 break
         row = {"epoch": epoch + 1, "lr": opt_g.param_groups[0]["lr"]}
         row.update({k: v / max(batches, 1) for k, v in totals.items()})
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        if checkpoint_dir is not None:
-            _save_last(checkpoint_dir, checkpoint_meta, cfg, model, history, epoch + 1, step)
+        _adversarial_epoch_end(
+            row, history, epoch, step, cfg, model, on_epoch, checkpoint_dir, checkpoint_meta
+        )
         if cfg.max_steps and step >= cfg.max_steps:
             break
     model.eval()
-    return TrainResult(
-        history=history,
-        grad_norms=recorder.to_dict(),
-        epochs_run=len(history),
-        seconds=time.perf_counter() - started,
-        best_epoch=len(history),
-    )
+    return _adversarial_result(history, recorder, started)
 
 
 def _least_squares(scores: Tensor, target: float) -> Tensor:
@@ -824,21 +848,13 @@ def fit_cycle_gan(
                 break
         row = {"epoch": epoch + 1, "lr": opt_g.param_groups[0]["lr"]}
         row.update({k: v / max(batches, 1) for k, v in totals.items()})
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        if checkpoint_dir is not None:
-            _save_last(checkpoint_dir, checkpoint_meta, cfg, model, history, epoch + 1, step)
+        _adversarial_epoch_end(
+            row, history, epoch, step, cfg, model, on_epoch, checkpoint_dir, checkpoint_meta
+        )
         if cfg.max_steps and step >= cfg.max_steps:
             break
     model.eval()
-    return TrainResult(
-        history=history,
-        grad_norms=recorder.to_dict(),
-        epochs_run=len(history),
-        seconds=time.perf_counter() - started,
-        best_epoch=len(history),
-    )
+    return _adversarial_result(history, recorder, started)
 
 
 def write_json(path: Path, data: Any) -> None:
