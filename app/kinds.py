@@ -31,6 +31,7 @@ class Kind(StrEnum):
     LANGUAGE_MODEL = "language model"
     SEQ2SEQ = "seq2seq model"
     IMAGE_GENERATOR = "image generator"
+    DUAL_ENCODER = "dual encoder"  # CLIP: image and text embeddings, zero-shot, retrieval
 
     @property
     def plural(self) -> str:
@@ -44,7 +45,7 @@ class Kind(StrEnum):
 PREDICT, GENERATE = "/predict", "/generate"
 
 ENDPOINT_KINDS: dict[str, tuple[Kind, ...]] = {
-    PREDICT: (Kind.CLASSIFIER, Kind.TEXT_CLASSIFIER, Kind.AUTOENCODER, Kind.VAE),
+    PREDICT: (Kind.CLASSIFIER, Kind.TEXT_CLASSIFIER, Kind.AUTOENCODER, Kind.VAE, Kind.DUAL_ENCODER),
     GENERATE: (Kind.LANGUAGE_MODEL, Kind.SEQ2SEQ, Kind.IMAGE_GENERATOR),
 }
 
@@ -60,11 +61,14 @@ FIELD_KINDS: dict[str, dict[str, tuple[Kind, ...]]] = {
         "model": ENDPOINT_KINDS[PREDICT],
         "version": ENDPOINT_KINDS[PREDICT],
         "inputs": ENDPOINT_KINDS[PREDICT],
-        "top_k": _CLASSIFIERS,
+        "top_k": (*_CLASSIFIERS, Kind.DUAL_ENCODER),  # a dual encoder's zero-shot labels or ranking
         "return_latent": (Kind.AUTOENCODER,),
         "return_reconstruction": (Kind.VAE,),
         "format": (Kind.AUTOENCODER, Kind.VAE),  # the kinds with image outputs
-        "map_unknown": (Kind.TEXT_CLASSIFIER,),
+        "map_unknown": (Kind.TEXT_CLASSIFIER, Kind.DUAL_ENCODER),
+        "labels": (Kind.DUAL_ENCODER,),
+        "query": (Kind.DUAL_ENCODER,),
+        "return_embedding": (Kind.DUAL_ENCODER,),
     },
     GENERATE: {
         "model": ENDPOINT_KINDS[GENERATE],
@@ -120,6 +124,8 @@ def predict_kind(mv: ModelVersion) -> Kind:
     if config.task == "reconstruction":
         outputs = {spec.name for spec in config.graphs[mv.primary_role].outputs}
         return Kind.VAE if "mu" in outputs else Kind.AUTOENCODER  # a VAE's encoder gives the posterior
+    if config.task == "embedding":
+        return Kind.DUAL_ENCODER
     raise InvalidInput(f"model {mv.name!r} is a {config.task} model; use POST /generate")
 
 

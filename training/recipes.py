@@ -329,3 +329,20 @@ _add(
         quality=(QualityBar("test_accuracy", ">=", 0.9),),
     )
 )
+_add(
+    Recipe(
+        name="clip-shapes",
+        model="clip",
+        dataset="shapes-captions",
+        objective="contrastive",
+        description=(
+            "CLIP-style dual encoder (ViT image encoder, character Transformer text encoder) on captioned "
+            "shapes: image and text embeddings, zero-shot classification, text-to-image retrieval."
+        ),
+        train=TrainConfig(epochs=12, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=1.0),
+        quality=(
+            QualityBar("test_zero_shot_accuracy_onnx", ">=", 0.9),
+            QualityBar("test_recall_at_5_onnx", ">=", 0.5),
+        ),
+    )
+)

@@ -76,6 +76,8 @@ LIST_LIMITS: dict[str, tuple[str, str]] = {
     "prompt": ("max_prompts", "prompt holds {n} prompts; at most {limit}"),
     "stop": ("max_stop_strings", "stop has {n} strings; at most {limit}"),
     "latent": ("max_images", "latent must hold 1 to {limit} vectors; got {n}"),
+    "labels": ("max_labels", "labels holds {n} labels; at most {limit}"),
+    "query": ("max_queries", "query holds {n} queries; at most {limit}"),
 }
 
 

@@ -39,6 +39,7 @@ BASES: dict[Kind, dict] = {
     Kind.LANGUAGE_MODEL: {"model": "gpt-corpus", "prompt": "The ", "max_new_tokens": 2},
     Kind.SEQ2SEQ: {"model": "seq2seq-dates", "input": "3 May 2020", "max_new_tokens": 12},
     Kind.IMAGE_GENERATOR: {"model": "dcgan-digits", "num_samples": 1},
+    Kind.DUAL_ENCODER: {"model": "clip-shapes", "inputs": [[[[0.0] * 32] * 32] * 3]},
 }
 # A value of each field that asks for something (not its default, null, false or []), valid by the
 # schema and for the kinds the field applies to (starting from their BASES request).
@@ -49,6 +50,9 @@ VALUES: dict[str, dict] = {
         "return_reconstruction": True,
         "format": "png",
         "map_unknown": True,
+        "labels": ["a photo of a circle", "a photo of a star"],
+        "query": "a photo of a circle",
+        "return_embedding": True,
     },
     GENERATE: {
         "prompt": "If ",
@@ -135,6 +139,8 @@ def test_a_field_is_accepted_by_the_kinds_it_applies_to(kc, endpoint, kind, fiel
     base = BASES[kind]
     if field in ("latent", "interpolate"):
         base = {k: v for k, v in base.items() if k != "num_samples"}  # one of the three
+    if kind is Kind.DUAL_ENCODER and field == "top_k":
+        base = {**base, "labels": VALUES[PREDICT]["labels"]}  # top_k ranks the zero-shot labels
     response = kc.post(endpoint, json={**base, field: VALUES[endpoint][field]})
     assert response.status_code == 200, response.text
 
@@ -160,7 +166,15 @@ def test_defaults_null_false_and_empty_lists_ask_for_nothing(kc) -> None:
             "map_unknown": False,
             "num_beams": None,
         },
-        PREDICT: {"top_k": None, "return_latent": False, "format": "array", "map_unknown": False},
+        PREDICT: {
+            "top_k": None,
+            "return_latent": False,
+            "format": "array",
+            "map_unknown": False,
+            "labels": [],
+            "query": None,
+            "return_embedding": False,
+        },
     }
     for kind, base in BASES.items():
         endpoint = _endpoint_of(kind)

@@ -31,6 +31,7 @@ SERVED_TASKS = {
     "gan": "generation",
     "language_model": "text_generation",
     "seq2seq": "seq2seq",
+    "contrastive": "embedding",
 }
 
 

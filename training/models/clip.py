@@ -1,0 +1,189 @@
+"""CLIP (Radford et al., 2021): an image encoder and a text encoder trained so that an image and the
+captions that describe it land close together in one embedding space, sized for 32x32 images,
+character captions and a CPU.
+
+Image side: the zoo's Vision Transformer (training/models/vit.py, with its conv stem) whose head
+projects into the shared space. Text side: a pre-norm Transformer over characters with BERT's padding
+mask and distance bias (training/models/bert.py), pooled at the leading bos token and projected.
+Both outputs are L2-normalised inside the graphs, so a dot product is a cosine similarity. The
+temperature is learned as CLIP learns it: ``logit_scale`` = log(1 / temperature), initialised at
+log(1 / 0.07) and clamped to at most log(100).
+
+Exported as two graphs: ``image_encoder`` (images -> image_embeds and the logit scale, one copy per
+row: a trained weight travels with the version's graphs, not with the shared config.json) and
+``text_encoder`` (input_ids, attention_mask -> text_embeds).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.graphs import GraphExport
+from training.layers import TransformerBlock, check_bool, check_positive_int, check_probability
+from training.models.bert import BERT, distance_penalty, padding_mask
+from training.models.vit import ViT, ViTConfig
+from training.registry import register_model
+
+
+@dataclass
+class CLIPConfig:
+    image_size: int = 32
+    in_channels: int = 3
+    patch_size: int = 4  # 8x8 patches through the ViT's conv stem (the shapes ViT's setting)
+    image_dim: int = 64
+    image_depth: int = 3
+    # 5 specials + a space, a comma and the 26 lower-case letters (training.captions); recipes set it
+    # from the tokenizer.
+    vocab_size: int = 33
+    max_len: int = 64  # characters per text, bos included: the longest caption is 49
+    text_dim: int = 64
+    text_depth: int = 2
+    heads: int = 4  # both encoders; head_dim = 16
+    mlp_ratio: float = 2.0
+    embed_dim: int = 64  # the shared space
+    dropout: float = 0.0  # 14,400 images re-captioned every step underfit before they overfit
+    # BERT's distance bias (ALiBi-style) on the text side: characters must find their words first.
+    distance_bias: bool = True
+    init_temperature: float = 0.07  # CLIP's initial softmax temperature
+    max_logit_scale: float = 100.0  # CLIP's clamp: the scale may not exceed 100 (temperature 0.01)
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "in_channels", "patch_size", "image_dim", "image_depth", "vocab_size"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("max_len", "text_dim", "text_depth", "heads", "embed_dim"):
+            check_positive_int(name, getattr(self, name))
+        if self.max_len < 2:
+            raise ValueError(f"max_len must be at least 2; got {self.max_len}")
+        if self.text_dim % self.heads != 0:
+            raise ValueError(f"text_dim ({self.text_dim}) must be divisible by heads ({self.heads})")
+        check_probability("dropout", self.dropout)
+        check_bool("distance_bias", self.distance_bias)
+        if not 0 < self.init_temperature < 1 or not 1 < self.max_logit_scale:
+            raise ValueError("init_temperature must be in (0, 1) and max_logit_scale above 1")
+        if 1 / self.init_temperature > self.max_logit_scale:
+            raise ValueError("1 / init_temperature must not exceed max_logit_scale")
+        self.image_tower_config()  # the ViT checks its own fields (patch size, widths, mlp_ratio)
+
+    @property
+    def context_length(self) -> int:
+        """The longest text the text encoder reads (the pipeline's one name for it)."""
+        return self.max_len
+
+    def image_tower_config(self) -> ViTConfig:
+        return ViTConfig(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            in_channels=self.in_channels,
+            num_classes=self.embed_dim,  # the classifier head becomes the projection
+            dim=self.image_dim,
+            depth=self.image_depth,
+            heads=self.heads,
+            mlp_ratio=self.mlp_ratio,
+            dropout=self.dropout,
+            stem="conv",
+        )
+
+
+class ImageEncoder(nn.Module):
+    """Images (B, C, H, W), normalised as in training -> unit vectors (B, embed_dim)."""
+
+    def __init__(self, config: CLIPConfig) -> None:
+        super().__init__()
+        self.vit = ViT(config.image_tower_config())
+
+    def forward(self, images: Tensor) -> Tensor:
+        return F.normalize(self.vit(images), dim=-1)  # (B, embed_dim)
+
+
+class TextEncoder(nn.Module):
+    """Right-padded ids (B, T) with a leading bos, and their attention mask -> unit vectors (B, embed_dim).
+    Padding keys are hidden from every query and real positions keep their position ids, so a padded
+    row's embedding equals the same text's alone."""
+
+    def __init__(self, config: CLIPConfig) -> None:
+        super().__init__()
+        self.config = config
+        # "embedding" in the names keeps them out of weight decay (training.trainer.make_optimizer).
+        self.token_embedding = nn.Embedding(config.vocab_size, config.text_dim)
+        self.position_embedding = nn.Embedding(config.max_len, config.text_dim)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(config.text_dim, config.heads, config.mlp_ratio, config.dropout)
+            for _ in range(config.text_depth)
+        )
+        self.norm = nn.LayerNorm(config.text_dim)
+        self.projection = nn.Linear(config.text_dim, config.embed_dim)
+        slopes = torch.tensor([2.0 ** -(h + 1) for h in range(config.heads)])  # BERT's, per head
+        self.register_buffer("slopes", slopes, persistent=False)
+        self.apply(BERT._init_weights)  # N(0, 0.02), as BERT's text encoder
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
+        x = self.token_embedding(input_ids) + self.position_embedding(positions)  # (B, T, dim)
+        mask = padding_mask(attention_mask)  # (B, 1, 1, T)
+        if self.config.distance_bias:  # fixed by the config: export sees one path
+            mask = mask + distance_penalty(positions, self.slopes)  # (B, H, T, T)
+        for block in self.blocks:
+            x = block(x, mask)
+        pooled = self.norm(x[:, 0])  # (B, dim): the bos position attends to the whole text
+        return F.normalize(self.projection(pooled), dim=-1)  # (B, embed_dim)
+
+
+class _ImageGraph(nn.Module):
+    """The exported image side: embeddings, and the learned logit scale repeated per row."""
+
+    def __init__(self, model: CLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        embeds = self.model.image_encoder(images)  # (B, embed_dim)
+        return embeds, self.model.scale().expand(images.shape[0])  # (B,)
+
+
+class CLIP(nn.Module):
+    def __init__(self, config: CLIPConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.image_encoder = ImageEncoder(config)
+        self.text_encoder = TextEncoder(config)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
+
+    def scale(self) -> Tensor:
+        """exp(logit_scale), clamped as CLIP clamps it: a scalar."""
+        return self.logit_scale.clamp(0.0, math.log(self.config.max_logit_scale)).exp()
+
+    def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """A batch of images and a batch of texts -> their embeddings (B_i, D), (B_t, D) and the scale."""
+        return self.image_encoder(images), self.text_encoder(input_ids, attention_mask), self.scale()
+
+    def graphs(self) -> list[GraphExport]:
+        cfg = self.config
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randn(4, cfg.in_channels, cfg.image_size, cfg.image_size, generator=generator)
+        # B = 4, T = 8 (sizes >= 2 keep both axes symbolic); rows right-padded by 0..3.
+        batch, length = 4, min(8, cfg.max_len)
+        input_ids = torch.randint(5, cfg.vocab_size, (batch, length), generator=generator)
+        input_ids[:, 0] = 1  # bos
+        lengths = torch.tensor([length - i for i in range(batch)]).clamp(min=1)
+        attention_mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+        text = GraphExport(
+            "text_encoder",
+            self.text_encoder,
+            {"input_ids": input_ids * attention_mask, "attention_mask": attention_mask},
+            ["text_embeds"],
+            {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}},
+            # A short text and the whole position table, both unlike the example's 8.
+            parity_sizes={"sequence": sorted({min(3, cfg.max_len), cfg.max_len})},
+        )
+        image = GraphExport("image_encoder", _ImageGraph(self), {"images": images}, ["image_embeds", "logit_scale"])
+        return [image, text]
+
+
+@register_model("clip", config=CLIPConfig, family="clip")
+def clip(**overrides) -> CLIP:
+    return CLIP(CLIPConfig(**overrides))
