@@ -138,7 +138,8 @@ def generate_kind(mv: ModelVersion) -> Kind:
         return Kind.SEQ2SEQ
     if config.generation is not None and config.generation.latent_dim is not None:
         return Kind.IMAGE_GENERATOR  # a GAN's generator or a VAE's decoder
-    raise InvalidInput(f"model {mv.name!r} is a {config.task} model; use POST /predict")
+    article = "an" if config.task[0] in "aeiou" else "a"  # an embedding model
+    raise InvalidInput(f"model {mv.name!r} is {article} {config.task} model; use POST /predict")
 
 
 # ------------------------------------------------------------------------------------------ validation

@@ -170,6 +170,9 @@ def test_unknown_characters_map_when_asked_and_the_limits_are_listed(c) -> None:
     details = c.get(f"/models/{MODEL}").json()
     assert details["text_preprocessing"]["vocabulary"] == " ," + "abcdefghijklmnopqrstuvwxyz"
     assert {k: details["limits"][k] for k in LIMITS} == LIMITS
+    refused = c.post("/generate", json={"model": MODEL, "num_samples": 1})
+    assert refused.status_code == 422
+    assert refused.json()["error"] == f"model {MODEL!r} is an embedding model; use POST /predict"
 
 
 def test_v2_infer_runs_the_image_encoder(c, graphs) -> None:

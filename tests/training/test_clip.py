@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from app.core.embeddings import cosine_ranking, recall_at_k, zero_shot_logits
 from training.captions import (
     CAPTION_CHARACTERS,
+    HELD_OUT_WORDS,
     RETRIEVAL_TEMPLATES,
     TRAIN_TEMPLATES,
     ZERO_SHOT_TEMPLATES,
@@ -25,6 +26,7 @@ from training.captions import (
     captioned_shapes_bundle,
     encode_texts,
     longest_caption,
+    minimal_pairs,
     prompts,
     template_fields,
 )
@@ -61,6 +63,31 @@ def test_held_out_templates_never_train_and_every_text_fits() -> None:
         captioned_shapes_bundle(seed=0, limit=16, context_length=20)
 
 
+def test_filler_is_made_up_words_and_never_a_held_out_one() -> None:
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.from_numpy(np.array([[2, 0, 1, 0]] * 400))
+    texts = caption_batch(rows, generator).texts
+    plain = {caption(t, rows[0].numpy()) for t in TRAIN_TEMPLATES}
+    with_filler = [t for t in texts if t not in plain]
+    assert 0.4 < len(with_filler) / len(texts) < 0.8  # a prefix half the time, a suffix a quarter
+    words = {w for t in texts for w in t.replace(",", "").split()}
+    assert not words & HELD_OUT_WORDS and {"photo", "of", "an"} <= HELD_OUT_WORDS
+    assert all(any(p in t for p in plain) for t in texts)  # the caption itself is always whole
+    assert max(map(len, texts)) <= longest_caption()
+    assert caption_batch(rows[:3], generator, filler=False).texts[0] in plain
+
+
+def test_minimal_pairs_differ_in_exactly_one_attribute() -> None:
+    pairs = minimal_pairs(2000, seed=0)
+    differ = (pairs[:, 0] != pairs[:, 1]).sum(1)
+    assert (differ == 1).all()
+    per_attribute = (pairs[:, 0] != pairs[:, 1]).mean(0)
+    assert np.allclose(per_attribute, 0.25, atol=0.04)  # each attribute a quarter of the pairs
+    bundle = captioned_shapes_bundle(seed=0, limit=64, context_length=80)
+    assert bundle.train.tensors[0].shape[1:] == (2, 3, 32, 32) and bundle.input_shape == (3, 32, 32)
+    assert bundle.test.tensors[0].shape[1:] == (3, 32, 32)  # zero-shot and retrieval: single images
+
+
 def test_a_caption_matches_every_image_it_is_true_of() -> None:
     images = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 2], [3, 0, 1, 0]])  # two circles, one cross
     mentioned = torch.tensor(
@@ -75,8 +102,8 @@ def test_a_caption_matches_every_image_it_is_true_of() -> None:
 def test_loss_is_clips_on_distinct_pairs_and_trains_the_temperature() -> None:
     torch.manual_seed(0)
     model = build_model("clip", **TINY)
-    bundle = captioned_shapes_bundle(seed=0, limit=64, context_length=64)
-    x, y = bundle.train.tensors[0][:16], bundle.train.tensors[1][:16]
+    bundle = captioned_shapes_bundle(seed=0, limit=64, context_length=80)
+    x, y = bundle.train.tensors[0][:8], bundle.train.tensors[1][:8]  # 8 minimal pairs: 16 images
     loss, metrics = ContrastiveCaptions(bundle, True).loss(model, x, y, torch.Generator().manual_seed(1))
     assert torch.isfinite(loss) and set(metrics) == {"loss", "match_accuracy", "logit_scale"}
     assert metrics["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-5)
@@ -98,7 +125,7 @@ def test_loss_is_clips_on_distinct_pairs_and_trains_the_temperature() -> None:
     assert torch.allclose(symmetric_info_nce(logits, matches), expected)
     with torch.no_grad():
         model.logit_scale.fill_(10.0)
-    assert float(model.scale()) == pytest.approx(100.0)  # CLIP's clamp
+    assert model.scale().item() == pytest.approx(100.0)  # CLIP's clamp
 
 
 def test_text_embeddings_ignore_padding_and_are_unit_vectors() -> None:

@@ -65,6 +65,8 @@ class ContrastiveCaptions(trainer.Objective):
         self.tokenizer = bundle.tokenizer  # the data checked that every caption fits the model's context
 
     def loss(self, model, x, y, generator):
+        if x.dim() == 5:  # minimal pairs (B, 2, C, H, W): both images of a pair in the same batch
+            x, y = x.flatten(0, 1), y.flatten(0, 1)
         captions = caption_batch(y, generator)
         ids, mask = encode_texts(self.tokenizer, captions.texts)  # (B, T) each
         image_embeds, text_embeds, scale = model(self.prepare(x), ids, mask)  # (B, D), (B, D), ()
