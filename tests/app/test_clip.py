@@ -143,7 +143,7 @@ NOT_IMAGES = ["not base64!"] * 9
         ({"inputs": NOT_IMAGES, "query": "a star"}, 422, "inputs holds 9 gallery images; at most 8"),
         ({"inputs": NOT_IMAGES[:1], "labels": ["a"] * 9}, 422, "labels holds 9 labels; at most 8"),
         ({"inputs": NOT_IMAGES[:1], "query": ["a"] * 4}, 422, "query holds 4 queries; at most 3"),
-        ({"inputs": NOT_IMAGES[:1], "labels": ["a" * 64]}, 422, "labels[0]: text is 65 tokens long"),
+        ({"inputs": NOT_IMAGES[:1], "labels": ["a" * 80]}, 422, "labels[0]: text is 81 tokens long"),
         ({"inputs": NOT_IMAGES[:1], "labels": ["a", "A star"]}, 422, "labels[1]: characters outside"),
         ({"inputs": NOT_IMAGES[:1], "query": ""}, 422, "query[0]: empty text"),
         ({"inputs": NOT_IMAGES[:1], "labels": ["a"], "query": "b"}, 422, "labels (zero-shot"),
