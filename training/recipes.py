@@ -411,8 +411,9 @@ _add(
         dataset="shapes-captions",
         objective="contrastive",
         description=(
-            "CLIP-style dual encoder (ViT image encoder, character Transformer text encoder) on captioned "
-            "shapes: image and text embeddings, zero-shot classification, text-to-image retrieval."
+            "CLIP-style dual encoder (convnet image encoder with attention pooling, character Transformer "
+            "text encoder) on captioned shapes: image and text embeddings, zero-shot classification, "
+            "text-to-image retrieval."
         ),
         # batch_size counts minimal pairs: 64 pairs are 128 images and 128 captions per step.
         train=TrainConfig(epochs=16, batch_size=64, lr=2e-3, weight_decay=0.05, warmup_epochs=1.0),
