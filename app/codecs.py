@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from app.core.repository_format import GraphSpec, ImagePostprocessing, ImagePreprocessing, TensorSpec
+from app.core.repository_format import (
+    GraphSpec,
+    ImagePostprocessing,
+    ImagePreprocessing,
+    TensorSpec,
+    TextPreprocessing,
+)
 from app.core.sampling import softmax
 from app.core.tokenizer import CharTokenizer
 from app.errors import BadRequest, InvalidInput
@@ -172,13 +178,22 @@ def check_vocabulary(tokenizer: CharTokenizer, text: str, where: str, map_unknow
     )
 
 
-def text_feeds(mv: ModelVersion, texts: list, graph: GraphSpec, map_unknown: bool) -> dict[str, np.ndarray]:
+def text_feeds(
+    mv: ModelVersion,
+    texts: list,
+    graph: GraphSpec,
+    map_unknown: bool,
+    *,
+    pre: TextPreprocessing | None = None,
+    field: str = "inputs",
+) -> dict[str, np.ndarray]:
     """Texts -> right-padded token ids plus ``lengths`` or ``attention_mask``, as the graph takes them.
-    Every text is checked (length, then characters) before any is encoded."""
-    pre = mv.config.preprocessing
+    Every text is checked (length, then characters) before any is encoded; messages name ``field``.
+    ``pre``: the text side of a model with two (a dual encoder), else the model's preprocessing."""
+    pre = pre or mv.config.preprocessing
     tokenizer = mv.tokenizer
     for i, text in enumerate(texts):
-        where = f"inputs[{i}]"
+        where = f"{field}[{i}]"
         if not isinstance(text, str):
             raise InvalidInput(f"{where}: expected a string of text")
         if not text:
@@ -289,6 +304,22 @@ class PredictFeeds:
         return self.feeds
 
 
+def text_items(inputs: str | list, max_items: int) -> list[str] | None:
+    """A dual encoder's ``inputs`` as texts when its items are ``{"text": ...}`` objects; None when they
+    are images (base64 strings or nested lists, as for any image model). One kind per request."""
+    if not isinstance(inputs, list) or not any(isinstance(item, dict) for item in inputs):
+        return None
+    _check_count(inputs, max_items)
+    texts = []
+    for i, item in enumerate(inputs):
+        if not isinstance(item, dict) or set(item) != {"text"} or not isinstance(item["text"], str):
+            raise InvalidInput(
+                f'inputs[{i}]: a text item is {{"text": "..."}}; a request gives images or texts, not both'
+            )
+        texts.append(item["text"])
+    return texts
+
+
 def _check_count(items: list, max_items: int) -> None:
     if len(items) > max_items:
         raise InvalidInput(f"inputs has {len(items)} items; at most {max_items} per request")
@@ -329,6 +360,11 @@ def classification_items(labels: list[str], logits: np.ndarray, top_k: int | Non
             ]
         items.append(item)
     return items
+
+
+def ranking(indices: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+    """A retrieval answer: gallery positions, most similar first, with their cosine similarities."""
+    return [{"index": i, "score": v} for i, v in zip(indices.tolist(), scores.tolist(), strict=True)]
 
 
 def encode_png(image: np.ndarray, post: ImagePostprocessing | None) -> str:

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from app import codecs, logs, tracing
 from app import v2_tensors as v2
 from app.core.decoding import beam_search, greedy_decode
+from app.core.embeddings import cosine_ranking, zero_shot_logits
 from app.core.repository_format import GenerationDefaults
 from app.core.sampling import SamplingParams
 from app.decode_loop import GenerationFailed, Sequence, StoppingCriteria
@@ -56,6 +57,11 @@ async def run_rows(runner: Runner, feeds: dict[str, np.ndarray]) -> dict[str, np
     }
 
 
+def _dual_answer(mv: ModelVersion, task: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A dual encoder's answer; ``task`` says which of its three things it did."""
+    return {"model": mv.name, "version": mv.version, "task": task, "outputs": items}
+
+
 class DataPlane:
     def __init__(self, registry: Registry, settings: Settings) -> None:
         self.registry = registry
@@ -90,26 +96,13 @@ class DataPlane:
         config = mv.config
         kind = predict_kind(mv)
         refuse_other_kinds_fields(PREDICT, request, kind, mv.name)
+        if kind is Kind.DUAL_ENCODER:
+            return await self._dual_encoder(mv, request)
         top_k, inputs = request.top_k, request.inputs
         if top_k is not None and top_k > len(config.labels):
             raise InvalidInput(f"top_k is {top_k}; the model has {len(config.labels)} classes")
         runner = mv.runner(translation_role(mv, request.direction) if kind is Kind.IMAGE_TRANSLATOR else None)
-        prepare = functools.partial(
-            codecs.PredictFeeds,
-            mv,
-            runner.graph,
-            inputs,
-            self.predict_limits,
-            map_unknown=request.map_unknown,
-        )
-        loop = asyncio.get_running_loop()
-        if codecs.many_numbers(inputs):
-            prepared = await loop.run_in_executor(self._decoders, prepare)
-        else:
-            prepared = prepare()
-        feeds = (
-            await loop.run_in_executor(self._decoders, prepared.build) if prepared.heavy else prepared.build()
-        )
+        feeds = await self._feeds(mv, runner, inputs, request.map_unknown)
         results = await run_rows(runner, feeds)
         if kind in (Kind.CLASSIFIER, Kind.TEXT_CLASSIFIER):
             logits = results[runner.graph.outputs[0].name]
@@ -122,6 +115,97 @@ class DataPlane:
         if kind is Kind.IMAGE_TRANSLATOR:
             head["direction"] = request.direction
         return {**head, "outputs": items}
+
+    async def _feeds(
+        self, mv: ModelVersion, runner: Runner, inputs: str | list, map_unknown: bool
+    ) -> dict[str, np.ndarray]:
+        """/predict's items as ``runner``'s feeds (codecs.PredictFeeds): counts, headers and the pixel
+        budget first, then the decoding; large conversions on the worker pool, off the event loop."""
+        prepare = functools.partial(
+            codecs.PredictFeeds, mv, runner.graph, inputs, self.predict_limits, map_unknown=map_unknown
+        )
+        loop = asyncio.get_running_loop()
+        if codecs.many_numbers(inputs):
+            prepared = await loop.run_in_executor(self._decoders, prepare)
+        else:
+            prepared = prepare()
+        if prepared.heavy:
+            return await loop.run_in_executor(self._decoders, prepared.build)
+        return prepared.build()
+
+    async def _dual_encoder(self, mv: ModelVersion, request: BaseModel) -> dict[str, Any]:
+        """A dual encoder (CLIP) at /predict: the embeddings of its images, or of its texts
+        (``{"text": ...}`` items); with ``labels``, zero-shot classification of the images; with
+        ``query``, the images (the gallery) ranked for each query. Every count, text and top_k is
+        checked before an image is decoded or a graph runs; both encoders' calls go through their
+        batchers, concurrently."""
+        settings = self.settings
+        labels = request.labels
+        queries = [request.query] if isinstance(request.query, str) else list(request.query or [])
+        if labels and queries:
+            raise InvalidInput("give labels (zero-shot classification) or query (retrieval), not both")
+        # The same bounds as bodies.LIST_LIMITS, which counted them on the parsed JSON already.
+        for name, given, limit, what in (
+            ("labels", labels, settings.max_labels, "labels"),
+            ("query", queries, settings.max_queries, "queries"),
+        ):
+            if len(given) > limit:
+                raise InvalidInput(f"{name} holds {len(given)} {what}; at most {limit}", param=name)
+        prompts, field = (labels, "labels") if labels else (queries, "query")
+        images, words = mv.runners["image_encoder"], mv.runners["text_encoder"]
+        text_pre = mv.config.text_preprocessing
+        texts = codecs.text_items(request.inputs, settings.max_items_per_request)
+        if texts is not None:  # text embeddings
+            if prompts:
+                raise InvalidInput(f"{field} ranks images: inputs must be images, not texts")
+            if request.top_k is not None:
+                raise InvalidInput("top_k needs labels (zero-shot) or query (retrieval)", param="top_k")
+            feeds = codecs.text_feeds(mv, texts, words.graph, request.map_unknown, pre=text_pre)
+            embeds = (await run_rows(words, feeds))[words.graph.outputs[0].name]
+            return _dual_answer(mv, "embedding", [{"embedding": row} for row in embeds.tolist()])
+
+        count = len(codecs.as_items(request.inputs, len(images.graph.inputs[0].shape) - 1, False))
+        if queries and count > settings.max_gallery_images:
+            raise InvalidInput(
+                f"inputs holds {count} gallery images; at most {settings.max_gallery_images}", param="inputs"
+            )
+        top_k = request.top_k
+        if top_k is not None:
+            if not prompts:
+                raise InvalidInput("top_k needs labels (zero-shot) or query (retrieval)", param="top_k")
+            candidates, what = (len(labels), "labels") if labels else (count, "gallery images")
+            if top_k > candidates:
+                raise InvalidInput(f"top_k is {top_k}; the request has {candidates} {what}", param="top_k")
+        prompt_feeds = None
+        if prompts:  # checked (length, then characters) before any image is decoded
+            prompt_feeds = codecs.text_feeds(
+                mv, prompts, words.graph, request.map_unknown, pre=text_pre, field=field
+            )
+        image_feeds = await self._feeds(mv, images, request.inputs, False)
+        calls = [run_rows(images, image_feeds)] + ([run_rows(words, prompt_feeds)] if prompts else [])
+        image_out, *text_out = await asyncio.gather(*calls)
+        image_embeds = image_out[images.graph.outputs[0].name]
+        codecs.check_finite(image_embeds)
+        if not prompts:
+            return _dual_answer(mv, "embedding", [{"embedding": row} for row in image_embeds.tolist()])
+        prompt_embeds = text_out[0][words.graph.outputs[0].name]
+        if labels:
+            logits = zero_shot_logits(image_embeds, prompt_embeds, image_out["logit_scale"])
+            items = codecs.classification_items(labels, logits, top_k)
+            extra = image_embeds  # return_embedding: each image's
+            task = "zero_shot_classification"
+        else:
+            order, scores = cosine_ranking(prompt_embeds, image_embeds, top_k)
+            items = [
+                {"query": query, "ranking": codecs.ranking(indices, values)}
+                for query, indices, values in zip(queries, order, scores, strict=True)
+            ]
+            extra = prompt_embeds  # return_embedding: each query's
+            task = "retrieval"
+        if request.return_embedding:
+            for item, row in zip(items, extra.tolist(), strict=True):
+                item["embedding"] = row
+        return _dual_answer(mv, task, items)
 
     async def _reconstruction_items(
         self,
@@ -173,7 +257,7 @@ class DataPlane:
             runner = mv.runner()
             feeds = v2.decode_inputs(header, binary, runner.graph, self.v2_limits)
         if mv.tokenizer is not None:
-            v2.check_token_inputs(feeds, mv.tokenizer.vocab_size, mv.config.preprocessing.max_length)
+            v2.check_token_inputs(feeds, mv.tokenizer.vocab_size, mv.config.text_input.max_length)
         chosen = v2.requested_outputs(header, runner.graph)
         results = await run_rows(runner, feeds)
         # The protocol's id: the client's, else this request's X-Request-Id (the same in the logs).

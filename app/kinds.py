@@ -36,6 +36,7 @@ class Kind(StrEnum):
     IMAGE_GENERATOR = "image generator"
     CONDITIONAL_IMAGE_GENERATOR = "class-conditional image generator"  # a conditional GAN's generator
     IMAGE_TRANSLATOR = "image translator"  # image in, image out, one graph per direction (CycleGAN)
+    DUAL_ENCODER = "dual encoder"  # CLIP: image and text embeddings, zero-shot, retrieval
 
     @property
     def plural(self) -> str:
@@ -49,7 +50,14 @@ class Kind(StrEnum):
 PREDICT, GENERATE = "/predict", "/generate"
 
 ENDPOINT_KINDS: dict[str, tuple[Kind, ...]] = {
-    PREDICT: (Kind.CLASSIFIER, Kind.TEXT_CLASSIFIER, Kind.AUTOENCODER, Kind.VAE, Kind.IMAGE_TRANSLATOR),
+    PREDICT: (
+        Kind.CLASSIFIER,
+        Kind.TEXT_CLASSIFIER,
+        Kind.AUTOENCODER,
+        Kind.VAE,
+        Kind.IMAGE_TRANSLATOR,
+        Kind.DUAL_ENCODER,
+    ),
     GENERATE: (Kind.LANGUAGE_MODEL, Kind.SEQ2SEQ, Kind.IMAGE_GENERATOR, Kind.CONDITIONAL_IMAGE_GENERATOR),
 }
 
@@ -66,12 +74,15 @@ FIELD_KINDS: dict[str, dict[str, tuple[Kind, ...]]] = {
         "model": ENDPOINT_KINDS[PREDICT],
         "version": ENDPOINT_KINDS[PREDICT],
         "inputs": ENDPOINT_KINDS[PREDICT],
-        "top_k": _CLASSIFIERS,
+        "top_k": (*_CLASSIFIERS, Kind.DUAL_ENCODER),  # a dual encoder's zero-shot labels or ranking
         "return_latent": (Kind.AUTOENCODER,),
         "return_reconstruction": (Kind.VAE,),
         "direction": (Kind.IMAGE_TRANSLATOR,),
         "format": (Kind.AUTOENCODER, Kind.VAE, Kind.IMAGE_TRANSLATOR),  # the kinds with image outputs
-        "map_unknown": (Kind.TEXT_CLASSIFIER,),
+        "map_unknown": (Kind.TEXT_CLASSIFIER, Kind.DUAL_ENCODER),
+        "labels": (Kind.DUAL_ENCODER,),
+        "query": (Kind.DUAL_ENCODER,),
+        "return_embedding": (Kind.DUAL_ENCODER,),
     },
     GENERATE: {
         "model": ENDPOINT_KINDS[GENERATE],
@@ -130,6 +141,8 @@ def predict_kind(mv: ModelVersion) -> Kind:
         return Kind.VAE if "mu" in outputs else Kind.AUTOENCODER  # a VAE's encoder gives the posterior
     if config.task == "image_translation":
         return Kind.IMAGE_TRANSLATOR
+    if config.task == "embedding":
+        return Kind.DUAL_ENCODER
     raise InvalidInput(f"model {mv.name!r} is a {config.task} model; use POST /generate")
 
 
@@ -145,7 +158,8 @@ def generate_kind(mv: ModelVersion) -> Kind:
         if generator is not None and any(spec.name == CLASS_INPUT for spec in generator.inputs):
             return Kind.CONDITIONAL_IMAGE_GENERATOR  # the generator takes a class beside the latent
         return Kind.IMAGE_GENERATOR  # a GAN's generator or a VAE's decoder
-    raise InvalidInput(f"model {mv.name!r} is a {config.task} model; use POST /predict")
+    article = "an" if config.task[0] in "aeiou" else "a"  # an embedding model
+    raise InvalidInput(f"model {mv.name!r} is {article} {config.task} model; use POST /predict")
 
 
 # ------------------------------------------------------------------------------------------ validation

@@ -59,8 +59,10 @@ log = logging.getLogger(__name__)
 READY, FAILED = "ready", "failed"
 # A model name a control request may name: what config.json's schema allows (so no path, no URL).
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-PRIMARY_ROLES = ("model", "encoder", "generator", "decoder")  # the graph /predict and V2 run
+# The graph /predict and V2 run (a dual encoder's V2 graph is its image encoder; /predict runs both).
+PRIMARY_ROLES = ("model", "encoder", "image_encoder", "generator", "decoder")
 DECODER_STEP = "decoder_step"
+EMBEDDING_ROLES = ("image_encoder", "text_encoder")  # a dual encoder's two graphs
 
 
 @dataclass
@@ -526,8 +528,11 @@ class Registry:
         mv.config = config = _effective_config(config, self.settings)
         report_path = mv.path / REPORT_FILE
         mv.report = Report.model_validate_json(report_path.read_text()) if report_path.is_file() else None
-        if config.preprocessing is not None and config.preprocessing.kind == "text":
-            mv.tokenizer = CharTokenizer.from_dict(config.preprocessing.tokenizer.model_dump())
+        if config.text_input is not None:
+            mv.tokenizer = CharTokenizer.from_dict(config.text_input.tokenizer.model_dump())
+        missing = set(EMBEDDING_ROLES) - set(config.graphs) if config.task == "embedding" else set()
+        if missing:
+            raise ValueError(f"an embedding model needs the graphs {sorted(missing)}")
         variant = mv.report.variant if mv.report is not None else None
         options = SessionOptions(
             config.instances.device,

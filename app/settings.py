@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     # longest such pause, and the memory a parsed body takes, small. Large tensors: V2 binary.
     max_json_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_tensor_elements: int = Field(default=1 << 20, gt=0)  # per input tensor, V2 and /predict
+    # Dual encoders at /predict: zero-shot label prompts, retrieval queries, and gallery images per
+    # request (each label and query is a text encoder row; every gallery image an image encoder row).
+    max_labels: int = Field(default=64, gt=0)
+    max_queries: int = Field(default=16, gt=0)
+    max_gallery_images: int = Field(default=128, gt=0)
     max_image_pixels: int = Field(default=4096 * 4096, gt=0)  # per decoded image (decompression bombs)
     max_request_pixels: int = Field(default=4096 * 4096, gt=0)  # decoded pixels summed over a request
 

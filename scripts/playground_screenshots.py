@@ -3,7 +3,9 @@ server on the committed models (a copy of one model per panel, on 127.0.0.1 at a
 Debian's headless Chromium, each panel used as a person would (a digit drawn with mouse events, text
 streamed, ...), then captured at a 900 px wide viewport.
 
-    PYTHONPATH=. .venv/bin/python scripts/playground_screenshots.py [--out docs/playground]
+    PYTHONPATH=. .venv/bin/python scripts/playground_screenshots.py [--out docs/playground] [--panels a b]
+
+``--panels`` rewrites only those panels' screenshots (e.g. ``dual-encoder``), and leaves how-it-works.png.
 
 The browser helpers and the panel list are the tests' own (tests/ui/browser.py), so what is shown
 here is what tests/ui checks.
@@ -29,17 +31,21 @@ HOW_IT_WORKS_HEIGHT = 1100  # the top of the section: the tables and the first p
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "playground")
+    parser.add_argument("--panels", nargs="+", choices=list(PANEL_MODELS), help="default: every panel")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    models = sorted({model for _, model in PANEL_MODELS.values()})
+    panels = args.panels or list(PANEL_MODELS)
+    models = sorted({PANEL_MODELS[panel][1] for panel in panels} | {"lenet5-digits"})
     with tempfile.TemporaryDirectory() as folder:
         repository = copy_models(Path(folder) / "models", models)
         with LiveServer(Settings(model_repository=repository)) as server, chromium() as browser:
             page = browser.new_page()
-            for panel in PANEL_MODELS:
+            for panel in panels:
                 kind = show_panel(page, server.url, panel)
                 save_panel(page, kind, args.out / f"{panel}.png")
                 print(f"{args.out / panel}.png")
+            if args.panels:
+                return
             open_model(page, server.url, "lenet5-digits")
             how = page.locator("#how")
             how.scroll_into_view_if_needed()

@@ -40,6 +40,7 @@ __all__ = [
     "SHAPE_LABELS",
     "DataError",
     "DatasetBundle",
+    "ShapeScenes",
     "add_noise",
     "dataset_summaries",
     "generate_shapes",
@@ -48,6 +49,7 @@ __all__ = [
     "make_augment",
     "normalize",
     "read_idx",
+    "render_shapes",
 ]
 
 
@@ -362,6 +364,72 @@ def _contrasting_colours(rng: np.random.Generator, n: int) -> tuple[np.ndarray, 
     return bg, fg
 
 
+@dataclass
+class ShapeScenes:
+    """Everything random about a batch of shape images, one entry per image: what
+    :func:`render_shapes` draws. ``kind`` indexes SHAPE_LABELS; positions and sizes are in pixels."""
+
+    kind: np.ndarray  # (N,) int
+    radius: np.ndarray  # (N,)
+    cx: np.ndarray  # (N,) centre, pixels from the left
+    cy: np.ndarray  # (N,)
+    theta: np.ndarray  # (N,) rotation, radians
+    aspect: np.ndarray  # (N, 2) stretch per local axis
+    background: np.ndarray  # (N, 3) RGB in [0, 1]
+    foreground: np.ndarray  # (N, 3)
+    gradient_direction: np.ndarray  # (N,) radians
+    gradient_amplitude: np.ndarray  # (N,)
+    blob_xy: np.ndarray  # (N, 2) the distractor blob's centre
+    blob_sigma: np.ndarray  # (N,)
+    blob_colour: np.ndarray  # (N, 3)
+    blob_alpha: np.ndarray  # (N,) 0 = no blob
+    pixel_noise: np.ndarray  # (N, 3, size, size) standard normal, scaled by render_shapes' noise
+
+
+def render_shapes(scenes: ShapeScenes, noise: float) -> np.ndarray:
+    """Draw ``scenes`` as ``(N, 3, 32, 32)`` float32 images in [0, 1]: the background with its faint
+    gradient, the blob, the anti-aliased shape (through its signed distance), then pixel noise.
+    Vectorised over the images of each shape kind."""
+    size = _SHAPE_SIZE
+    coord = np.arange(size, dtype=np.float32)
+    gy, gx = np.meshgrid(coord, coord, indexing="ij")
+    gx, gy = gx[None], gy[None]
+    out = np.empty((len(scenes.kind), 3, size, size), dtype=np.float32)
+    for kind in range(len(SHAPE_LABELS)):
+        index = np.flatnonzero(scenes.kind == kind)
+        if not len(index):
+            continue
+        # generate_shapes draws each kind as one run of images: a slice then reads views, not copies.
+        contiguous = index[-1] - index[0] == len(index) - 1
+        s = slice(int(index[0]), int(index[-1]) + 1) if contiguous else index
+
+        def col(a: np.ndarray, s: slice | np.ndarray = s) -> np.ndarray:
+            return a[s].astype(np.float32)[:, None, None]
+
+        def rgb(a: np.ndarray, s: slice | np.ndarray = s) -> np.ndarray:
+            return a[s].astype(np.float32)[:, :, None, None]
+
+        dx, dy = gx - col(scenes.cx), gy - col(scenes.cy)
+        cos, sin = col(np.cos(scenes.theta)), col(np.sin(scenes.theta))
+        r = col(scenes.radius)
+        u = (cos * dx + sin * dy) / (r * col(scenes.aspect[:, 0]))
+        v = (-sin * dx + cos * dy) / (r * col(scenes.aspect[:, 1]))
+        # sdf * radius is the distance in pixels; a one-pixel ramp anti-aliases the edge.
+        alpha = np.clip(0.5 - _shape_sdf(kind, u, v) * r, 0.0, 1.0)[:, None]
+
+        direction = scenes.gradient_direction
+        ramp = (gx - size / 2) * col(np.cos(direction)) + (gy - size / 2) * col(np.sin(direction))
+        img = rgb(scenes.background) + (col(scenes.gradient_amplitude) * ramp / size)[:, None]
+        d2 = (gx - col(scenes.blob_xy[:, 0])) ** 2 + (gy - col(scenes.blob_xy[:, 1])) ** 2
+        blob = (col(scenes.blob_alpha) * np.exp(-d2 / (2 * col(scenes.blob_sigma) ** 2)))[:, None]
+        img = img * (1 - blob) + rgb(scenes.blob_colour) * blob
+        img = img * (1 - alpha) + rgb(scenes.foreground) * alpha
+        out[s] = img
+    out += scenes.pixel_noise * np.float32(noise)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
 def generate_shapes(
     n_per_class: int = 1200, *, seed: int = 0, noise: float = 0.05, distractor: bool = True
 ) -> tuple[Tensor, Tensor]:
@@ -383,43 +451,25 @@ def generate_shapes(
     theta = rng.uniform(0.0, 2 * np.pi, n)
     aspect = rng.uniform(0.85, 1.15, (n, 2))
     bg, fg = _contrasting_colours(rng, n)
-    grad_dir = rng.uniform(0.0, 2 * np.pi, n)
-    grad_amp = rng.uniform(0.0, 0.15, n)
-    blob_xy = rng.uniform(0.0, size - 1, (n, 2))
-    blob_sigma = rng.uniform(1.5, 3.0, n)
-    blob_colour = rng.random((n, 3))
-    blob_alpha = rng.uniform(0.6, 0.95, n) * distractor
-    pixel_noise = rng.standard_normal((n, 3, size, size), dtype=np.float32)  # float32: 4x faster
-
-    coord = np.arange(size, dtype=np.float32)
-    gy, gx = np.meshgrid(coord, coord, indexing="ij")
-    gx, gy = gx[None], gy[None]
-    out = np.empty((n, 3, size, size), dtype=np.float32)
-    labels = np.repeat(np.arange(len(SHAPE_LABELS)), n_per_class)
-    for kind in range(len(SHAPE_LABELS)):
-        s = slice(kind * n_per_class, (kind + 1) * n_per_class)
-
-        def col(a: np.ndarray, s: slice = s) -> np.ndarray:
-            return a[s].astype(np.float32)[:, None, None]
-
-        dx, dy = gx - col(cx), gy - col(cy)
-        cos, sin = col(np.cos(theta)), col(np.sin(theta))
-        r = col(radius)
-        u = (cos * dx + sin * dy) / (r * col(aspect[:, 0]))
-        v = (-sin * dx + cos * dy) / (r * col(aspect[:, 1]))
-        # sdf * radius is the distance in pixels; a one-pixel ramp anti-aliases the edge.
-        alpha = np.clip(0.5 - _shape_sdf(kind, u, v) * r, 0.0, 1.0)[:, None]
-
-        ramp = (gx - size / 2) * col(np.cos(grad_dir)) + (gy - size / 2) * col(np.sin(grad_dir))
-        img = bg[s].astype(np.float32)[:, :, None, None] + (col(grad_amp) * ramp / size)[:, None]
-        d2 = (gx - col(blob_xy[:, 0])) ** 2 + (gy - col(blob_xy[:, 1])) ** 2
-        blob = (col(blob_alpha) * np.exp(-d2 / (2 * col(blob_sigma) ** 2)))[:, None]
-        img = img * (1 - blob) + blob_colour[s].astype(np.float32)[:, :, None, None] * blob
-        img = img * (1 - alpha) + fg[s].astype(np.float32)[:, :, None, None] * alpha
-        out[s] = img
-    out += pixel_noise * np.float32(noise)
-    np.clip(out, 0.0, 1.0, out=out)
-    return torch.from_numpy(out), torch.from_numpy(labels.astype(np.int64))
+    scenes = ShapeScenes(
+        kind=np.repeat(np.arange(len(SHAPE_LABELS)), n_per_class),
+        radius=radius,
+        cx=cx,
+        cy=cy,
+        theta=theta,
+        aspect=aspect,
+        background=bg,
+        foreground=fg,
+        gradient_direction=rng.uniform(0.0, 2 * np.pi, n),
+        gradient_amplitude=rng.uniform(0.0, 0.15, n),
+        blob_xy=rng.uniform(0.0, size - 1, (n, 2)),
+        blob_sigma=rng.uniform(1.5, 3.0, n),
+        blob_colour=rng.random((n, 3)),
+        blob_alpha=rng.uniform(0.6, 0.95, n) * distractor,
+        pixel_noise=rng.standard_normal((n, 3, size, size), dtype=np.float32),  # float32: 4x faster
+    )
+    out = render_shapes(scenes, noise)
+    return torch.from_numpy(out), torch.from_numpy(scenes.kind.astype(np.int64))
 
 
 @_register(

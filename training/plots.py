@@ -27,6 +27,7 @@ __all__ = [
     "plot_distributions",
     "plot_grad_norms",
     "plot_history",
+    "plot_retrieval",
     "plot_vanishing_gradients",
 ]
 
@@ -429,5 +430,42 @@ def plot_vanishing_gradients(results: dict[str, list[float]], path: Path, title:
     ax_rel.set_title("Relative to the last layer")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_retrieval(
+    queries: list[str],
+    gallery: Any,
+    ranking: np.ndarray,
+    correct: np.ndarray,
+    path: Path,
+    title: str = "",
+) -> Path:
+    """Text-to-image retrieval examples: one row per query, its text, then the gallery images
+    ``ranking[q]`` (most similar first) framed green where ``correct[q, j]`` and red elsewhere.
+    ``gallery``: (G, C, H, W) in [0, 1]."""
+    images = np.clip(_as_numpy(gallery).astype(np.float32), 0.0, 1.0)
+    rows, cols = ranking.shape
+    fig = Figure(figsize=(1.2 * cols + 3.4, 1.25 * rows + (0.5 if title else 0.1)))
+    axes = fig.subplots(rows, cols + 1, squeeze=False, gridspec_kw={"width_ratios": [3.0] + [1.0] * cols})
+    for q in range(rows):
+        text_ax = axes[q, 0]
+        text_ax.axis("off")
+        text_ax.text(1.0, 0.5, f"\u201c{queries[q]}\u201d", ha="right", va="center", fontsize=8, wrap=True)
+        for j in range(cols):
+            ax = axes[q, j + 1]
+            image = images[ranking[q, j]].transpose(1, 2, 0)
+            ax.imshow(image.repeat(3, axis=2) if image.shape[2] == 1 else image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            colour = "tab:green" if correct[q, j] else "tab:red"
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(3)
+            if q == 0:
+                ax.set_title(f"#{j + 1}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

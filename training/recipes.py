@@ -397,3 +397,25 @@ _add(
         quality=(QualityBar("test_accuracy", ">=", 0.9),),
     )
 )
+_add(
+    Recipe(
+        name="clip-shapes",
+        model="clip",
+        dataset="shapes-captions",
+        objective="contrastive",
+        description=(
+            "CLIP-style dual encoder (convnet image encoder with attention pooling, character Transformer "
+            "text encoder) on captioned shapes: image and text embeddings, zero-shot classification, "
+            "text-to-image retrieval."
+        ),
+        # batch_size counts minimal pairs: 64 pairs are 128 images and 128 captions per step.
+        train=TrainConfig(epochs=16, batch_size=64, lr=2e-3, weight_decay=0.05, warmup_epochs=1.0),
+        # Measured (16 epochs, ~31 min on 2 shared cores): zero-shot 0.991 with a held-out prompt,
+        # recall@1 0.993 and @5 1.0 of held-out queries over 288 held-out images (chance 0.0035).
+        quality=(
+            QualityBar("test_zero_shot_accuracy_onnx", ">=", 0.95),
+            QualityBar("test_recall_at_1_onnx", ">=", 0.9),
+            QualityBar("test_recall_at_5_onnx", ">=", 0.98),
+        ),
+    )
+)

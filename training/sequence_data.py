@@ -4,6 +4,7 @@
 * ``dates``: human-written dates -> ISO 8601 pairs (training.dates); y = target ids.
 * ``corpus``: next-token windows of the built-in text (or ``root`` = a user's UTF-8 file).
 * ``scrambled-words``: real corpus text vs its words' inner letters scrambled (training.bert_data).
+* ``shapes-captions``: images with their attributes (y), captioned per step (training.captions).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from training.bert_data import scrambled_words_bundle
+from training.captions import captioned_shapes_bundle
 from training.data import DataError, DatasetBundle, dataset_summaries
 from training.dates import date_tokenizer, make_date_bundle
 from training.sequence_tasks import make_order_task, order_task_tokenizer
@@ -25,6 +27,7 @@ SEQUENCE_DATASETS: dict[str, str] = {
     "dates": "human-written dates -> ISO 8601 (pairs for the encoder-decoder)",
     "corpus": "next-character windows of Python's pydoc topics (or --data-root: a UTF-8 text file)",
     "scrambled-words": "pydoc text vs the same text with its words' inner letters scrambled (2 classes)",
+    "shapes-captions": "generated shapes with their attributes, captioned from templates (image-text pairs)",
 }
 
 
@@ -126,4 +129,6 @@ def load_sequence_dataset(
             max_len=context_length,
             seed=seed,
         )
+    if name == "shapes-captions":
+        return captioned_shapes_bundle(seed=seed, limit=limit, context_length=context_length)
     raise DataError(f"unknown sequence dataset {name!r}; known: {', '.join(SEQUENCE_DATASETS)}")

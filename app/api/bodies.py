@@ -77,6 +77,8 @@ LIST_LIMITS: dict[str, tuple[str, str]] = {
     "stop": ("max_stop_strings", "stop has {n} strings; at most {limit}"),
     "latent": ("max_images", "latent must hold 1 to {limit} vectors; got {n}"),
     "class": ("max_images", "class holds {n} classes; at most {limit} images per request"),
+    "labels": ("max_labels", "labels holds {n} labels; at most {limit}"),
+    "query": ("max_queries", "query holds {n} queries; at most {limit}"),
 }
 
 

@@ -51,6 +51,12 @@ def describe(mv: ModelVersion, registry: Registry, full: bool) -> dict[str, Any]
     if pre is not None and pre.kind == "text":
         # What a text request may contain (other characters get 422 unless map_unknown).
         info["preprocessing"]["vocabulary"] = pre.tokenizer.chars
+    text = config.text_preprocessing  # a dual encoder's text side, beside its image preprocessing
+    if text is not None:
+        info["text_preprocessing"] = {
+            **text.model_dump(exclude={"tokenizer"}),
+            "vocabulary": text.tokenizer.chars,
+        }
     info["generation"] = config.generation.model_dump() if config.generation else None
     info["batching"] = config.batching.model_dump()
     info["instances"] = config.instances.model_dump()
@@ -87,7 +93,7 @@ def request_limits(mv: ModelVersion, registry: Registry) -> dict[str, Any]:
         "max_body_bytes": settings.max_body_bytes,
         "max_json_bytes": settings.max_json_bytes,
     }
-    if config.task in ("classification", "reconstruction", "image_translation"):
+    if config.task in ("classification", "reconstruction", "image_translation", "embedding"):
         limits.update(
             max_items=settings.max_items_per_request, max_tensor_elements=settings.max_tensor_elements
         )
@@ -96,8 +102,14 @@ def request_limits(mv: ModelVersion, registry: Registry) -> dict[str, Any]:
         limits.update(
             max_image_pixels=settings.max_image_pixels, max_request_pixels=settings.max_request_pixels
         )
-    if pre is not None and pre.kind == "text":
-        limits["max_length"] = pre.max_length
+    if config.text_input is not None:
+        limits["max_length"] = config.text_input.max_length
+    if config.task == "embedding":
+        limits.update(
+            max_labels=settings.max_labels,
+            max_queries=settings.max_queries,
+            max_gallery_images=settings.max_gallery_images,
+        )
     if config.task == "text_generation":
         limits.update(
             max_new_tokens=settings.max_new_tokens,

@@ -84,12 +84,39 @@ class PredictRequest(BaseModel):
         description='Image outputs as nested lists (C, H, W) ("array", the default) or base64 PNG ("png").',
     )
     map_unknown: bool = Field(default=False, description=MAP_UNKNOWN_DESCRIPTION)
+    labels: list[str] = Field(
+        default=[],
+        description=(
+            'Zero-shot classification: candidate labels as text prompts (e.g. "a photo of a circle"); '
+            "each image in inputs gets the softmax over them of the scaled cosine similarities, in the "
+            "classifiers' answer shape (at most SERVE_MAX_LABELS)."
+        ),
+    )
+    query: str | list[str] | None = Field(
+        default=None,
+        description=(
+            "Text-to-image retrieval: one text or a list (at most SERVE_MAX_QUERIES); each gets the images "
+            "in inputs (the gallery, at most SERVE_MAX_GALLERY_IMAGES) ranked by cosine similarity."
+        ),
+    )
+    return_embedding: bool = Field(
+        default=False,
+        description=(
+            "With labels: also each image's embedding; with query: also each query's. Without either, "
+            'embeddings are the answer: of images, or of texts given as {"text": ...} items.'
+        ),
+    )
 
 
 class ClassProbability(BaseModel):
     label: str
     index: int
     probability: float
+
+
+class RankedImage(BaseModel):
+    index: int = Field(description="Position of the image in inputs.")
+    score: float = Field(description="Cosine similarity to the query.")
 
 
 class PredictOutput(BaseModel):
@@ -105,6 +132,13 @@ class PredictOutput(BaseModel):
     image: list | str | None = Field(default=None, description="Image translators: (C, H, W) or PNG.")
     mu: list[float] | None = Field(default=None, description="VAE encoder: posterior mean.")
     logvar: list[float] | None = Field(default=None, description="VAE encoder: posterior log-variance.")
+    embedding: list[float] | None = Field(
+        default=None, description="Dual encoders: the unit-length embedding."
+    )
+    query: str | None = Field(default=None, description="Dual encoders, retrieval: the query text.")
+    ranking: list[RankedImage] | None = Field(
+        default=None, description="Dual encoders, retrieval: gallery images, most similar first."
+    )
 
 
 class PredictResponse(BaseModel):
@@ -219,6 +253,9 @@ class ModelDetails(ModelSummary):
     graphs: dict[str, Any] | None = None
     labels: list[str] | None = None
     preprocessing: dict[str, Any] | None = None
+    text_preprocessing: dict[str, Any] | None = Field(
+        default=None, description="Dual encoders: how texts become the text encoder's ids."
+    )
     generation: dict[str, Any] | None = None
     batching: dict[str, Any] | None = None
     instances: dict[str, Any] | None = None

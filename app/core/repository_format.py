@@ -200,7 +200,13 @@ class ModelConfig(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     family: str
     task: Literal[
-        "classification", "reconstruction", "generation", "text_generation", "seq2seq", "image_translation"
+        "classification",
+        "reconstruction",
+        "generation",
+        "text_generation",
+        "seq2seq",
+        "image_translation",
+        "embedding",
     ]
     description: str = ""
     # Pin the version that answers requests naming none; by default the highest trained version (not a
@@ -213,6 +219,9 @@ class ModelConfig(_Strict):
     # an image translator has one graph per direction ({"thin_to_thick": ..., "thick_to_thin": ...}).
     graphs: dict[str, GraphSpec]
     preprocessing: ImagePreprocessing | TextPreprocessing | None = Field(default=None, discriminator="kind")
+    # A model with a text side beside its image side (a dual encoder, task "embedding"): how texts
+    # become the text encoder's ids, while ``preprocessing`` says how images become its image input.
+    text_preprocessing: TextPreprocessing | None = None
     postprocessing: ImagePostprocessing | None = None
     labels: list[str] | None = None
     generation: GenerationDefaults | None = None
@@ -233,7 +242,20 @@ class ModelConfig(_Strict):
             self.preprocessing, TextPreprocessing
         ):
             raise ValueError(f"a {self.task} model needs text preprocessing (its tokenizer)")
+        # An embedding model's graphs (image_encoder, text_encoder) are checked at load.
+        if self.task == "embedding" and (
+            not isinstance(self.preprocessing, ImagePreprocessing) or self.text_preprocessing is None
+        ):
+            raise ValueError("an embedding model needs image preprocessing and text_preprocessing")
         return self
+
+    @property
+    def text_input(self) -> TextPreprocessing | None:
+        """How this model's texts become token ids, whichever field holds it: a text model's
+        ``preprocessing`` or a dual encoder's ``text_preprocessing``; None for a model without text."""
+        if isinstance(self.preprocessing, TextPreprocessing):
+            return self.preprocessing
+        return self.text_preprocessing
 
 
 class Parity(_Strict):

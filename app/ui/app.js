@@ -15,6 +15,9 @@ const PANELS = {
   "language model": languageModelPanel,
   "seq2seq model": seq2seqPanel,
   "image generator": generatorPanel,
+  "class-conditional image generator": generatorPanel,
+  "image translator": translatorPanel,
+  "dual encoder": dualEncoderPanel,
 };
 
 // What the page did, for the tests and for anyone curious in the console: the last stream's timings.
@@ -598,18 +601,39 @@ function generatorPanel(model, root) {
   const maxImages = model.limits.max_images;
   const img = (alt) => el("img", { class: "big", alt });
 
-  // A grid of images from consecutive seeds.
+  // A class-conditional generator (a conditional GAN) draws the class it is given: one picker for the
+  // panel's three requests. "Each class in turn" leaves class out of the grid's request (the server
+  // then gives the images the classes 0, 1, 2, ...); the walk and the sliders stay in one class.
+  const conditional = model.kinds["/generate"] === "class-conditional image generator";
+  const labels = model.labels ?? [];
+  const classPicker = conditional
+    ? el("select", {}, el("option", { value: "", text: "each class in turn" }),
+      labels.map((label, i) => el("option", { value: i, text: label })))
+    : null;
+  const picked = () => (classPicker.value === "" ? null : Number(classPicker.value));
+  const withClass = (body, fallback) => {
+    if (conditional && (picked() ?? fallback) !== null) body.class = picked() ?? fallback;
+    return body;
+  };
+  const className = (answer, i) => labels[answer.classes[i]] ?? String(answer.classes[i]);
+
+  // A grid of images from consecutive seeds (each with its class, from the answer, for a conditional one).
   const seed = numberInput(0, 0, undefined);
   const count = numberInput(Math.min(8, maxImages), 1, maxImages);
   const grid = el("div", { class: "grid", "aria-live": "polite" });
   let seedLatent = null;
   const drawGrid = latestOnly(async () => {
     try {
-      const body = { model: model.name, seed: Number(seed.value), num_samples: Number(count.value) };
+      const body = withClass({ model: model.name, seed: Number(seed.value), num_samples: Number(count.value) }, null);
       const answer = await postJSON("generate", body);
       seedLatent = answer.latents[0];
-      grid.replaceChildren(...answer.images.map((b64, i) =>
-        el("img", { src: pngSrc(b64), alt: `sample from seed ${body.seed + i}` })));
+      grid.replaceChildren(...answer.images.map((b64, i) => {
+        if (!conditional) return el("img", { src: pngSrc(b64), alt: `sample from seed ${body.seed + i}` });
+        const name = className(answer, i);
+        return el("figure", { class: "sample", "data-class": answer.classes[i] },
+          el("img", { src: pngSrc(b64), alt: `class ${name}, seed ${body.seed + i}` }),
+          el("figcaption", { text: `class ${name}` }));
+      }));
     } catch (error) {
       showError(error);
     }
@@ -622,13 +646,16 @@ function generatorPanel(model, root) {
   const position = slider("Position between the seeds", 0, 0, steps - 1, 1, (v) => `${v}/${steps - 1}`);
   const walkImage = img("interpolated image");
   walkImage.classList.add("walk");
+  const walkClass = el("figcaption");
   let walk = [];
   const showStep = () => walk.length && (walkImage.src = pngSrc(walk[Number(position.input.value)]));
   position.input.addEventListener("input", showStep);
   const drawWalk = latestOnly(async () => {
     try {
-      const body = { model: model.name, interpolate: { from: Number(from.value), to: Number(to.value), steps } };
-      walk = (await postJSON("generate", body)).images;
+      const body = withClass({ model: model.name, interpolate: { from: Number(from.value), to: Number(to.value), steps } }, 0);
+      const answer = await postJSON("generate", body);
+      walk = answer.images;
+      if (conditional) walkClass.textContent = `class ${className(answer, 0)}`;
       showStep();
     } catch (error) {
       showError(error);
@@ -641,7 +668,7 @@ function generatorPanel(model, root) {
   const decode = latestOnly(async () => {
     try {
       const latent = sliders.map((s) => Number(s.input.value));
-      const answer = await postJSON("generate", { model: model.name, latent: [latent] });
+      const answer = await postJSON("generate", withClass({ model: model.name, latent: [latent] }, 0));
       sliderImage.src = pngSrc(answer.images[0]);
     } catch (error) {
       showError(error);
@@ -666,14 +693,20 @@ function generatorPanel(model, root) {
         onclick: () => seedLatent && setSliders(seedLatent) }),
       el("button", { type: "button", class: "secondary", text: "Zero", onclick: () => setSliders(new Array(dim).fill(0)) })),
     el("div", { class: "figures" }, sliderImage, el("div", { class: "sliders" }, sliders.map((s) => s.node))));
+  if (conditional) {
+    classPicker.addEventListener("change", () => (drawGrid(), drawWalk(), decode()));
+    root.append(el("p", { class: "muted",
+      text: `The generator draws the class it is given: one of ${labels.join(", ")}. The grid shows each image's class as the answer gives it; the walk and the sliders use the class picked (${labels[0]} when each class is in turn).` }));
+  }
   root.append(
     el("h3", { text: "Samples from seeds" }),
     el("div", { class: "row" }, field("First seed", seed), field("Images", count),
+      conditional ? field("Class", classPicker) : null,
       el("button", { type: "button", text: "Generate", onclick: drawGrid })),
     grid,
     el("h3", { text: "Interpolation between two seeds" }),
     el("div", { class: "row" }, field("From seed", from), field("To seed", to), position.node),
-    walkImage,
+    conditional ? el("figure", {}, walkImage, walkClass) : walkImage,
     el("h3", { text: "The latent space" }),
     latentSection,
   );
@@ -682,16 +715,21 @@ function generatorPanel(model, root) {
   decode();
 }
 
-// A seeded Gaussian (mulberry32 + Box-Muller): the same drawing gets the same noise.
-function gaussian(seed) {
+// Seeded uniform numbers in [0, 1) (mulberry32): the same seed, the same picture.
+function uniformRng(seed) {
   let a = seed >>> 0;
-  const uniform = () => {
+  return () => {
     a = (a + 0x6d2b79f5) >>> 0;
     let t = a;
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+// A seeded Gaussian (Box-Muller): the same drawing gets the same noise.
+function gaussian(seed) {
+  const uniform = uniformRng(seed);
   return () => Math.sqrt(-2 * Math.log(1 - uniform())) * Math.cos(2 * Math.PI * uniform());
 }
 
@@ -731,6 +769,275 @@ function autoencoderPanel(model, root) {
       output),
     pad.controls,
   );
+}
+
+// An image translator (CycleGAN): one graph per direction, image in, image out.
+function translatorPanel(model, root) {
+  const pre = model.preprocessing;
+  const directions = Object.keys(model.graphs ?? {});
+  const direction = el("select", {}, directions.map((d) => el("option", { value: d, text: d.replaceAll("_", " ") })));
+  const centred = el("input", { type: "checkbox", checked: true });
+  const input = el("figure", {}, el("canvas", { class: "pixels" }), el("figcaption", { text: "Input (sent)" }));
+  const caption = el("figcaption", { text: "Translated" });
+  const output = el("figure", {}, el("img", { class: "pixels translation", alt: "translated image" }), caption);
+  const translate = latestOnly(async () => {
+    if (pad.isEmpty()) return;
+    const sent = modelInput(pad, pre, centred.checked);
+    sent.classList.add("sent");
+    input.firstChild.replaceWith(sent);
+    const body = { model: model.name, inputs: b64png(sent), direction: direction.value, format: "png" };
+    try {
+      const answer = await postJSON("predict", body);
+      output.firstChild.src = pngSrc(answer.outputs[0].image);
+      output.firstChild.dataset.direction = answer.direction;
+      caption.textContent = `Translated: ${answer.direction.replaceAll("_", " ")}`;
+    } catch (error) {
+      showError(error);
+    }
+  });
+  const pad = drawingPad(translate);
+  direction.addEventListener("change", translate);
+  centred.addEventListener("change", translate);
+  pad.controls.append(field("Centre and scale the drawing", centred));
+  root.append(
+    el("p", { class: "muted", text: `Draw a digit or upload an image: the model translates it ${directions.map((d) => d.replaceAll("_", " ")).join(" or ")} (one graph per direction). Input and output side by side.` }),
+    el("div", { class: "row" }, field("Direction", direction)),
+    el("div", { class: "figures" }, el("figure", {}, pad.canvas, el("figcaption", { text: "Your drawing" })), input, output),
+    pad.controls,
+  );
+}
+
+// ----------------------------------------------------------------------------- the dual encoder
+
+// The attributes of the captioned shapes clip-shapes was trained on (training/captions.py), so the page
+// can make test images like the training ones: a shape of a named colour, size and position on a grey
+// background, drawn here through its signed distance as training.data.render_shapes draws it.
+const SHAPE_WORLD = {
+  shape: ["circle", "square", "triangle", "cross", "ring", "star"],
+  colour: { red: [0.9, 0.1, 0.1], green: [0.1, 0.7, 0.15], blue: [0.1, 0.25, 0.95], yellow: [0.95, 0.88, 0.1],
+    purple: [0.58, 0.15, 0.8], orange: [1.0, 0.55, 0.05], white: [0.97, 0.97, 0.97], black: [0.04, 0.04, 0.04] },
+  size: ["small", "large"],
+  position: ["left", "middle", "right"],
+};
+const WHERE = { left: "on the left", middle: "in the middle", right: "on the right" };
+// Zero-shot label sets from the held-out prompt templates (never training captions).
+const PROMPT_SETS = {
+  Shapes: SHAPE_WORLD.shape.map((v) => `a photo of a ${v}`),
+  Colours: Object.keys(SHAPE_WORLD.colour).map((v) => `a photo of something ${v}`),
+  Sizes: SHAPE_WORLD.size.map((v) => `a photo of a ${v} object`),
+  Positions: SHAPE_WORLD.position.map((v) => `a photo of an object ${WHERE[v]}`),
+};
+const shapeWords = (a) => `${a.size} ${a.colour} ${a.shape} ${WHERE[a.position]}`;
+const describeShape = (a) => `a photo of a ${shapeWords(a)}`; // the held-out retrieval template
+
+// Signed distance (negative inside) of a shape in local units where its radius is ~1.
+function shapeDistance(shape, u, v) {
+  switch (shape) {
+    case "circle": return Math.hypot(u, v) - 0.9;
+    case "square": return Math.max(Math.abs(u), Math.abs(v)) - 0.7;
+    case "triangle": return Math.max(...[0, 1, 2].map((k) => {
+      const a = Math.PI / 2 + (2 * Math.PI * k) / 3;
+      return u * Math.cos(a) + v * Math.sin(a) - 0.5;
+    }));
+    case "cross": return Math.min(Math.max(Math.abs(u) - 0.95, Math.abs(v) - 0.3), Math.max(Math.abs(u) - 0.3, Math.abs(v) - 0.95));
+    case "ring": return Math.abs(Math.hypot(u, v) - 0.67) - 0.25;
+    default: { // star
+      const t = (((Math.atan2(v, u) * 5) / (2 * Math.PI)) % 1 + 1) % 1;
+      return Math.hypot(u, v) - (0.45 + 0.55 * Math.abs(2 * t - 1));
+    }
+  }
+}
+
+// A (size x size) canvas showing the attributes; the rest (rotation, grey levels, the blob, the exact
+// place within its third) drawn from the seed.
+function shapeImage(attributes, seed, size) {
+  const rand = uniformRng(seed);
+  const between = (lo, hi) => lo + (hi - lo) * rand();
+  const scale = size / 32; // the training images are 32x32
+  const radius = (attributes.size === "large" ? between(8, 9.5) : between(5, 6)) * scale;
+  const margin = radius * 1.1 + scale;
+  const span = size - 1 - 2 * margin;
+  const third = SHAPE_WORLD.position.indexOf(attributes.position);
+  const cx = margin + span * ([0, 0.43, 0.72][third] + [0.28, 0.14, 0.28][third] * rand());
+  const cy = margin + span * rand();
+  const theta = between(0, 2 * Math.PI);
+  const aspect = [between(0.9, 1.1), between(0.9, 1.1)];
+  const grey = between(0.25, 0.75);
+  const background = [0, 1, 2].map(() => grey + between(-0.04, 0.04));
+  const colour = SHAPE_WORLD.colour[attributes.colour].map((c) => Math.min(1, Math.max(0, c + between(-0.05, 0.05))));
+  const blobGrey = between(0.2, 0.8);
+  const blob = { x: between(0, size - 1), y: between(0, size - 1), sigma: between(1.5, 3) * scale, alpha: between(0.3, 0.6),
+    colour: [0, 1, 2].map(() => blobGrey + between(-0.04, 0.04)) };
+  const canvas = el("canvas", { width: size, height: size, class: "pixels", role: "img",
+    "aria-label": `generated image: ${describeShape(attributes)}` });
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  const image = ctx.createImageData(size, size);
+  const [cos, sin] = [Math.cos(theta), Math.sin(theta)];
+  for (let y = 0; y < size; y++) {
+    for (let x = 0; x < size; x++) {
+      const [dx, dy] = [x - cx, y - cy];
+      const u = (cos * dx + sin * dy) / (radius * aspect[0]);
+      const v = (-sin * dx + cos * dy) / (radius * aspect[1]);
+      const ink = Math.min(1, Math.max(0, 0.5 - (shapeDistance(attributes.shape, u, v) * radius) / scale));
+      const b = blob.alpha * Math.exp(-((x - blob.x) ** 2 + (y - blob.y) ** 2) / (2 * blob.sigma ** 2));
+      for (let c = 0; c < 3; c++) {
+        const under = background[c] * (1 - b) + blob.colour[c] * b;
+        image.data[4 * (y * size + x) + c] = Math.round(255 * (under * (1 - ink) + colour[c] * ink));
+      }
+      image.data[4 * (y * size + x) + 3] = 255;
+    }
+  }
+  ctx.putImageData(image, 0, 0);
+  return canvas;
+}
+
+function randomAttributes(rand) {
+  const pick = (values) => values[Math.floor(rand() * values.length)];
+  return { shape: pick(SHAPE_WORLD.shape), colour: pick(Object.keys(SHAPE_WORLD.colour)), size: pick(SHAPE_WORLD.size),
+    position: pick(SHAPE_WORLD.position) };
+}
+
+// A dual encoder (CLIP): zero-shot classification of one image against label prompts, and text-to-image
+// retrieval of a query over a gallery of images, both in one /predict each.
+function dualEncoderPanel(model, root) {
+  const pre = model.preprocessing;
+  const limits = model.limits;
+  const mapUnknown = el("input", { type: "checkbox" });
+  const options = (values) => values.map((v) => el("option", { value: v, text: v }));
+
+  // The image: drawn or uploaded on the pad, or a generated shape.
+  let current = null; // a canvas at the model's input size: what is sent
+  const shown = el("figure", {}, el("canvas", { class: "pixels" }), el("figcaption", { text: `The image sent (${pre.width}x${pre.height})` }));
+  const setImage = (canvas) => {
+    current = canvas;
+    shown.firstChild.replaceWith(canvas);
+    classify();
+  };
+  const pad = drawingPad(() => !pad.isEmpty() && setImage(modelInput(pad, pre, false)));
+  const colour = el("input", { type: "color", value: "#ffcc00" });
+  pad.pen.colour = colour.value;
+  colour.addEventListener("input", () => (pad.pen.colour = colour.value));
+  pad.controls.append(field("Pen colour", colour));
+  const pickers = Object.fromEntries(["shape", "colour", "size", "position"].map((name) => {
+    const values = name === "colour" ? Object.keys(SHAPE_WORLD.colour) : SHAPE_WORLD[name];
+    return [name, el("select", {}, options(values))];
+  }));
+  pickers.colour.value = "red";
+  pickers.size.value = "large";
+  let shapeSeed = 1;
+  const makeShape = () => {
+    const attributes = Object.fromEntries(Object.entries(pickers).map(([k, s]) => [k, s.value]));
+    const small = shapeImage(attributes, shapeSeed++, pre.width);
+    // The pad shows it too (scaled up), so that drawing on top of it works.
+    const ctx = pad.canvas.getContext("2d");
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(small, 0, 0, pad.canvas.width, pad.canvas.height);
+    setImage(small);
+  };
+  for (const select of Object.values(pickers)) select.addEventListener("change", makeShape);
+
+  // Zero-shot: the label prompts, one per line.
+  const labels = el("textarea", { rows: 6, spellcheck: "false" });
+  labels.value = PROMPT_SETS.Shapes.join("\n");
+  const zeroShot = el("div", { "aria-live": "polite" });
+  const prompts = () => labels.value.split("\n").map((l) => l.trim()).filter(Boolean);
+  const classify = latestOnly(async () => {
+    const given = prompts();
+    if (!current || !given.length) return zeroShot.replaceChildren();
+    const body = { model: model.name, inputs: [b64png(current)], labels: given, top_k: given.length };
+    if (mapUnknown.checked) body.map_unknown = true;
+    try {
+      const top = (await postJSON("predict", body)).outputs[0];
+      zeroShot.replaceChildren(
+        el("p", { class: "prediction" }, "Best label: ", el("strong", { class: "label", text: top.label }),
+          ` (${percent(top.probability)})`),
+        bars(top.top_k),
+      );
+    } catch (error) {
+      zeroShot.replaceChildren();
+      showError(error);
+    }
+  });
+  labels.addEventListener("input", debounce(classify, 200));
+  mapUnknown.addEventListener("change", () => (classify(), search()));
+  const presets = Object.entries(PROMPT_SETS).map(([name, set]) => el("button", { type: "button", class: "secondary",
+    text: name, onclick: () => ((labels.value = set.join("\n")), classify()) }));
+
+  // Retrieval: a gallery of generated shapes (and any image added to it), ranked for a text query.
+  const gallerySize = Math.min(8, limits.max_gallery_images);
+  const gallerySeed = numberInput(1, 0, undefined);
+  let gallery = []; // [{ canvas, text }]
+  const galleryView = el("div", { class: "grid gallery" });
+  const query = el("input", { type: "text", spellcheck: "false", autocomplete: "off", maxlength: model.text_preprocessing?.max_length });
+  const ranking = el("ol", { class: "ranking", "aria-live": "polite" });
+  const showGallery = () => galleryView.replaceChildren(...gallery.map((g, i) =>
+    el("figure", {}, g.canvas, el("figcaption", { text: `${i}: ${g.text}` }))));
+  const search = latestOnly(async () => {
+    if (!query.value || !gallery.length) return ranking.replaceChildren();
+    const body = { model: model.name, inputs: gallery.map((g) => b64png(g.canvas)), query: query.value };
+    if (mapUnknown.checked) body.map_unknown = true;
+    try {
+      const answer = (await postJSON("predict", body)).outputs[0];
+      ranking.replaceChildren(...answer.ranking.map(({ index, score }, rank) => {
+        const copy = el("img", { class: "big", src: gallery[index].canvas.toDataURL(), alt: gallery[index].text });
+        return el("li", { "data-index": index }, el("figure", {}, copy,
+          el("figcaption", { text: `#${rank + 1}: image ${index}, cosine ${score.toFixed(3)}` })));
+      }));
+    } catch (error) {
+      ranking.replaceChildren();
+      showError(error);
+    }
+  });
+  const newGallery = () => {
+    const rand = uniformRng(Number(gallerySeed.value) * 7919 + 1);
+    const seen = new Set();
+    gallery = [];
+    while (gallery.length < gallerySize) { // distinct attributes: a full description has one answer
+      const attributes = randomAttributes(rand);
+      const text = shapeWords(attributes);
+      if (seen.has(text)) continue;
+      seen.add(text);
+      gallery.push({ canvas: shapeImage(attributes, Math.floor(rand() * 1e9), pre.width), text });
+    }
+    query.value = `a photo of a ${gallery[Math.floor(gallery.length / 2)].text}`; // one image's full description
+    showGallery();
+    search();
+  };
+  gallerySeed.addEventListener("change", newGallery);
+  query.addEventListener("input", debounce(search, 200));
+  // Past the server's SERVE_MAX_GALLERY_IMAGES the search is refused (422), and the page shows it.
+  const addImage = el("button", { type: "button", class: "secondary", text: "Add the image above to the gallery",
+    onclick: () => {
+      if (!current) return;
+      const copy = el("canvas", { width: current.width, height: current.height, class: "pixels", role: "img", "aria-label": "added image" });
+      copy.getContext("2d").drawImage(current, 0, 0);
+      gallery.push({ canvas: copy, text: "your image" });
+      showGallery();
+      search();
+    } });
+
+  root.append(
+    el("p", { class: "muted", text: "Both encoders map into one space: an image is classified against any label prompts you write (zero-shot), and a text query ranks a gallery of images (retrieval). Texts: lower-case letters, space and comma." }),
+    el("h3", { text: "The image" }),
+    el("div", { class: "row" }, ...Object.entries(pickers).map(([name, select]) => field(name[0].toUpperCase() + name.slice(1), select)),
+      el("button", { type: "button", text: "Make the shape", onclick: makeShape })),
+    el("div", { class: "figures" }, el("figure", {}, pad.canvas, el("figcaption", { text: "Draw, upload, or make a shape" })), shown),
+    pad.controls,
+    el("h3", { text: "Zero-shot classification" }),
+    el("div", { class: "figures" },
+      el("div", { class: "half" }, field("Label prompts (one per line)", labels),
+        el("div", { class: "row" }, el("span", { class: "muted", text: "Prompt sets:" }), ...presets),
+        field("Map unknown characters to <unk>", mapUnknown)),
+      el("div", { class: "half" }, zeroShot)),
+    el("h3", { text: "Text-to-image retrieval" }),
+    field("Query", query),
+    el("div", { class: "row" }, field("Gallery seed", gallerySeed), addImage,
+      el("button", { type: "button", text: "Search", onclick: search })),
+    el("div", { class: "figures" }, el("div", { class: "half" }, el("p", { class: "muted", text: "Gallery (the images sent)" }), galleryView),
+      el("div", { class: "half" }, el("p", { class: "muted", text: "Ranking (most similar first)" }), ranking)),
+  );
+  makeShape();
+  newGallery();
 }
 
 function addNoise(source, std) {

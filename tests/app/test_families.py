@@ -170,7 +170,7 @@ def test_thin_to_thick_thickens_and_the_round_trip_gives_the_digit_back(fc) -> N
         ({"direction": "sideways"}, 422, "direction 'sideways' is not one of model 'cyclegan-strokes''s"),
         ({"direction": "x" * 65}, 422, "direction"),
         ({"direction": 3}, 422, "direction"),
-        ({"top_k": 1}, 422, "top_k (for classifiers, text classifiers) does not apply"),
+        ({"top_k": 1}, 422, "top_k (for classifiers, text classifiers, dual encoders) does not apply"),
         ({"inputs": [[[[0.0] * 27] * 28]]}, 422, "does not match the model's input"),
     ],
 )

@@ -45,6 +45,7 @@ BASES: dict[Kind, dict] = {
         "inputs": [[[[0.0] * 28] * 28]],
         "direction": "thick_to_thin",
     },
+    Kind.DUAL_ENCODER: {"model": "clip-shapes", "inputs": [[[[0.0] * 32] * 32] * 3]},
 }
 # A value of each field that asks for something (not its default, null, false or []), valid by the
 # schema and for the kinds the field applies to (starting from their BASES request).
@@ -56,6 +57,9 @@ VALUES: dict[str, dict] = {
         "direction": "thin_to_thick",
         "format": "png",
         "map_unknown": True,
+        "labels": ["a photo of a circle", "a photo of a star"],
+        "query": "a photo of a circle",
+        "return_embedding": True,
     },
     GENERATE: {
         "prompt": "If ",
@@ -145,6 +149,8 @@ def test_a_field_is_accepted_by_the_kinds_it_applies_to(kc, endpoint, kind, fiel
     base = BASES[kind]
     if field in ("latent", "interpolate"):
         base = {k: v for k, v in base.items() if k != "num_samples"}  # one of the three
+    if kind is Kind.DUAL_ENCODER and field == "top_k":
+        base = {**base, "labels": VALUES[PREDICT]["labels"]}  # top_k ranks the zero-shot labels
     response = kc.post(endpoint, json={**base, field: VALUES[endpoint][field]})
     assert response.status_code == 200, response.text
 
@@ -170,7 +176,15 @@ def test_defaults_null_false_and_empty_lists_ask_for_nothing(kc) -> None:
             "map_unknown": False,
             "num_beams": None,
         },
-        PREDICT: {"top_k": None, "return_latent": False, "format": "array", "map_unknown": False},
+        PREDICT: {
+            "top_k": None,
+            "return_latent": False,
+            "format": "array",
+            "map_unknown": False,
+            "labels": [],
+            "query": None,
+            "return_embedding": False,
+        },
     }
     for kind, base in BASES.items():
         endpoint = _endpoint_of(kind)

@@ -89,6 +89,16 @@ def test_build_exports_every_recipe(zoo):
     assert gpt_report["metrics"]["unigram_nats_per_token"] > 2.0
     assert gpt_report["metrics"]["kv_cache_max_abs_diff"] <= 1e-4  # ONNX step graph vs full forward
     assert any(note.startswith("sample") for note in gpt_report["notes"])
+    # The dual encoder: two graphs, image and text preprocessing, its figures on the ONNX graphs too.
+    clip = ModelConfig.model_validate_json((zoo / "models" / "clip-shapes" / "config.json").read_text())
+    assert clip.task == "embedding" and list(clip.graphs) == ["image_encoder", "text_encoder"]
+    assert [t.name for t in clip.graphs["image_encoder"].outputs] == ["image_embeds", "logit_scale"]
+    assert clip.preprocessing.kind == "image" and clip.text_preprocessing.add_bos
+    clip_report = json.loads((zoo / "models" / "clip-shapes" / "1" / "report.json").read_text())
+    assert set(clip_report["parity"]["per_graph"]) == {"image_encoder", "text_encoder"}
+    for key in ("test_zero_shot_accuracy", "test_recall_at_1", "test_recall_at_5"):
+        assert abs(clip_report["metrics"][f"{key}_onnx"] - clip_report["metrics"][key]) <= 0.02, key
+    assert {"retrieval_examples.png", "zero_shot_confusion_matrix.png"} <= set(clip_report["plots"])
 
 
 def test_verify_checks_bars_and_hashes(zoo, tmp_path):

@@ -38,6 +38,9 @@ PANEL_MODELS = {
     "seq2seq": ("seq2seq model", "seq2seq-dates"),
     "generator": ("image generator", "vae-digits"),
     "autoencoder": ("autoencoder", "dae-digits"),
+    "conditional-generator": ("class-conditional image generator", "cgan-digits"),
+    "image-translator": ("image translator", "cyclegan-strokes"),
+    "dual-encoder": ("dual encoder", "clip-shapes"),
 }
 
 
@@ -95,7 +98,7 @@ def show_panel(page: Page, base_url: str, panel: str) -> str:
     kind, model = PANEL_MODELS[panel]
     open_model(page, base_url, model)
     section = f'section[data-panel="{kind}"]'
-    if panel in ("image-classifier", "autoencoder"):
+    if panel in ("image-classifier", "autoencoder", "image-translator"):
         draw_zero(page, f"{section} canvas.pad")
     if panel == "language-model":
         generate_text(page)
@@ -106,10 +109,15 @@ def show_panel(page: Page, base_url: str, panel: str) -> str:
         "seq2seq": f"{section} .output",
         "generator": f"{section} img.walk[src]",
         "autoencoder": f"{section} img.reconstruction[src]",
+        "conditional-generator": f"{section} img.walk[src]",
+        "image-translator": f"{section} img.translation[src]",
+        "dual-encoder": f"{section} .ranking li",
     }[panel]
     page.wait_for_selector(done)
-    if panel == "generator":
+    if panel in ("generator", "conditional-generator"):
         page.wait_for_function(f"() => document.querySelectorAll('{section} .grid img').length > 0")
+    if panel == "dual-encoder":
+        page.wait_for_selector(f"{section} .label")
     return kind
 
 

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect
 
 from app.api.ui import ASSETS, CONTENT_SECURITY_POLICY
 from tests.ui.browser import PANEL_MODELS, draw_zero, generate_text, open_model, save_panel, show_panel
@@ -213,3 +214,129 @@ def test_nothing_outside_the_server_even_when_asked(recorded, ui_server) -> None
     )
     assert outcome.startswith("blocked")
     assert any("Content Security Policy" in e or "Refused to connect" in e for e in recorded.errors)
+
+
+# ------------------------------------------------------------------- the panels of the newer kinds
+
+# The mean brightness in [0, 1] of an <img> or <canvas> at the model's size (28x28 digits), read back
+# in the page.
+BRIGHTNESS = """node => {
+  const canvas = document.createElement('canvas');
+  canvas.width = canvas.height = 28;
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(node, 0, 0, 28, 28);
+  const data = ctx.getImageData(0, 0, 28, 28).data;
+  let sum = 0;
+  for (let i = 0; i < data.length; i += 4) sum += data[i];
+  return sum / (255 * 28 * 28);
+}"""
+
+
+def test_the_class_picked_is_the_class_generated(recorded, ui_server) -> None:
+    page = recorded.page
+    open_model(page, ui_server.url, "cgan-digits")
+    section = page.locator('section[data-panel="class-conditional image generator"]')
+    samples = section.locator(".grid figure.sample")
+    expect(samples).to_have_count(8)
+    # By default each class in turn: the answer's classes, shown under the images, are 0, 1, 2, ...
+    assert [samples.nth(i).get_attribute("data-class") for i in range(8)] == [str(i) for i in range(8)]
+    section.get_by_label("Class", exact=True).select_option(label="7")
+    page.wait_for_function(
+        "s => [...document.querySelectorAll(s)].every(f => f.dataset.class === '7')",
+        arg='section[data-panel="class-conditional image generator"] .grid figure.sample',
+    )
+    assert section.locator(".grid figcaption").all_inner_texts() == ["class 7"] * 8
+    expect(section.locator("img.walk + figcaption")).to_have_text("class 7")
+    # And they are sevens: the committed digit classifier says so of (nearly) all of them.
+    sources = section.locator(".grid img").evaluate_all("images => images.map(i => i.src)")
+    images = [src.split(",", 1)[1] for src in sources]  # data:image/png;base64,...
+    with ui_server.client() as client:
+        answer = client.post("/predict", json={"model": "lenet5-digits", "inputs": images}).json()
+    assert [item["label"] for item in answer["outputs"]].count("7") >= 6
+    assert recorded.errors == []
+
+
+def test_the_translation_differs_from_the_input_and_follows_the_direction(recorded, ui_server) -> None:
+    page = recorded.page
+    open_model(page, ui_server.url, "cyclegan-strokes")
+    section = page.locator('section[data-panel="image translator"]')
+    draw_zero(page, 'section[data-panel="image translator"] canvas.pad')
+    output = section.locator("img.translation")
+
+    def translated(direction: str) -> tuple[float, float, float]:
+        """(input, output brightness, mean |output - input|) once the answer for ``direction`` shows."""
+        page.wait_for_function(
+            "([img, d]) => img.dataset.direction === d && img.complete && img.naturalWidth > 0",
+            arg=[output.element_handle(), direction],
+        )
+        sent = section.locator("canvas.sent")
+        difference = page.evaluate(
+            """([a, b]) => {
+              const pixels = (node) => {
+                const c = document.createElement('canvas');
+                c.width = c.height = 28;
+                c.getContext('2d').drawImage(node, 0, 0, 28, 28);
+                return c.getContext('2d').getImageData(0, 0, 28, 28).data;
+              };
+              const [x, y] = [pixels(a), pixels(b)];
+              let sum = 0;
+              for (let i = 0; i < x.length; i += 4) sum += Math.abs(x[i] - y[i]);
+              return sum / (255 * 28 * 28);
+            }""",
+            [sent.element_handle(), output.element_handle()],
+        )
+        return sent.evaluate(BRIGHTNESS), output.evaluate(BRIGHTNESS), difference
+
+    assert section.get_by_label("Direction").input_value() == "thin_to_thick"  # the graphs' first role
+    ink_in, thickened, changed = translated("thin_to_thick")
+    first = output.get_attribute("src")
+    section.get_by_label("Direction").select_option("thick_to_thin")
+    ink_in_again, thinned, changed_again = translated("thick_to_thin")
+    assert ink_in_again == ink_in  # the same drawing was sent
+    assert changed > 0.02 and changed_again > 0.02  # each output differs from its input
+    assert output.get_attribute("src") != first
+    assert thickened > ink_in > thinned  # thin -> thick adds ink to the strokes, thick -> thin takes it
+    expect(section.locator("img.translation + figcaption")).to_have_text("Translated: thick to thin")
+    assert recorded.errors == []
+
+
+def test_zero_shot_follows_the_labels_and_a_query_finds_its_image(recorded, ui_server) -> None:
+    page = recorded.page
+    open_model(page, ui_server.url, "clip-shapes")
+    section = page.locator('section[data-panel="dual encoder"]')
+    for name, value in (("Shape", "star"), ("Colour", "blue"), ("Size", "large"), ("Position", "middle")):
+        section.get_by_label(name, exact=True).select_option(value)
+    best = section.locator(".label")
+    expect(best).to_have_text("a photo of a star")
+    shape_bars = section.locator(".bars li").all_inner_texts()
+    assert len(shape_bars) == 6
+    # Other labels, other probabilities: the same image against the colour prompts.
+    section.get_by_role("button", name="Colours").click()
+    expect(best).to_have_text("a photo of something blue")
+    assert len(section.locator(".bars li").all_inner_texts()) == 8
+    # Labels written by hand.
+    prompts = section.get_by_label("Label prompts (one per line)")
+    prompts.fill("a photo of a circle\na photo of a star")
+    expect(section.locator(".bars li")).to_have_count(2)
+    expect(best).to_have_text("a photo of a star")
+    # A character outside the vocabulary: the 422 is shown, naming the label; mapped, it is answered.
+    prompts.fill("A photo of a star\na photo of a circle")
+    page.wait_for_function("() => document.querySelector('#message').dataset.status === '422'")
+    assert "labels[0]" in page.locator("#message").inner_text()
+    section.get_by_label("Map unknown characters to <unk>").check()
+    page.wait_for_function("() => document.querySelector('#message').hidden")
+
+    # Retrieval: the query describes one gallery image in full (a held-out wording); it ranks first.
+    captions = section.locator(".gallery figcaption").all_inner_texts()
+    assert len(captions) == 8 and len(set(captions)) == 8
+    described = [f"a photo of a {caption.split(': ', 1)[1]}" for caption in captions]
+    query = section.get_by_label("Query", exact=True)
+    first = section.locator(".ranking li").first
+    assert query.input_value() == described[4]  # the panel starts with image 4's description
+    expect(first).to_have_attribute("data-index", "4")
+    for index in (1, 6):
+        query.fill(described[index])
+        expect(first).to_have_attribute("data-index", str(index))
+    expect(section.locator(".ranking li")).to_have_count(8)
+    failures = [e for e in recorded.errors if "Failed to load resource" not in e]
+    assert failures == []

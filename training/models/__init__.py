@@ -3,6 +3,7 @@
 from training.models import (  # noqa: F401
     autoencoder,
     bert,
+    clip,
     cnn,
     cyclegan,
     gan,

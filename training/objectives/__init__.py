@@ -5,10 +5,14 @@ the class up (:func:`objective_for`) and calls its steps in order: ``build_loss`
 :class:`~training.trainer.Objective`), ``pretrain``, ``train``, ``evaluate`` (held-out metrics and the
 plots), ``config_fields`` (config.json), ``notes`` (report.json) and ``check_export`` (figures measured
 on the exported graphs). :class:`RecipeObjective` (in ``base``) holds what the objectives share;
-``images`` and ``sequences`` hold the objectives, registered when this package is imported.
+``images``, ``sequences`` and ``contrastive`` hold the objectives, registered when this package is imported.
 """
 
-from training.objectives import images, sequences  # noqa: F401  (importing them registers the objectives)
+from training.objectives import (  # noqa: F401  (importing them registers the objectives)
+    contrastive,
+    images,
+    sequences,
+)
 from training.objectives.base import (
     Measured,
     RecipeObjective,
