@@ -222,6 +222,23 @@ _add(
     )
 )
 
+_add(
+    Recipe(
+        name="diffusion-digits",
+        model="unet",
+        dataset="digits28",
+        objective="diffusion",
+        description=(
+            "Class-conditional denoising diffusion (DDPM loss, cosine schedule, T = 1000) for 28x28 digits: "
+            "a U-Net noise predictor; the server runs DDIM with classifier-free guidance."
+        ),
+        model_overrides={"base_channels": 16, "channel_mults": (1, 2, 4), "groups": 4},
+        train=TrainConfig(epochs=30, batch_size=64, lr=2e-3, weight_decay=0.0, warmup_epochs=1.0),
+        normalize_inputs=False,
+        judge="lenet5-digits",
+    )
+)
+
 # ------------------------------------------------------------------------------------- sequences
 
 # Settings measured on the order task (4,000 training sequences): the gated cells reach >= 99.9%

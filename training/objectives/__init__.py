@@ -8,7 +8,7 @@ on the exported graphs). :class:`RecipeObjective` (in ``base``) holds what the o
 ``images`` and ``sequences`` hold the objectives, registered when this package is imported.
 """
 
-from training.objectives import images, sequences  # noqa: F401  (importing them registers the objectives)
+from training.objectives import diffusion, images, sequences  # noqa: F401  (importing them registers the objectives)
 from training.objectives.base import (
     Measured,
     RecipeObjective,
