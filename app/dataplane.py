@@ -23,7 +23,15 @@ from app.core.repository_format import GenerationDefaults
 from app.core.sampling import SamplingParams
 from app.decode_loop import GenerationFailed, Sequence, StoppingCriteria
 from app.errors import InferenceFailed, InvalidInput
-from app.kinds import GENERATE, PREDICT, Kind, generate_kind, predict_kind, refuse_other_kinds_fields
+from app.kinds import (
+    CLASS_INPUT,
+    GENERATE,
+    PREDICT,
+    Kind,
+    generate_kind,
+    predict_kind,
+    refuse_other_kinds_fields,
+)
 from app.registry import ModelVersion, Registry
 from app.runner import Runner
 from app.settings import Settings
@@ -85,7 +93,7 @@ class DataPlane:
         top_k, inputs = request.top_k, request.inputs
         if top_k is not None and top_k > len(config.labels):
             raise InvalidInput(f"top_k is {top_k}; the model has {len(config.labels)} classes")
-        runner = mv.runner()
+        runner = mv.runner(translation_role(mv, request.direction) if kind is Kind.IMAGE_TRANSLATOR else None)
         prepare = functools.partial(
             codecs.PredictFeeds,
             mv,
@@ -110,7 +118,10 @@ class DataPlane:
             items = await self._reconstruction_items(
                 mv, kind, results, request.return_latent, request.return_reconstruction, request.format
             )
-        return {"model": mv.name, "version": mv.version, "task": config.task, "outputs": items}
+        head = {"model": mv.name, "version": mv.version, "task": config.task}
+        if kind is Kind.IMAGE_TRANSLATOR:
+            head["direction"] = request.direction
+        return {**head, "outputs": items}
 
     async def _reconstruction_items(
         self,
@@ -169,6 +180,49 @@ class DataPlane:
         request_id = header.get("id") or logs.request_id()
         with tracing.span("serialize"):
             return v2.encode_response(mv.name, mv.version, request_id, results, chosen)
+
+
+def translation_role(mv: ModelVersion, direction: str | None) -> str:
+    """An image translator's graph for ``direction`` (its role in config.json); 422 naming the choices."""
+    choices = ", ".join(mv.config.graphs)
+    if direction is None:
+        raise InvalidInput(
+            f"direction is required for model {mv.name!r}, an image translator: one of {choices}",
+            param="direction",
+        )
+    if direction not in mv.config.graphs:
+        raise InvalidInput(
+            f"direction {direction!r} is not one of model {mv.name!r}'s: {choices}", param="direction"
+        )
+    return direction
+
+
+def requested_classes(
+    mv: ModelVersion, value: int | list[int] | None, count: int | None, limit: int
+) -> np.ndarray:
+    """A class-conditional generator's class ids, one per image, checked against the model's labels:
+    ``value`` is one id for every image, one id per image, or None for the classes in turn (0, 1, 2,
+    ...). ``count`` is how many images the other fields ask for (None: as many as a list holds, else
+    the model's default number), at most ``limit``."""
+    labels = mv.config.labels or []
+    if value is None:
+        n = count or mv.config.generation.num_samples
+        return np.arange(n, dtype=np.int64) % max(len(labels), 1)
+    if isinstance(value, list):
+        if not 1 <= len(value) <= limit:
+            raise InvalidInput(
+                f"class must list 1 to {limit} ids (one per image); got {len(value)}", param="class"
+            )
+        if count is not None and len(value) != count:
+            raise InvalidInput(
+                f"class lists {len(value)} ids for {count} images; give one per image", param="class"
+            )
+    ids = value if isinstance(value, list) else [value] * (count or mv.config.generation.num_samples)
+    bad = next((i for i in ids if not 0 <= i < len(labels)), None)
+    if bad is not None:
+        shown = ", ".join(f"{i} ({label})" for i, label in enumerate(labels))
+        raise InvalidInput(f"class {bad} is not an id of the model's classes: {shown}", param="class")
+    return np.asarray(ids, np.int64)
 
 
 # ------------------------------------------------------------------------------------------- generation
@@ -438,31 +492,46 @@ class GenerationPlane:
         if len(choices) > 1:
             raise InvalidInput("give one of latent, interpolate and num_samples")
         seed = request.seed or 0
-        # Every count is checked before a latent is made.
+        # Every count is checked before a latent is made: how many images the request asks for, then
+        # (a class-conditional generator) their classes, which may say how many.
         if request.latent is not None:
-            if not 1 <= len(request.latent) <= limit:
-                raise InvalidInput(f"latent must hold 1 to {limit} vectors; got {len(request.latent)}")
+            count = len(request.latent)
+            if not 1 <= count <= limit:
+                raise InvalidInput(f"latent must hold 1 to {limit} vectors; got {count}")
+        elif request.interpolate is not None:
+            count = request.interpolate.steps
+            if count > limit:
+                raise InvalidInput(f"interpolate.steps is {count}; at most {limit} images per request")
+        else:
+            count = request.num_samples  # None: as many as a class list holds, else the model's default
+            if count is not None and count > limit:
+                raise InvalidInput(f"num_samples is {count}; at most {limit} images per request")
+        classes = None
+        if CLASS_INPUT in {spec.name for spec in runner.graph.inputs}:
+            classes = requested_classes(mv, request.class_, count, limit)
+            count = len(classes)
+        n = count or mv.config.generation.num_samples
+        if n > limit:
+            raise InvalidInput(f"num_samples is {n}; at most {limit} images per request")
+        if request.latent is not None:
             if any(len(row) != dim for row in request.latent):
                 raise InvalidInput(f"latent must be a list of vectors of {dim} numbers each")
             z = np.asarray(request.latent, np.float64)
             if not np.isfinite(z).all():
                 raise InvalidInput("latent contains NaN or infinity")
         elif request.interpolate is not None:
-            steps = request.interpolate.steps
-            if steps > limit:
-                raise InvalidInput(f"interpolate.steps is {steps}; at most {limit} images per request")
             a = np.random.default_rng(request.interpolate.from_seed).standard_normal(dim)
             b = np.random.default_rng(request.interpolate.to_seed).standard_normal(dim)
-            t = np.linspace(0.0, 1.0, steps)[:, None]
+            t = np.linspace(0.0, 1.0, n)[:, None]
             z = (1 - t) * a + t * b
         else:
-            n = request.num_samples or mv.config.generation.num_samples
-            if n > limit:
-                raise InvalidInput(f"num_samples is {n}; at most {limit} images per request")
             z = np.stack([np.random.default_rng(seed + i).standard_normal(dim) for i in range(n)])
         z = z.astype(np.float32)
-        images = (await run_rows(runner, {runner.graph.inputs[0].name: z}))[runner.graph.outputs[0].name]
+        feeds = {spec.name: classes if spec.name == CLASS_INPUT else z for spec in runner.graph.inputs}
+        images = (await run_rows(runner, feeds))[runner.graph.outputs[0].name]
         body: dict[str, Any] = {"latents": z.tolist()}
+        if classes is not None:
+            body["classes"] = classes.tolist()
         if request.format == "png":
             body["images"] = codecs.image_values(images, mv.config.postprocessing, "png")
         else:

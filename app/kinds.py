@@ -20,6 +20,9 @@ from app.errors import InvalidInput
 if TYPE_CHECKING:
     from app.registry import ModelVersion
 
+# The input of a class-conditional generator's graph that takes the class ids (int64, one per row).
+CLASS_INPUT = "class"
+
 
 class Kind(StrEnum):
     """What a model is at an endpoint (a VAE is a VAE at /predict and an image generator at /generate)."""
@@ -31,6 +34,8 @@ class Kind(StrEnum):
     LANGUAGE_MODEL = "language model"
     SEQ2SEQ = "seq2seq model"
     IMAGE_GENERATOR = "image generator"
+    CONDITIONAL_IMAGE_GENERATOR = "class-conditional image generator"  # a conditional GAN's generator
+    IMAGE_TRANSLATOR = "image translator"  # image in, image out, one graph per direction (CycleGAN)
 
     @property
     def plural(self) -> str:
@@ -44,17 +49,18 @@ class Kind(StrEnum):
 PREDICT, GENERATE = "/predict", "/generate"
 
 ENDPOINT_KINDS: dict[str, tuple[Kind, ...]] = {
-    PREDICT: (Kind.CLASSIFIER, Kind.TEXT_CLASSIFIER, Kind.AUTOENCODER, Kind.VAE),
-    GENERATE: (Kind.LANGUAGE_MODEL, Kind.SEQ2SEQ, Kind.IMAGE_GENERATOR),
+    PREDICT: (Kind.CLASSIFIER, Kind.TEXT_CLASSIFIER, Kind.AUTOENCODER, Kind.VAE, Kind.IMAGE_TRANSLATOR),
+    GENERATE: (Kind.LANGUAGE_MODEL, Kind.SEQ2SEQ, Kind.IMAGE_GENERATOR, Kind.CONDITIONAL_IMAGE_GENERATOR),
 }
 
 _CLASSIFIERS = (Kind.CLASSIFIER, Kind.TEXT_CLASSIFIER)
-_IMAGES = (Kind.IMAGE_GENERATOR,)
+_IMAGES = (Kind.IMAGE_GENERATOR, Kind.CONDITIONAL_IMAGE_GENERATOR)
 _TEXT = (Kind.LANGUAGE_MODEL, Kind.SEQ2SEQ)
 
-# endpoint -> request field -> the kinds of model it applies to. Every field of the endpoint's request
-# body is listed (tests/app/test_field_table.py checks both ways), each as the code uses it: the search
-# of a seq2seq model honours max_new_tokens, and image generators draw their latents from seed.
+# endpoint -> request field (as clients write it: ``class``, not its attribute ``class_``) -> the kinds
+# of model it applies to. Every field of the endpoint's request body is listed
+# (tests/app/test_field_table.py checks both ways), each as the code uses it: the search of a seq2seq
+# model honours max_new_tokens, and image generators draw their latents from seed.
 FIELD_KINDS: dict[str, dict[str, tuple[Kind, ...]]] = {
     PREDICT: {
         "model": ENDPOINT_KINDS[PREDICT],
@@ -63,7 +69,8 @@ FIELD_KINDS: dict[str, dict[str, tuple[Kind, ...]]] = {
         "top_k": _CLASSIFIERS,
         "return_latent": (Kind.AUTOENCODER,),
         "return_reconstruction": (Kind.VAE,),
-        "format": (Kind.AUTOENCODER, Kind.VAE),  # the kinds with image outputs
+        "direction": (Kind.IMAGE_TRANSLATOR,),
+        "format": (Kind.AUTOENCODER, Kind.VAE, Kind.IMAGE_TRANSLATOR),  # the kinds with image outputs
         "map_unknown": (Kind.TEXT_CLASSIFIER,),
     },
     GENERATE: {
@@ -83,6 +90,7 @@ FIELD_KINDS: dict[str, dict[str, tuple[Kind, ...]]] = {
         "num_samples": _IMAGES,
         "latent": _IMAGES,
         "interpolate": _IMAGES,
+        "class": (Kind.CONDITIONAL_IMAGE_GENERATOR,),
         "format": _IMAGES,
         "map_unknown": _TEXT,
     },
@@ -120,6 +128,8 @@ def predict_kind(mv: ModelVersion) -> Kind:
     if config.task == "reconstruction":
         outputs = {spec.name for spec in config.graphs[mv.primary_role].outputs}
         return Kind.VAE if "mu" in outputs else Kind.AUTOENCODER  # a VAE's encoder gives the posterior
+    if config.task == "image_translation":
+        return Kind.IMAGE_TRANSLATOR
     raise InvalidInput(f"model {mv.name!r} is a {config.task} model; use POST /generate")
 
 
@@ -131,6 +141,9 @@ def generate_kind(mv: ModelVersion) -> Kind:
     if config.task == "seq2seq":
         return Kind.SEQ2SEQ
     if config.generation is not None and config.generation.latent_dim is not None:
+        generator = config.graphs.get("generator")
+        if generator is not None and any(spec.name == CLASS_INPUT for spec in generator.inputs):
+            return Kind.CONDITIONAL_IMAGE_GENERATOR  # the generator takes a class beside the latent
         return Kind.IMAGE_GENERATOR  # a GAN's generator or a VAE's decoder
     raise InvalidInput(f"model {mv.name!r} is a {config.task} model; use POST /predict")
 
@@ -138,10 +151,16 @@ def generate_kind(mv: ModelVersion) -> Kind:
 # ------------------------------------------------------------------------------------------ validation
 
 
-def _says_something(request: BaseModel, field: str) -> bool:
+def _attribute(request: BaseModel, field: str) -> str:
+    """The attribute that holds ``field`` as clients write it (``class`` is held by ``class_``)."""
+    fields = type(request).model_fields
+    return next((name for name, info in fields.items() if info.alias == field), field)
+
+
+def _says_something(request: BaseModel, attribute: str) -> bool:
     """A field left at its default, or sent as null, false or [], asks for nothing."""
-    value = getattr(request, field)
-    default = type(request).model_fields[field].get_default(call_default_factory=True)
+    value = getattr(request, attribute)
+    default = type(request).model_fields[attribute].get_default(call_default_factory=True)
     return value != default and value is not None and value is not False and value != []
 
 
@@ -152,7 +171,9 @@ def refuse_other_kinds_fields(endpoint: str, request: BaseModel, kind: Kind, mod
     given = [
         field
         for field in table
-        if field in request.model_fields_set and kind not in table[field] and _says_something(request, field)
+        if (attribute := _attribute(request, field)) in request.model_fields_set
+        and kind not in table[field]
+        and _says_something(request, attribute)
     ]
     if given:
         named = ", ".join(f"{field} (for {applies_to(endpoint, field)})" for field in given)

@@ -1,7 +1,10 @@
 """Serving benchmark: this server (batching on and off) against a minimal FastAPI app and raw onnxruntime.
 
 Run by hand on a quiet machine: ``.venv/bin/python bench/serve_bench.py [--quick]``. It prints a markdown
-table and writes ``bench/results/serve_bench.json``.
+table and writes ``bench/results/serve_bench.json``. ``--models`` and ``--candidates`` choose what runs:
+``--models resnet-shapes,alexnet-shapes,mobilenet-shapes --candidates batching`` puts the shapes
+classifiers side by side, with a table of what each costs (report.json: accuracy, parameters,
+multiply-adds) beside what it serves.
 
 How it measures, and why:
 - Every server gets core 1 and wrk gets core 0 (``taskset``), so client and server never share a core.
@@ -315,9 +318,9 @@ def run_wrk(url: str, body: Body, connections: int, seconds: int) -> WrkResult:
 # ---------------------------------------------------------------------------------------- measurements
 
 
-def copy_models(repository: Path) -> Path:
+def copy_models(repository: Path, models: tuple[str, ...] = MODELS) -> Path:
     """A repository of only the benchmarked models, so the pinned servers start in seconds."""
-    for model in MODELS:
+    for model in models:
         shutil.copytree(ROOT / "models" / model, repository / model)
     return repository
 
@@ -362,7 +365,7 @@ def check_servers(
     servers: dict[str, Server], cands: list[Candidate], bodies: dict[str, dict[str, Body]]
 ) -> None:
     for cand in cands:
-        for model in MODELS:
+        for model in bodies:
             for kind in cand.bodies:
                 check_once(servers[cand.key].url + bodies[model][kind].path, bodies[model][kind])
 
@@ -376,7 +379,7 @@ def measure_cells(
     warmup_s: int,
 ) -> list[Cell]:
     # Candidates innermost: the cells compared with each other run back to back.
-    plan = [(m, c, cand, k) for m in MODELS for c in concurrency for cand in cands for k in cand.bodies]
+    plan = [(m, c, cand, k) for m in bodies for c in concurrency for cand in cands for k in cand.bodies]
     cells = []
     for index, (model, connections, cand, kind) in enumerate(plan, 1):
         server, body = servers[cand.key], bodies[model][kind]
@@ -407,9 +410,10 @@ def cell_rows(cells: list[Cell]) -> list[dict[str, Any]]:
     JSON rows (the baseline has no V2 route), each at the same model and concurrency."""
     rate = {(c.model, c.body, c.candidate, c.connections): c.result.requests_per_s for c in cells}
     order = list(LABELS)
+    models = list(dict.fromkeys(c.model for c in cells))  # in the order they ran
     rows = []
     for cell in sorted(
-        cells, key=lambda c: (MODELS.index(c.model), c.body, order.index(c.candidate), c.connections)
+        cells, key=lambda c: (models.index(c.model), c.body, order.index(c.candidate), c.connections)
     ):
         result = cell.result
         baseline = rate.get((cell.model, "json", "baseline", cell.connections))
@@ -483,6 +487,51 @@ def resnet_share(rows: list[dict[str, Any]], ceilings: dict[str, dict[int, float
     return shares
 
 
+# report.json metrics shown beside what a model serves: what it scores and what it costs.
+COST_METRICS = ("test_accuracy", "parameters", "multiply_adds")
+
+
+def model_costs(model_dir: Path) -> dict[str, float]:
+    """The served version's report.json figures of COST_METRICS that it records."""
+    config = json.loads((model_dir / "config.json").read_text())
+    version = served_version(version_folders(model_dir), config.get("version"))
+    metrics = json.loads((model_dir / str(version) / "report.json").read_text())["metrics"]
+    return {k: metrics[k] for k in COST_METRICS if k in metrics}
+
+
+def render_costs(results: dict[str, Any]) -> str:
+    """One row per model: accuracy, parameters and multiply-adds (report.json), the raw onnxruntime
+    ceilings, and what each candidate served over JSON at the lowest and highest concurrency."""
+    cells = [c for c in results["cells"] if c["body"] == "json"]
+    low = min((c["connections"] for c in cells), default=1)
+    high = max((c["connections"] for c in cells), default=1)
+    candidates = list(dict.fromkeys(c["candidate"] for c in cells))
+    header = ["model", "test accuracy", "parameters", "MACs / image", "ort b=1 /s", "ort b=32 /s"]
+    for cand in candidates:
+        header += [f"{LABELS[cand]}: c={low} p50 ms", f"c={low} req/s", f"c={high} req/s", f"c={high} p99 ms"]
+    rows = []
+    for model, cost in results.get("costs", {}).items():
+        ceiling = results["ceilings"].get(model, {})
+        row = [
+            model,
+            fmt(cost.get("test_accuracy"), ".4f"),
+            fmt(cost.get("parameters"), ",.0f"),
+            fmt(cost["multiply_adds"] / 1e6 if "multiply_adds" in cost else None, ".2f", "M"),
+            fmt(ceiling.get("1"), ".0f"),
+            fmt(ceiling.get("32"), ".0f"),
+        ]
+        for cand in candidates:
+            at = {c["connections"]: c for c in cells if c["model"] == model and c["candidate"] == cand}
+            row += [
+                fmt(at.get(low, {}).get("latency_ms", {}).get("50"), ".2f"),
+                fmt(at.get(low, {}).get("requests_per_s"), ".0f"),
+                fmt(at.get(high, {}).get("requests_per_s"), ".0f"),
+                fmt(at.get(high, {}).get("latency_ms", {}).get("99"), ".2f"),
+            ]
+        rows.append(row)
+    return markdown_table(header, rows)
+
+
 def render_report(results: dict[str, Any]) -> str:
     meta, startup = results["meta"], results["startup"]
     parts = [
@@ -493,6 +542,8 @@ def render_report(results: dict[str, Any]) -> str:
         render_cells(results["cells"]),
         "",
         render_ceilings({m: {int(b): r for b, r in c.items()} for m, c in results["ceilings"].items()}),
+        "",
+        render_costs(results),
         "",
     ]
     ceiling = results["ceilings"].get("resnet-shapes", {}).get("32")
@@ -562,9 +613,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="3 s per cell, c=1 and 32 only")
     parser.add_argument("--duration", type=int, help="seconds per measured cell (default 10; 3 with --quick)")
     parser.add_argument("--startup-runs", type=int, default=3, help="full-zoo start-up repetitions (0: skip)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file (.md beside it)")
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help=f"comma-separated zoo models (default {','.join(MODELS)})"
+    )
+    parser.add_argument(
+        "--candidates",
+        default=",".join(LABELS),
+        help=f"comma-separated, of {', '.join(LABELS)} (default: all)",
+    )
     args = parser.parse_args()
     args.duration = args.duration or (3 if args.quick else 10)
+    args.models = tuple(m for m in args.models.split(",") if m)
+    args.candidates = tuple(c for c in args.candidates.split(",") if c)
+    missing = [m for m in args.models if not (ROOT / "models" / m / "config.json").is_file()]
+    unknown = [c for c in args.candidates if c not in LABELS]
+    if missing or unknown or not args.models or not args.candidates:
+        parser.error(f"unknown models {missing} or candidates {unknown} (models/ and {', '.join(LABELS)})")
     return args
 
 
@@ -572,23 +637,26 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     concurrency = QUICK_CONCURRENCY if args.quick else CONCURRENCY
     warmup_s = 1 if args.quick else 2
     meta = metadata(args, concurrency, warmup_s)
-    repository = copy_models(work / "models")
-    bodies = {m: write_bodies(m, repository / m, work, seed) for seed, m in enumerate(MODELS)}
-    cands = candidates(repository)
-    cells_count = len(MODELS) * len(concurrency) * sum(len(c.bodies) for c in cands)
+    models = args.models
+    repository = copy_models(work / "models", models)
+    bodies = {m: write_bodies(m, repository / m, work, seed) for seed, m in enumerate(models)}
+    cands = [c for c in candidates(repository) if c.key in args.candidates]
+    cells_count = len(models) * len(concurrency) * sum(len(c.bodies) for c in cands)
     minutes = (
-        cells_count * (warmup_s + args.duration) + len(MODELS) * len(CEILING_BATCHES) * args.duration
+        cells_count * (warmup_s + args.duration) + len(models) * len(CEILING_BATCHES) * args.duration
     ) / 60
     progress(
         f"{cells_count} cells of {warmup_s} + {args.duration} s, plus start-up and ceilings: "
         f"about {minutes:.0f} min"
     )
     startup = measure_startup(work, args.startup_runs)
-    ceilings = {m: measure_ceiling(graph_file(repository / m), args.duration) for m in MODELS}
+    ceilings = {m: measure_ceiling(graph_file(repository / m), args.duration) for m in models}
     # The issue's ceiling: the best session settings on both cores (one session, two threads).
-    two_cores = measure_ceiling(
-        graph_file(repository / "resnet-shapes"), args.duration, cores="0,1", threads=2
-    )
+    two_cores = {}
+    if "resnet-shapes" in models:
+        two_cores = measure_ceiling(
+            graph_file(repository / "resnet-shapes"), args.duration, cores="0,1", threads=2
+        )
     progress(f"ceilings: {ceilings}; resnet on two cores: {two_cores}")
     with running_servers(cands, work) as servers:
         check_servers(servers, cands, bodies)
@@ -603,6 +671,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "cells": rows,
         "resnet_c32_vs_ceiling": resnet_share(rows, ceilings),
         "resnet_ceiling_two_cores": {str(b): r for b, r in two_cores.items()},
+        "costs": {m: model_costs(repository / m) for m in models},
     }
 
 
@@ -613,10 +682,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         results = run(args, Path(tmp))
-    print(render_report(results))
+    report = render_report(results)
+    print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    progress(f"wrote {args.out}")
+    args.out.with_suffix(".md").write_text(report + "\n")
+    progress(f"wrote {args.out} and {args.out.with_suffix('.md').name}")
 
 
 if __name__ == "__main__":

@@ -755,3 +755,61 @@ def add_noise(x: Tensor, std: float, generator: torch.Generator | None = None) -
     device = generator.device if generator is not None else x.device
     noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
     return (x + std * noise).clamp_(0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Two unpaired stroke domains made from one set of images (the CycleGAN's data)
+
+
+def _dilate(x: Tensor) -> Tensor:
+    return F.max_pool2d(x, 3, stride=1, padding=1)  # grey dilation by a 3x3 square
+
+
+def _erode(x: Tensor) -> Tensor:
+    return -F.max_pool2d(-x, 3, stride=1, padding=1)  # grey erosion: a min filter
+
+
+# Domain name -> how an image of that domain is made from a source image (B, C, H, W) in [0, 1]. One
+# 3x3 step each way: on digits28 two steps cost the zoo's LeNet-5 a third of its accuracy (measured:
+# 0.99 on the digits, 0.96 eroded, 0.97 dilated, 0.65 eroded twice, 0.78 dilated twice).
+STROKE_DOMAINS: dict[str, Callable[[Tensor], Tensor]] = {"thin": _erode, "thick": _dilate}
+
+
+def stroke_thickness(x: Tensor, threshold: float = 0.5) -> Tensor:
+    """Per image (B, 1, H, W) in [0, 1]: the mean chessboard distance from an ink pixel (> ``threshold``)
+    to the background, in pixels: 1 for hairlines, about a quarter of the width for wide strokes.
+
+    Counted by erosion: a pixel at distance d survives d - 1 erosions by the 3x3 square, so the mean
+    distance is 1 + (ink left after each erosion, summed) / ink. An image without ink scores 0.
+    """
+    ink = (x > threshold).to(x.dtype)
+    area = ink.sum(dim=(1, 2, 3))
+    total, layer = area.clone(), ink
+    for _ in range(max(x.shape[-2:]) // 2):  # nothing survives more erosions than half the side
+        layer = _erode(layer)
+        total += layer.sum(dim=(1, 2, 3))
+    return torch.where(area > 0, total / area.clamp(min=1), torch.zeros_like(area))
+
+
+def unpaired_domains(
+    split: TensorDataset, domains: tuple[str, str], seed: int
+) -> tuple[TensorDataset, TensorDataset]:
+    """Split ``split``'s images into two halves (stratified by class, so both halves hold every class
+    alike) and make each half one of ``domains`` (names in STROKE_DOMAINS): no image appears in both,
+    so a model trained on them never sees a pair. Labels travel with their images."""
+    unknown = [d for d in domains if d not in STROKE_DOMAINS]
+    if unknown:
+        raise DataError(f"unknown stroke domain(s) {unknown}; known: {', '.join(STROKE_DOMAINS)}")
+    x, y = split.tensors
+    rng = np.random.default_rng([seed, 0xC7C1E])
+    halves: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    for c in np.unique(y.numpy()):
+        idx = rng.permutation(np.flatnonzero(y.numpy() == c))
+        cut = (len(idx) + rng.integers(2)) // 2  # odd classes give the extra image to either half
+        halves[0].append(idx[:cut])
+        halves[1].append(idx[cut:])
+    parts = []
+    for domain, groups in zip(domains, halves, strict=True):
+        idx = torch.from_numpy(_interleave(groups, rng))
+        parts.append(TensorDataset(STROKE_DOMAINS[domain](x[idx]).clamp_(0.0, 1.0), y[idx]))
+    return parts[0], parts[1]

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor, nn
 
 # The activations a config may name. Kept to the classic five so that experiments (e.g. sigmoid vs
-# relu on a deep MLP) compare like with like across families.
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "silu", "gelu")
+# relu on a deep MLP) compare like with like across families, plus MobileNet's ReLU6 (min(max(x, 0),
+# 6): bounded activations keep low-precision inference accurate, the reason MobileNets use it).
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "silu", "gelu", "relu6")
 
 _ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -23,6 +24,7 @@ _ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "silu": nn.SiLU,
     "gelu": nn.GELU,
+    "relu6": nn.ReLU6,
 }
 
 
@@ -97,12 +99,13 @@ class ConvNormAct(nn.Sequential):
         padding: int | None = None,
         norm: bool = True,
         activation: str | None = "relu",
+        groups: int = 1,  # in_channels: a depthwise conv (one filter per channel, MobileNet)
     ) -> None:
         # Default padding keeps the size for odd kernels at stride 1 ("same") and halves it at stride 2.
         padding = kernel_size // 2 if padding is None else padding
         layers: list[nn.Module] = [
             # Batch norm has its own shift, so a conv bias before it is dead weight.
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=not norm)
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=not norm)
         ]
         if norm:
             layers.append(nn.BatchNorm2d(out_channels))

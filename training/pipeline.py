@@ -318,6 +318,8 @@ def summary_table(summaries: list[RunSummary], total_seconds: float | None = Non
             "padding_",
             "kv_cache",
             "pretrain",
+            "parameters",
+            "multiply_adds",
         )
         keys = [k for k in s.metrics if k.startswith(prefixes)]
         shown = ", ".join(f"{k}={s.metrics[k]:.4g}" for k in keys if not k.endswith("_loss"))

@@ -24,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 __all__ = [
     "image_grid",
     "plot_confusion_matrix",
+    "plot_distributions",
     "plot_grad_norms",
     "plot_history",
     "plot_vanishing_gradients",
@@ -358,6 +359,43 @@ def image_grid(
     if title:
         ax.set_title(title)
     fig.tight_layout(pad=0.3)
+    return _save(fig, path)
+
+
+def plot_distributions(
+    series: dict[str, Any], path: Path, title: str = "", xlabel: str = "", bins: int = 30
+) -> Path:
+    """Overlaid histograms (one per named 1-D array, shared bins) with each mean marked: whether one
+    set of values (say, translated images' stroke widths) moved to another's distribution."""
+    arrays = {name: _as_numpy(values).reshape(-1).astype(float) for name, values in series.items()}
+    arrays = {name: a[np.isfinite(a)] for name, a in arrays.items()}
+    if not arrays or not any(a.size for a in arrays.values()):
+        raise ValueError("plot_distributions needs at least one finite value")
+    every = np.concatenate([a for a in arrays.values() if a.size])
+    edges = np.histogram_bin_edges(every, bins=bins)
+    fig = Figure(figsize=(7.5, 4))
+    ax = fig.subplots()
+    colours = matplotlib.colormaps["tab10"]
+    for i, (name, values) in enumerate(arrays.items()):
+        if not values.size:
+            continue
+        colour = colours(i % 10)
+        ax.hist(
+            values,
+            bins=edges,
+            histtype="step",
+            linewidth=1.6,
+            color=colour,
+            label=f"{name} (mean {values.mean():.2f})",
+        )
+        ax.axvline(values.mean(), color=colour, linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -140,6 +140,20 @@ _add(
 )
 _add(
     Recipe(
+        name="mobilenet-shapes",
+        model="mobilenetv2",
+        dataset="shapes",
+        objective="classification",
+        description=(
+            "MobileNetV2-style lightweight CNN (depthwise-separable convs, inverted residuals, linear "
+            "bottlenecks) on the generated shapes task."
+        ),
+        train=TrainConfig(epochs=12, **_SHAPES_TRAIN),
+        quality=(QualityBar("test_accuracy", ">=", 0.95),),
+    )
+)
+_add(
+    Recipe(
         name="vit-shapes",
         model="vit",
         dataset="shapes",
@@ -218,6 +232,67 @@ _add(
         quality=(
             QualityBar("judge_mean_max_prob", ">=", 0.8),
             QualityBar("judge_classes_present", ">=", 10),
+        ),
+    )
+)
+
+_add(
+    Recipe(
+        name="cgan-digits",
+        model="conditional-dcgan",
+        dataset="digits28",
+        objective="conditional_gan",
+        description=(
+            "Class-conditional DCGAN for 28x28 digits (projection discriminator): (latent 32, class) -> "
+            "image in [-1, 1]; /generate takes class."
+        ),
+        # The DCGAN's settings (above).
+        train=TrainConfig(
+            epochs=60,
+            batch_size=32,
+            lr=2e-4,
+            betas=(0.5, 0.999),
+            weight_decay=0.0,
+            schedule="constant",
+            warmup_epochs=0.0,
+            grad_clip=0.0,
+            augment="shift",
+        ),
+        normalize_inputs=False,
+        judge="lenet5-digits",
+        quality=(QualityBar("judge_requested_class_accuracy", ">=", 0.9),),
+    )
+)
+
+_add(
+    Recipe(
+        name="cyclegan-strokes",
+        model="cyclegan",
+        dataset="digits28",
+        objective="cycle_gan",
+        description=(
+            "CycleGAN between thin- and thick-stroke digits (disjoint halves of digits28, eroded or "
+            "dilated: never paired): graphs thin_to_thick and thick_to_thin, image in, image out."
+        ),
+        # Measured (generator width 8): 20 epochs (~800 steps) kept the digit for 0.89 of thick -> thin
+        # translations, 40 epochs for 0.95 (the thin -> thick direction: 0.99 and 0.97).
+        train=TrainConfig(
+            epochs=40,
+            batch_size=16,
+            lr=2e-4,
+            betas=(0.5, 0.999),
+            weight_decay=0.0,
+            schedule="constant",
+            warmup_epochs=0.0,
+            grad_clip=0.0,
+        ),
+        normalize_inputs=False,
+        judge="lenet5-digits",
+        quality=(
+            QualityBar("judge_accuracy_thin_to_thick", ">=", 0.9),
+            QualityBar("judge_accuracy_thick_to_thin", ">=", 0.9),
+            QualityBar("stroke_shift_thin_to_thick", ">=", 0.5),
+            QualityBar("stroke_shift_thick_to_thin", ">=", 0.5),
         ),
     )
 )

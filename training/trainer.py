@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
 from training.data import DatasetBundle, add_noise, make_augment, normalize
@@ -645,7 +646,9 @@ def fit_gan(
 
     Non-saturating generator loss (maximise log D(G(z))) and one-sided label smoothing (real
     targets of ``real_label``) are the two standard tricks that keep small GANs from collapsing.
-    Images are scaled to [-1, 1] to match the generator's tanh.
+    Images are scaled to [-1, 1] to match the generator's tanh. A conditional GAN (``model.conditional``)
+    sees each real image with its label and asks for uniformly drawn classes, so every class is
+    asked for equally whatever the batch holds.
     """
     ctx = init_distributed()
     if ctx.enabled:
@@ -654,6 +657,8 @@ def fit_gan(
     augment = make_augment(cfg.augment)
     g_net, d_net = model.generator, model.discriminator
     latent_dim = model.config.latent_dim
+    conditional = getattr(model, "conditional", False)
+    num_classes = model.config.num_classes if conditional else 0
     opt_g = make_optimizer(g_net, cfg)
     opt_d = make_optimizer(d_net, cfg)
     steps_per_epoch = count_batches(len(bundle.train), cfg.batch_size)
@@ -668,22 +673,25 @@ def fit_gan(
         totals = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}
         batches = 0
         bar = _epoch_batches(bundle, cfg, epoch, generator, augment, steps_per_epoch, ctx)
-        for x, _ in bar:
+        for x, y in bar:
             real = x * 2 - 1  # (B, C, H, W) in [-1, 1]
             b = real.shape[0]
             z = torch.randn(b, latent_dim, generator=generator)
-            fake = g_net(z)
+            # A conditional GAN's nets also take the class: the real images' own, the fakes' drawn.
+            real_cond = (y,) if conditional else ()
+            fake_cond = (torch.randint(0, num_classes, (b,), generator=generator),) if conditional else ()
+            fake = g_net(z, *fake_cond)
 
             # Discriminator: real -> real_label, fake -> 0. The fake is detached: only D learns here.
-            d_real = d_net(real)
-            d_fake = d_net(fake.detach())
+            d_real = d_net(real, *real_cond)
+            d_fake = d_net(fake.detach(), *fake_cond)
             d_loss = F.binary_cross_entropy_with_logits(
                 d_real, torch.full_like(d_real, real_label)
             ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
             _update(d_loss, opt_d, d_net, cfg)
 
             # Generator: non-saturating loss, gradients flow through D into G.
-            d_on_fake = d_net(fake)
+            d_on_fake = d_net(fake, *fake_cond)
             g_loss = F.binary_cross_entropy_with_logits(d_on_fake, torch.ones_like(d_on_fake))
             _update(g_loss, opt_g, g_net, cfg, recorder, step)
             sched_g.step()
@@ -696,6 +704,122 @@ def fit_gan(
             totals["d_fake"] += torch.sigmoid(d_fake).mean().item()
             batches += 1
             bar.set_postfix(d=f"{d_loss.item():.3f}", g=f"{g_loss.item():.3f}")
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        row = {"epoch": epoch + 1, "lr": opt_g.param_groups[0]["lr"]}
+        row.update({k: v / max(batches, 1) for k, v in totals.items()})
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if checkpoint_dir is not None:
+            _save_last(checkpoint_dir, checkpoint_meta, cfg, model, history, epoch + 1, step)
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+    model.eval()
+    return TrainResult(
+        history=history,
+        grad_norms=recorder.to_dict(),
+        epochs_run=len(history),
+        seconds=time.perf_counter() - started,
+        best_epoch=len(history),
+    )
+
+
+def _least_squares(scores: Tensor, target: float) -> Tensor:
+    """LSGAN's loss (Mao et al., 2017): mean squared distance of the scores from the target label."""
+    return F.mse_loss(scores, torch.full_like(scores, target))
+
+
+def fit_cycle_gan(
+    model: nn.Module,
+    domain_a: TensorDataset,
+    domain_b: TensorDataset,
+    cfg: TrainConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    checkpoint_meta: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """CycleGAN training on two unpaired sets of images in [0, 1]: each step takes a batch of each.
+
+    The generators learn to fool the other domain's discriminator (least squares, target 1), to give
+    the input back after a round trip (L1, ``model.config.cycle_weight``) and to leave an image of
+    their target domain as it is (L1, ``identity_weight``); then the discriminators learn real (1)
+    from generated (0), their loss halved as in the paper so that they learn slower than the
+    generators. An epoch is one pass over the smaller domain.
+    """
+    ctx = init_distributed()
+    if ctx.enabled:
+        raise ValueError("GAN training runs in a single process")
+    generator = seed_everything(cfg.seed)
+    augment = make_augment(cfg.augment)
+    config = model.config
+    g_ab, g_ba, d_a, d_b = model.a_to_b, model.b_to_a, model.discriminator_a, model.discriminator_b
+    generators, discriminators = model.generators, model.discriminators
+    opt_g = make_optimizer(generators, cfg)
+    opt_d = make_optimizer(discriminators, cfg)
+    steps_per_epoch = min(
+        count_batches(len(domain_a), cfg.batch_size), count_batches(len(domain_b), cfg.batch_size)
+    )
+    sched_g = make_scheduler(opt_g, cfg, steps_per_epoch)
+    sched_d = make_scheduler(opt_d, cfg, steps_per_epoch)
+    recorder = GradNormRecorder(generators)
+    history: list[dict[str, float]] = []
+    step = 0
+    started = time.perf_counter()
+    model.train()
+    for epoch in range(cfg.epochs):
+        totals = dict.fromkeys(("d_loss", "g_adversarial_loss", "cycle_loss", "identity_loss"), 0.0)
+        batches = 0
+        # The larger domain's last batches are left for its next shuffle.
+        pairs = zip(
+            iterate_batches(domain_a, cfg.batch_size, shuffle=True, generator=generator),
+            iterate_batches(domain_b, cfg.batch_size, shuffle=True, generator=generator),
+            strict=False,
+        )
+        bar = tqdm(
+            pairs,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for (a, _), (b, _) in bar:  # (B, C, H, W) each, in [0, 1]; never the same images
+            if augment is not None:
+                a, b = augment(a, generator), augment(b, generator)
+
+            # Generators: fool the discriminators, survive the round trip, leave their own domain alone.
+            # The discriminators are frozen meanwhile: the gradients they would collect are discarded.
+            discriminators.requires_grad_(False)
+            fake_b, fake_a = g_ab(a), g_ba(b)
+            adversarial = _least_squares(d_b(fake_b), 1.0) + _least_squares(d_a(fake_a), 1.0)
+            cycle = F.l1_loss(g_ba(fake_b), a) + F.l1_loss(g_ab(fake_a), b)
+            identity = (
+                F.l1_loss(g_ab(b), b) + F.l1_loss(g_ba(a), a)
+                if config.identity_weight > 0
+                else torch.zeros(())
+            )
+            g_loss = adversarial + config.cycle_weight * cycle + config.identity_weight * identity
+            _update(g_loss, opt_g, generators, cfg, recorder, step)
+            discriminators.requires_grad_(True)
+
+            # Discriminators: real -> 1, generated -> 0 (detached: only the discriminators learn here).
+            d_loss = 0.5 * (
+                _least_squares(d_a(a), 1.0)
+                + _least_squares(d_a(fake_a.detach()), 0.0)
+                + _least_squares(d_b(b), 1.0)
+                + _least_squares(d_b(fake_b.detach()), 0.0)
+            )
+            _update(d_loss, opt_d, discriminators, cfg)
+            sched_g.step()
+            sched_d.step()
+            step += 1
+
+            for key, value in zip(totals, (d_loss, adversarial, cycle, identity), strict=True):
+                totals[key] += value.item()
+            batches += 1
+            bar.set_postfix(d=f"{d_loss.item():.3f}", cycle=f"{cycle.item():.3f}")
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         row = {"epoch": epoch + 1, "lr": opt_g.param_groups[0]["lr"]}

@@ -76,6 +76,7 @@ LIST_LIMITS: dict[str, tuple[str, str]] = {
     "prompt": ("max_prompts", "prompt holds {n} prompts; at most {limit}"),
     "stop": ("max_stop_strings", "stop has {n} strings; at most {limit}"),
     "latent": ("max_images", "latent must hold 1 to {limit} vectors; got {n}"),
+    "class": ("max_images", "class holds {n} classes; at most {limit} images per request"),
 }
 
 

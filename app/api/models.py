@@ -61,7 +61,7 @@ def request_limits(mv: ModelVersion, registry: Registry) -> dict[str, Any]:
         "max_body_bytes": settings.max_body_bytes,
         "max_json_bytes": settings.max_json_bytes,
     }
-    if config.task in ("classification", "reconstruction"):
+    if config.task in ("classification", "reconstruction", "image_translation"):
         limits.update(
             max_items=settings.max_items_per_request, max_tensor_elements=settings.max_tensor_elements
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from app.kinds import GENERATE, PREDICT, applies_to, applies_to_every_kind
 
@@ -48,6 +48,12 @@ class PredictRequest(BaseModel):
                 {"model": "mlp-digits", "inputs": [[0.0] * 64]},
                 {"model": "autoencoder-digits", "inputs": DIGIT_PNG, "return_latent": True, "format": "png"},
                 {"model": "lstm-order", "inputs": "A-B-C-D", "map_unknown": True},
+                {
+                    "model": "cyclegan-strokes",
+                    "inputs": DIGIT_PNG,
+                    "direction": "thin_to_thick",
+                    "format": "png",
+                },
             ],
         ),
     )
@@ -65,6 +71,14 @@ class PredictRequest(BaseModel):
     top_k: int | None = Field(default=None, ge=1, description="Return the k most likely classes.")
     return_latent: bool = Field(default=False, description="Also return the latent code.")
     return_reconstruction: bool = Field(default=False, description="Also decode the posterior mean.")
+    direction: str | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "Which way to translate: one of the model's graphs, e.g. thin_to_thick (GET /models/{name} "
+            "lists them); required."
+        ),
+    )
     format: Literal["png", "array"] = Field(
         default="array",
         description='Image outputs as nested lists (C, H, W) ("array", the default) or base64 PNG ("png").',
@@ -88,6 +102,7 @@ class PredictOutput(BaseModel):
     top_k: list[ClassProbability] | None = None
     reconstruction: list | str | None = Field(default=None, description="Autoencoders: (C, H, W) or PNG.")
     latent: list[float] | None = None
+    image: list | str | None = Field(default=None, description="Image translators: (C, H, W) or PNG.")
     mu: list[float] | None = Field(default=None, description="VAE encoder: posterior mean.")
     logvar: list[float] | None = Field(default=None, description="VAE encoder: posterior log-variance.")
 
@@ -119,6 +134,7 @@ class PredictResponse(BaseModel):
     model: str
     version: int
     task: str
+    direction: str | None = Field(default=None, description="Image translators: the direction used.")
     outputs: list[PredictOutput]
 
 
@@ -283,6 +299,7 @@ class GenerateRequest(BaseModel):
                 {"model": "seq2seq-dates", "input": "3rd of March 2021", "num_beams": 4},
                 {"model": "dcgan-digits", "num_samples": 4, "seed": 7},
                 {"model": "vae-digits", "interpolate": {"from": 1, "to": 2, "steps": 8}},
+                {"model": "cgan-digits", "num_samples": 4, "class": 7, "seed": 1},
             ],
         ),
     )
@@ -314,6 +331,14 @@ class GenerateRequest(BaseModel):
     )
     latent: list[list[float]] | None = Field(default=None, description="Explicit latent vectors instead.")
     interpolate: Interpolation | None = Field(default=None, description="A walk between two seeds' latents.")
+    class_: StrictInt | list[StrictInt] | None = Field(
+        default=None,
+        alias="class",
+        description=(
+            "The class of every image (one id), or one id per image; an id indexes the model's labels "
+            "(GET /models/{name}). Default: the classes in turn (0, 1, 2, ...)."
+        ),
+    )
     format: Literal["png", "array"] = Field(
         default="png",
         description='Images as base64 PNG ("png", the default) or nested lists (C, H, W) ("array").',
@@ -338,3 +363,6 @@ class GenerateResponse(BaseModel):
     images: list[str] | None = Field(default=None, description="Base64 PNGs.")
     arrays: list[list] | None = None
     latents: list[list[float]] | None = None
+    classes: list[int] | None = Field(
+        default=None, description="Class-conditional generators: each image's class."
+    )

@@ -209,13 +209,22 @@ class VersionPolicy(_Strict):
 class ModelConfig(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     family: str
-    task: Literal["classification", "reconstruction", "generation", "text_generation", "seq2seq", "diffusion"]
+    task: Literal[
+        "classification",
+        "reconstruction",
+        "generation",
+        "text_generation",
+        "seq2seq",
+        "image_translation",
+        "diffusion",
+    ]
     description: str = ""
     # Pin a version; by default the highest integer version folder is served.
     version: int | None = None
     # Which version folders are loaded and served (Triton's version_policy); None: the latest one.
     version_policy: VersionPolicy | None = None
-    # Role -> graph, e.g. {"model": ...} or {"encoder": ..., "decoder": ...} or {"generator": ...}.
+    # Role -> graph, e.g. {"model": ...} or {"encoder": ..., "decoder": ...} or {"generator": ...};
+    # an image translator has one graph per direction ({"thin_to_thick": ..., "thick_to_thin": ...}).
     graphs: dict[str, GraphSpec]
     preprocessing: ImagePreprocessing | TextPreprocessing | None = Field(default=None, discriminator="kind")
     postprocessing: ImagePostprocessing | None = None
@@ -233,6 +242,8 @@ class ModelConfig(_Strict):
             raise ValueError("a classification model needs labels")
         if self.task == "generation" and (self.generation is None or self.generation.latent_dim is None):
             raise ValueError("a generation model needs generation defaults with latent_dim")
+        if self.task == "image_translation" and not isinstance(self.preprocessing, ImagePreprocessing):
+            raise ValueError("an image_translation model needs image preprocessing (it takes images)")
         if self.task == "diffusion" and (self.diffusion is None or self.postprocessing is None):
             raise ValueError("a diffusion model needs its diffusion schedule and image postprocessing")
         if self.task in ("text_generation", "seq2seq") and not isinstance(

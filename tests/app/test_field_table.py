@@ -39,6 +39,12 @@ BASES: dict[Kind, dict] = {
     Kind.LANGUAGE_MODEL: {"model": "gpt-corpus", "prompt": "The ", "max_new_tokens": 2},
     Kind.SEQ2SEQ: {"model": "seq2seq-dates", "input": "3 May 2020", "max_new_tokens": 12},
     Kind.IMAGE_GENERATOR: {"model": "dcgan-digits", "num_samples": 1},
+    Kind.CONDITIONAL_IMAGE_GENERATOR: {"model": "cgan-digits", "num_samples": 1},
+    Kind.IMAGE_TRANSLATOR: {
+        "model": "cyclegan-strokes",
+        "inputs": [[[[0.0] * 28] * 28]],
+        "direction": "thick_to_thin",
+    },
 }
 # A value of each field that asks for something (not its default, null, false or []), valid by the
 # schema and for the kinds the field applies to (starting from their BASES request).
@@ -47,6 +53,7 @@ VALUES: dict[str, dict] = {
         "top_k": 1,
         "return_latent": True,
         "return_reconstruction": True,
+        "direction": "thin_to_thick",
         "format": "png",
         "map_unknown": True,
     },
@@ -65,6 +72,7 @@ VALUES: dict[str, dict] = {
         "num_samples": 2,
         "latent": [[0.0] * 32],
         "interpolate": {"from": 1, "to": 2, "steps": 2},
+        "class": 3,
         "format": "array",
         "map_unknown": True,
     },
@@ -102,7 +110,9 @@ def _endpoint_of(kind: Kind) -> str:
 
 def test_the_table_lists_every_field_of_both_bodies() -> None:
     for endpoint, schema in SCHEMAS.items():
-        assert list(FIELD_KINDS[endpoint]) == list(schema.model_fields), endpoint
+        # By the names clients write (``class``, held by the attribute ``class_``).
+        written = [info.alias or name for name, info in schema.model_fields.items()]
+        assert list(FIELD_KINDS[endpoint]) == written, endpoint
         for kinds in FIELD_KINDS[endpoint].values():
             assert kinds and set(kinds) <= set(ENDPOINT_KINDS[endpoint])
         # Every field that some kind refuses has a value to try it with here.
@@ -144,8 +154,8 @@ def test_every_refused_field_is_named_at_once(kc) -> None:
     response = kc.post(GENERATE, json=body)
     assert response.status_code == 422
     assert response.json()["error"] == (
-        "num_beams (for seq2seq models), num_samples (for image generators) do not apply to model "
-        "'gpt-corpus', a language model"
+        "num_beams (for seq2seq models), num_samples (for image generators, class-conditional image "
+        "generators) do not apply to model 'gpt-corpus', a language model"
     )
 
 

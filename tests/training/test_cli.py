@@ -45,6 +45,28 @@ def test_build_exports_every_recipe(zoo):
     assert set(vae.graphs) == {"encoder", "decoder"} and vae.generation.latent_dim > 0
     gan = json.loads((zoo / "models" / "dcgan-digits" / "1" / "report.json").read_text())
     assert 0.1 <= gan["metrics"]["judge_mean_max_prob"] <= 1.0  # scored by the exported lenet5
+    # The classifiers report what they cost; the lightweight CNN is the cheapest shapes classifier.
+    cost = {
+        name: json.loads((zoo / "models" / name / "1" / "report.json").read_text())["metrics"]
+        for name in ("resnet-shapes", "alexnet-shapes", "mobilenet-shapes")
+    }
+    assert all(c["parameters"] > 0 and c["multiply_adds"] > 0 for c in cost.values())
+    assert cost["mobilenet-shapes"]["multiply_adds"] < cost["resnet-shapes"]["multiply_adds"]
+    assert cost["mobilenet-shapes"]["parameters"] < cost["alexnet-shapes"]["parameters"]
+    # The conditional GAN takes a class and is judged on it; the CycleGAN exports both directions.
+    cgan = ModelConfig.model_validate_json((zoo / "models" / "cgan-digits" / "config.json").read_text())
+    assert [i.name for i in cgan.graphs["generator"].inputs] == ["latent", "class"]
+    assert cgan.labels == [str(d) for d in range(10)] and cgan.generation.num_samples == 10
+    cgan_report = json.loads((zoo / "models" / "cgan-digits" / "1" / "report.json").read_text())
+    assert 0 <= cgan_report["metrics"]["judge_requested_class_accuracy"] <= 1
+    cycle = ModelConfig.model_validate_json((zoo / "models" / "cyclegan-strokes" / "config.json").read_text())
+    assert cycle.task == "image_translation" and set(cycle.graphs) == {"thin_to_thick", "thick_to_thin"}
+    cycle_report = json.loads((zoo / "models" / "cyclegan-strokes" / "1" / "report.json").read_text())
+    assert set(cycle_report["parity"]["per_graph"]) == {"thin_to_thick", "thick_to_thin"}
+    metrics = cycle_report["metrics"]
+    assert metrics["stroke_thin"] < metrics["stroke_thick"]  # the domains differ as made
+    assert {"judge_accuracy_thin_to_thick", "judge_accuracy_thick_to_thin", "test_cycle_l1"} <= set(metrics)
+    assert {"translations.png", "stroke_thickness.png"} <= set(cycle_report["plots"])
     dae = json.loads((zoo / "models" / "dae-digits" / "1" / "report.json").read_text())
     assert {"test_mse_noisy", "test_mse_clean", "noisy_input_mse"} <= set(dae["metrics"])
     assert (

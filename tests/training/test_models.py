@@ -40,7 +40,14 @@ EXPECTED: dict[str, tuple[tuple[int, ...], list[tuple[int, ...]]]] = {
     "denoising-autoencoder": ((3, 1, 28, 28), [(3, 1, 28, 28), (3, 16)]),
     "vae": ((3, 1, 28, 28), [(3, 1, 28, 28), (3, 16), (3, 16)]),
     "dcgan": ((3, 32), [(3, 1, 28, 28)]),
+    "conditional-dcgan": ((3, 32), [(3, 1, 28, 28)]),
+    "mobilenetv2": ((3, 3, 32, 32), [(3, 6)]),
+    "cyclegan": ((3, 1, 28, 28), [(3, 1, 28, 28), (3, 1, 28, 28)]),
 }
+# Inputs after the first, for the models that take more (the conditional GAN's class ids).
+EXTRA_INPUTS = {"conditional-dcgan": lambda batch: (torch.randint(0, 10, (batch,)),)}
+# What a forward trains: the GANs' forward is their generator(s) only.
+GENERATORS = {"dcgan": ["generator"], "conditional-dcgan": ["generator"], "cyclegan": ["a_to_b", "b_to_a"]}
 
 
 def _as_tuple(out: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -61,13 +68,14 @@ def test_builds_with_defaults_and_forward_shapes(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name)
     in_shape, out_shapes = EXPECTED[name]
-    outputs = _as_tuple(model(torch.rand(in_shape)))  # train mode: BN and dropout active
+    extra = EXTRA_INPUTS.get(name, lambda batch: ())(in_shape[0])
+    outputs = _as_tuple(model(torch.rand(in_shape), *extra))  # train mode: BN and dropout active
     assert [tuple(o.shape) for o in outputs] == out_shapes
     assert all(torch.isfinite(o).all() for o in outputs)
-    # Training must reach every parameter the forward uses (the DCGAN forward is the generator only).
+    # Training must reach every parameter the forward uses (a GAN's forward is its generators only).
     sum(o.sum() for o in outputs).backward()
-    trained = model.generator if name == "dcgan" else model
-    assert all(p.grad is not None for p in trained.parameters())
+    trained = [getattr(model, part) for part in GENERATORS[name]] if name in GENERATORS else [model]
+    assert all(p.grad is not None for part in trained for p in part.parameters())
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -77,12 +85,18 @@ def test_graphs_follow_the_naming_conventions(name: str) -> None:
     expected = {
         "vae": {"encoder": (["input"], ["mu", "logvar"]), "decoder": (["latent"], ["reconstruction"])},
         "dcgan": {"generator": (["latent"], ["image"])},
+        "conditional-dcgan": {"generator": (["latent", "class"], ["image"])},
+        "cyclegan": {"thin_to_thick": (["input"], ["image"]), "thick_to_thin": (["input"], ["image"])},
         "autoencoder": {"model": (["input"], ["reconstruction", "latent"])},
         "denoising-autoencoder": {"model": (["input"], ["reconstruction", "latent"])},
     }.get(name, {"model": (["input"], ["logits"])})
     assert {g.role: (list(g.inputs), g.output_names) for g in graphs} == expected
     for g in graphs:
-        assert all(t.shape[0] == 4 and t.dtype == torch.float32 for t in g.inputs.values())
+        # Class ids are int64; every other input is float32.
+        assert all(
+            t.shape[0] == 4 and t.dtype == (torch.int64 if n == "class" else torch.float32)
+            for n, t in g.inputs.items()
+        )
         with torch.no_grad():
             outputs = _as_tuple(g.module(*g.inputs.values()))
         assert len(outputs) == len(g.output_names)
@@ -140,6 +154,13 @@ def test_invalid_activation_names_the_field(name: str) -> None:
         ("autoencoder", {"widths": ()}, "widths"),
         ("vae", {"latent_dim": -1}, "latent_dim"),
         ("dcgan", {"image_size": 30}, "image_size"),
+        ("conditional-dcgan", {"num_classes": 0}, "num_classes"),
+        ("mobilenetv2", {"width_multiplier": 0}, "width_multiplier"),
+        ("mobilenetv2", {"blocks": [[6, 16, 2, 3]]}, "stride"),
+        ("mobilenetv2", {"blocks": [[6, 16, 2]]}, "blocks"),
+        ("cyclegan", {"domain_a": "thick"}, "differ"),
+        ("cyclegan", {"domain_b": "Thick Strokes"}, "domain_b"),
+        ("cyclegan", {"cycle_weight": -1}, "cycle_weight"),
     ],
 )
 def test_invalid_fields_raise_value_error_naming_them(name: str, overrides: dict, field: str) -> None:
@@ -154,8 +175,9 @@ def test_make_activation() -> None:
         "Tanh",
         "SiLU",
         "GELU",
+        "ReLU6",
     ]
-    with pytest.raises(ValueError, match="allowed: relu, sigmoid, tanh, silu, gelu"):
+    with pytest.raises(ValueError, match="allowed: relu, sigmoid, tanh, silu, gelu, relu6"):
         make_activation("swish")
 
 
@@ -274,6 +296,70 @@ def test_dcgan_discriminator_returns_flat_logits() -> None:
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.discriminator.modules())
 
 
+def test_conditional_dcgan_asks_for_a_class() -> None:
+    torch.manual_seed(0)
+    model = build_model("conditional-dcgan").eval()
+    z = torch.randn(4, 32).repeat(2, 1)  # the same latents, asked for two classes
+    labels = torch.tensor([1] * 4 + [7] * 4)
+    with torch.no_grad():
+        images = model(z, labels)
+        scores = model.discriminator(images, labels)
+    assert images.shape == (8, 1, 28, 28) and scores.shape == (8,)
+    assert not torch.allclose(images[:4], images[4:])  # the class changes the image
+
+
+def test_mobilenet_blocks_are_depthwise_separable_inverted_residuals() -> None:
+    from training.models.mobilenet import InvertedResidual, make_divisible
+
+    model = build_model("mobilenetv2")
+    blocks = [m for m in model.modules() if isinstance(m, InvertedResidual)]
+    assert len(blocks) == sum(row[2] for row in model.config.blocks)
+    for block in blocks:
+        convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+        depthwise = [c for c in convs if c.groups > 1]
+        assert (
+            len(depthwise) == 1 and depthwise[0].groups == depthwise[0].in_channels
+        )  # one filter per channel
+        project = convs[-1]
+        assert project.kernel_size == (1, 1)
+        # The projection is linear: conv -> batch norm, no activation after it.
+        assert not any(isinstance(m, nn.ReLU6) for m in block.block[-1].modules())
+    # Identity skips exactly where the block keeps its shape.
+    x = torch.rand(2, 8, 16, 16)
+    kept, widened = InvertedResidual(8, 8, 1, 6, "relu6"), InvertedResidual(8, 16, 1, 6, "relu6")
+    assert kept.residual and not widened.residual and not InvertedResidual(8, 8, 2, 6, "relu6").residual
+    assert kept(x).shape == x.shape
+    # The width multiplier scales the channels in multiples of 8.
+    assert make_divisible(24 * 0.5) == 16 and make_divisible(32 * 0.75) == 24 and make_divisible(3) == 8
+    half = build_model("mobilenetv2", width_multiplier=0.5)
+    assert sum(p.numel() for p in half.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_multiply_adds_count_depthwise_convs_per_channel() -> None:
+    from training.complexity import multiply_adds, parameter_count
+
+    conv = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+    depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+    x = torch.rand(3, 16, 8, 8)
+    assert multiply_adds(conv, x) == 16 * 16 * 9 * 64  # per example, whatever the batch
+    assert multiply_adds(depthwise, x) == 16 * 9 * 64
+    assert multiply_adds(nn.Linear(10, 4), torch.rand(5, 10)) == 40
+    assert parameter_count(depthwise) == 16 * 9
+
+
+def test_cyclegan_generators_keep_images_in_range_and_shape() -> None:
+    torch.manual_seed(0)
+    model = build_model("cyclegan", domain_a="clean", domain_b="noisy").eval()
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        for generator in (model.a_to_b, model.b_to_a):
+            out = generator(x)
+            assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+        assert model.discriminator_a(x).shape == (3, 7, 7)  # a PatchGAN: one score per patch
+    assert [g.role for g in model.graphs()] == ["clean_to_noisy", "noisy_to_clean"]
+    assert set(model.generators) == {"clean_to_noisy", "noisy_to_clean"}
+
+
 # ------------------------------------------------------------------------------------------------
 # Layers used by the later sequence models
 
@@ -342,7 +428,10 @@ def _export_and_check(graph: GraphExport, path: Path, batch_sizes: tuple[int, ..
         feeds = {}
         for name, example in graph.inputs.items():
             shape = [batch if axis == 0 else size for axis, size in enumerate(example.shape)]
-            feeds[name] = torch.rand(shape) if name == "input" else torch.randn(shape)
+            if example.dtype == torch.int64:  # class ids, up to the largest the example holds
+                feeds[name] = torch.randint(0, int(example.max()) + 1, shape)
+            else:
+                feeds[name] = torch.rand(shape) if name == "input" else torch.randn(shape)
         with torch.no_grad():
             expected = _as_tuple(module(*feeds.values()))
         got = session.run(graph.output_names, {k: v.numpy() for k, v in feeds.items()})
@@ -359,7 +448,7 @@ def _settle_batch_norm(model: nn.Module, graphs: list[GraphExport]) -> None:
     with torch.no_grad():
         for _ in range(3):
             for g in graphs:
-                g.module(*(t * 2 + 0.5 for t in g.inputs.values()))
+                g.module(*(t * 2 + 0.5 if t.is_floating_point() else t for t in g.inputs.values()))
     model.eval()
 
 
@@ -375,6 +464,9 @@ EXPORT_CASES = [
     ("autoencoder", {"widths": (8, 8), "latent_dim": 4}),
     ("vae", {"widths": (8, 8), "latent_dim": 4}),
     ("dcgan", {"generator_width": 8, "discriminator_width": 8}),
+    ("conditional-dcgan", {"generator_width": 8, "discriminator_width": 8}),
+    ("mobilenetv2", {"width_multiplier": 0.5}),
+    ("cyclegan", {"generator_width": 4, "residual_blocks": 1, "discriminator_width": 4}),
 ]
 
 

@@ -29,6 +29,8 @@ SERVED_TASKS = {
     "denoising": "reconstruction",
     "vae": "reconstruction",
     "gan": "generation",
+    "conditional_gan": "generation",
+    "cycle_gan": "image_translation",
     "language_model": "text_generation",
     "seq2seq": "seq2seq",
 }

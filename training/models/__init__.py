@@ -1,3 +1,17 @@
 """Model families; importing this package registers every builder."""
 
-from training.models import autoencoder, bert, cnn, gan, gpt, mlp, resnet, rnn, seq2seq, unet, vit  # noqa: F401
+from training.models import (  # noqa: F401
+    autoencoder,
+    bert,
+    cnn,
+    cyclegan,
+    gan,
+    gpt,
+    mlp,
+    mobilenet,
+    resnet,
+    rnn,
+    seq2seq,
+    unet,
+    vit,
+)

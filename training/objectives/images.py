@@ -1,4 +1,5 @@
-"""Objectives on images: classification, autoencoders (plain, denoising, variational) and the GAN."""
+"""Objectives on images: classification, autoencoders (plain, denoising, variational), the GANs
+(unconditional and class-conditional) and unpaired image-to-image translation (CycleGAN)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from app.core.repository_format import (
     version_folders,
 )
 from training import plots, trainer
-from training.data import DatasetBundle, add_noise, normalize
+from training.complexity import multiply_adds, parameter_count
+from training.data import DatasetBundle, add_noise, normalize, stroke_thickness, unpaired_domains
 from training.objectives.base import (
     Measured,
     RecipeObjective,
@@ -66,7 +68,10 @@ class Classification(RecipeObjective):
     def evaluate(self, run: Run) -> Measured:
         metrics, pictures = super().evaluate(run)
         figures, confusion = classifier_figures(run, self.recipe.name)
-        return {**metrics, **figures}, {**pictures, **confusion}
+        # What the model costs, beside what it scores: the light and the heavy nets compared in the README.
+        example = run.bundle.test.tensors[0][:2]  # (2, C, H, W): the served input size
+        cost = {"parameters": parameter_count(run.model), "multiply_adds": multiply_adds(run.model, example)}
+        return {**metrics, **figures, **cost}, {**pictures, **confusion}
 
     def config_fields(self, run: Run) -> dict[str, Any]:
         return {
@@ -164,6 +169,51 @@ class VAE(_Autoencoder):
         return {**super().config_fields(run), "generation": _latent_generation(run.model)}
 
 
+def judge_probabilities(
+    run: Run, judge: str, images: torch.Tensor, *, same_labels: bool = False
+) -> torch.Tensor:
+    """Softmax of the zoo's exported classifier ``judge`` over ``images`` (N, C, H, W) in [0, 1],
+    run in onnxruntime on the version the server serves: the judge of the generators' samples.
+    ``same_labels``: the judge's classes must be the data's (its answers are compared with labels)."""
+    judge_dir = run.repository / judge
+    if not (judge_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"judge {judge!r} not found in {run.repository}; build it first "
+            f"(python -m training train {judge})"
+        )
+    config = ModelConfig.model_validate_json((judge_dir / CONFIG_FILE).read_text())
+    version = served_version(version_folders(judge_dir), config.version)  # the one the server serves
+    graph = config.graphs["model"]
+    session = ort.InferenceSession(
+        str(judge_dir / str(version) / graph.file), providers=["CPUExecutionProvider"]
+    )
+    pre = config.preprocessing
+    if tuple(images.shape[1:]) != (pre.channels, pre.height, pre.width):
+        raise ValueError(f"judge {judge!r} expects {pre.channels}x{pre.height}x{pre.width} images")
+    if same_labels and config.labels != run.bundle.labels:
+        raise ValueError(f"judge {judge!r} has labels {config.labels}; the data has {run.bundle.labels}")
+    feed = normalize(images, pre.mean, pre.std).numpy().astype(np.float32)
+    logits = session.run(None, {graph.inputs[0].name: feed})[0]
+    return torch.softmax(torch.from_numpy(logits), -1)  # (N, classes)
+
+
+def _sample_scores(probs: torch.Tensor) -> dict[str, float]:
+    """How digit-like samples are (mean max-probability) and how many classes they cover (mode collapse)."""
+    counts = np.bincount(probs.argmax(-1).numpy(), minlength=probs.shape[1])
+    return {
+        "judge_mean_max_prob": float(probs.max(-1).values.mean()),
+        "judge_classes_present": float((counts > 0).sum()),
+        "judge_min_class_share": float(counts.min() / len(probs)),
+    }
+
+
+def _class_accuracy(probs: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, float]:
+    """The judge's accuracy against ``labels``, overall and on the worst class."""
+    hits = (probs.argmax(-1) == labels).float()
+    per_class = [float(hits[labels == c].mean()) for c in labels.unique()]
+    return {f"{prefix}accuracy": float(hits.mean()), f"{prefix}worst_class_accuracy": min(per_class)}
+
+
 @register_objective("gan")
 class GAN(RecipeObjective):
     """DCGAN: its own adversarial loop; served as the generator (z -> image in [-1, 1])."""
@@ -195,39 +245,11 @@ class GAN(RecipeObjective):
         return metrics, {"samples.png": path}
 
     def _judge(self, run: Run) -> dict[str, float]:
-        """Score samples with the zoo's exported digits classifier (``recipe.judge``) in onnxruntime.
-
-        Mean max-probability says how digit-like the samples are; the number of distinct predicted
-        classes exposes mode collapse.
-        """
-        judge = self.recipe.judge
-        judge_dir = run.repository / judge
-        if not (judge_dir / CONFIG_FILE).is_file():
-            raise FileNotFoundError(
-                f"GAN judge {judge!r} not found in {run.repository}; build it first "
-                f"(python -m training train {judge})"
-            )
-        config = ModelConfig.model_validate_json((judge_dir / CONFIG_FILE).read_text())
-        version = served_version(version_folders(judge_dir), config.version)  # the one the server serves
-        graph = config.graphs["model"]
-        session = ort.InferenceSession(
-            str(judge_dir / str(version) / graph.file), providers=["CPUExecutionProvider"]
-        )
-        pre = config.preprocessing
+        """Score GAN_JUDGE_SAMPLES samples with the zoo's digits classifier (``recipe.judge``)."""
         generator = torch.Generator().manual_seed(run.train_cfg.seed + 1)
         z = torch.randn(GAN_JUDGE_SAMPLES, run.model.config.latent_dim, generator=generator)
         images = (run.model.generator(z) + 1) / 2  # (N, C, H, W) in [0, 1]
-        if tuple(images.shape[1:]) != (pre.channels, pre.height, pre.width):
-            raise ValueError(f"judge {judge!r} expects {pre.channels}x{pre.height}x{pre.width} images")
-        feed = normalize(images, pre.mean, pre.std).numpy().astype(np.float32)
-        logits = session.run(None, {graph.inputs[0].name: feed})[0]
-        probs = torch.softmax(torch.from_numpy(logits), -1)
-        counts = np.bincount(probs.argmax(-1).numpy(), minlength=probs.shape[1])
-        return {
-            "judge_mean_max_prob": float(probs.max(-1).values.mean()),
-            "judge_classes_present": float((counts > 0).sum()),
-            "judge_min_class_share": float(counts.min() / GAN_JUDGE_SAMPLES),
-        }
+        return _sample_scores(judge_probabilities(run, self.recipe.judge, images))
 
     def config_fields(self, run: Run) -> dict[str, Any]:
         return {  # no preprocessing: the input is a latent vector, not an image
@@ -235,3 +257,155 @@ class GAN(RecipeObjective):
             "postprocessing": _image_postprocessing((-1.0, 1.0)),  # the generator's tanh
             "generation": _latent_generation(run.model),
         }
+
+
+@register_objective("conditional_gan")
+class ConditionalGAN(GAN):
+    """Class-conditional DCGAN: served as the generator ((z, class) -> image in [-1, 1]); judged by
+    whether the zoo's classifier sees the class that was asked for."""
+
+    SAMPLES_PER_CLASS = 8  # one row of samples.png per class
+
+    @torch.no_grad()
+    def evaluate(self, run: Run) -> Measured:
+        generator = torch.Generator().manual_seed(run.train_cfg.seed)
+        config = run.model.config
+        labels = torch.arange(config.num_classes).repeat_interleave(self.SAMPLES_PER_CLASS)
+        z = torch.randn(len(labels), config.latent_dim, generator=generator)
+        samples = ((run.model.generator(z, labels) + 1) / 2).clamp(0, 1).numpy()
+        path = plots.image_grid(
+            samples,
+            run.out / "samples.png",
+            nrow=self.SAMPLES_PER_CLASS,
+            title=f"{self.recipe.name}: one row per requested class",
+            row_titles=[f"class {label}" for label in run.bundle.labels],
+        )
+        metrics = self._judge(run) if self.recipe.judge else {}
+        return metrics, {"samples.png": path}
+
+    def _judge(self, run: Run) -> dict[str, float]:
+        """GAN_JUDGE_SAMPLES samples, the classes asked for in turn: the judge's accuracy on the class
+        asked for (the bar), on the worst class, and the unconditional GAN's scores."""
+        generator = torch.Generator().manual_seed(run.train_cfg.seed + 1)
+        config = run.model.config
+        labels = torch.arange(GAN_JUDGE_SAMPLES) % config.num_classes
+        z = torch.randn(GAN_JUDGE_SAMPLES, config.latent_dim, generator=generator)
+        images = (run.model.generator(z, labels) + 1) / 2  # (N, C, H, W) in [0, 1]
+        probs = judge_probabilities(run, self.recipe.judge, images, same_labels=True)
+        return {**_class_accuracy(probs, labels, "judge_requested_class_"), **_sample_scores(probs)}
+
+    def config_fields(self, run: Run) -> dict[str, Any]:
+        fields = super().config_fields(run)
+        # A default request draws one sample of each class.
+        generation = GenerationDefaults(
+            latent_dim=run.model.config.latent_dim, num_samples=run.model.config.num_classes
+        )
+        return {**fields, "labels": run.bundle.labels, "generation": generation.model_dump()}
+
+
+@register_objective("cycle_gan")
+class CycleGAN(RecipeObjective):
+    """Unpaired image-to-image translation between two stroke domains made from the recipe's images
+    (training.data.unpaired_domains: disjoint halves of every split, one eroded, one dilated). Served
+    as two graphs, one per direction, each image in [0, 1] -> image in [0, 1]; judged on the held-out
+    split by the zoo's classifier (is it still the same digit?) and by the stroke-thickness measure
+    (did it move to the target domain?)."""
+
+    task = "image_translation"
+
+    def build_loss(self, bundle: DatasetBundle, cfg: TrainConfig) -> None:
+        return None  # the cycle loop has losses of its own
+
+    def _domains(self, run: Run, split: torch.utils.data.TensorDataset):
+        config = run.model.config
+        return unpaired_domains(split, (config.domain_a, config.domain_b), run.train_cfg.seed)
+
+    def train(self, run: Run) -> TrainResult:
+        if run.resume_from is not None:
+            raise ValueError("--resume is not supported for GAN recipes; train them again")
+        domain_a, domain_b = self._domains(run, run.bundle.train)
+        return trainer.fit_cycle_gan(
+            run.model,
+            domain_a,
+            domain_b,
+            run.train_cfg,
+            checkpoint_dir=run.out / "checkpoints",
+            checkpoint_meta=run.checkpoint_meta,
+            on_epoch=epoch_logger(self.recipe.name),
+        )
+
+    @torch.no_grad()
+    def evaluate(self, run: Run) -> Measured:
+        model, config = run.model, run.model.config
+        (xa, ya), (xb, yb) = (d.tensors for d in self._domains(run, run.bundle.test))
+        a, b = config.domain_a, config.domain_b
+        a_to_b, b_to_a = config.directions
+        translated = {a_to_b: model.a_to_b(xa), b_to_a: model.b_to_a(xb)}  # (N, C, H, W) in [0, 1]
+        round_trip = {a_to_b: model.b_to_a(translated[a_to_b]), b_to_a: model.a_to_b(translated[b_to_a])}
+        thickness = {name: stroke_thickness(x) for name, x in ((a, xa), (b, xb), *translated.items())}
+        metrics = {f"stroke_{name}": float(t.mean()) for name, t in thickness.items()}
+        for direction, source, target in ((a_to_b, a, b), (b_to_a, b, a)):
+            # 0: the strokes did not change; 1: they reached the target domain's mean.
+            gap = metrics[f"stroke_{target}"] - metrics[f"stroke_{source}"]
+            if gap:  # domains of equal thickness (a handful of images in a smoke run) leave it undefined
+                moved = metrics[f"stroke_{direction}"] - metrics[f"stroke_{source}"]
+                metrics[f"stroke_shift_{direction}"] = moved / gap
+        metrics["test_cycle_l1"] = float(
+            ((round_trip[a_to_b] - xa).abs().mean() + (round_trip[b_to_a] - xb).abs().mean()) / 2
+        )
+        if self.recipe.judge:
+            judged = (
+                (a, xa, ya),
+                (b, xb, yb),
+                (a_to_b, translated[a_to_b], ya),
+                (b_to_a, translated[b_to_a], yb),
+            )
+            for name, images, labels in judged:
+                probs = judge_probabilities(run, self.recipe.judge, images, same_labels=True)
+                metrics[f"judge_accuracy_{name}"] = float((probs.argmax(-1) == labels).float().mean())
+        n = 8
+        rows = [
+            xa[:n],
+            translated[a_to_b][:n],
+            round_trip[a_to_b][:n],
+            xb[:n],
+            translated[b_to_a][:n],
+            round_trip[b_to_a][:n],
+        ]
+        titles = [a, a_to_b, f"... back to {a}", b, b_to_a, f"... back to {b}"]
+        pictures = {
+            "translations.png": plots.image_grid(
+                _image_grid_rows(*rows),
+                run.out / "translations.png",
+                nrow=n,
+                title=self.recipe.name,
+                row_titles=titles,
+            ),
+            "stroke_thickness.png": plots.plot_distributions(
+                {name: t.numpy() for name, t in thickness.items()},
+                run.out / "stroke_thickness.png",
+                title=f"{self.recipe.name}: held-out images by stroke thickness",
+                xlabel="mean distance from ink to background (px)",
+            ),
+        }
+        return metrics, pictures
+
+    def config_fields(self, run: Run) -> dict[str, Any]:
+        channels, height, width = run.bundle.input_shape
+        # Pixels in [0, 1] as they are (no normalisation), as the autoencoders take them.
+        pre = ImagePreprocessing(
+            height=height, width=width, channels=channels, mean=[0.0] * channels, std=[1.0] * channels
+        )
+        return {
+            **super().config_fields(run),
+            "preprocessing": pre.model_dump(),
+            "postprocessing": _image_postprocessing((0.0, 1.0)),
+        }
+
+    def notes(self, run: Run) -> list[str]:
+        config = run.model.config
+        return [
+            f"domains: {config.domain_a} and {config.domain_b} images are made from disjoint halves of "
+            "each split (training.data.unpaired_domains: 3x3 grey erosion and dilation), so no image is "
+            f"seen in both; graphs {config.directions[0]} and {config.directions[1]}"
+        ]
