@@ -25,9 +25,10 @@ from training.data import normalize
 
 class Judge:
     """``judge(images)`` -> (probabilities (N, K), penultimate features (N, F)) for ``images``
-    (N, C, H, W) in [0, 1], with the classifier's own pre-processing."""
+    (N, C, H, W) in [0, 1], with the classifier's own pre-processing. With ``labels``, the judge's
+    classes must be those."""
 
-    def __init__(self, repository: Path, name: str) -> None:
+    def __init__(self, repository: Path, name: str, labels: list[str] | None = None) -> None:
         model_dir = Path(repository) / name
         if not (model_dir / CONFIG_FILE).is_file():
             raise FileNotFoundError(
@@ -35,6 +36,8 @@ class Judge:
             )
         self.name = name
         self.config = ModelConfig.model_validate_json((model_dir / CONFIG_FILE).read_text())
+        if labels is not None and self.config.labels != labels:  # its answers are compared with labels
+            raise ValueError(f"judge {name!r} has labels {self.config.labels}; the data has {labels}")
         version = served_version(version_folders(model_dir), self.config.version)  # the served one
         graph = self.config.graphs["model"]
         proto = onnx.load(str(model_dir / str(version) / graph.file))
@@ -66,9 +69,10 @@ class Judge:
         return np.concatenate(probs), np.concatenate(features).astype(np.float64)
 
 
-def sample_scores(probs: np.ndarray) -> dict[str, float]:
+def sample_scores(probs: np.ndarray | torch.Tensor) -> dict[str, float]:
     """How digit-like samples are (the judge's mean max-probability) and how many classes they cover
     (mode collapse shows as classes missing or one class's share near 0)."""
+    probs = np.asarray(probs)
     counts = np.bincount(probs.argmax(-1), minlength=probs.shape[1])
     return {
         "judge_mean_max_prob": float(probs.max(-1).mean()),
@@ -77,10 +81,19 @@ def sample_scores(probs: np.ndarray) -> dict[str, float]:
     }
 
 
+def class_accuracy(
+    probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, prefix: str
+) -> dict[str, float]:
+    """The judge's accuracy against ``labels`` (the classes asked for), overall and on the worst class."""
+    labels = np.asarray(labels)
+    hits = np.asarray(probs).argmax(-1) == labels
+    per_class = [float(hits[labels == c].mean()) for c in np.unique(labels)]
+    return {f"{prefix}accuracy": float(hits.mean()), f"{prefix}worst_class_accuracy": min(per_class)}
+
+
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """The Fréchet distance between Gaussians fitted to two feature sets (N_a, F) and (N_b, F)."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = scipy.linalg.sqrtm(cov_a @ cov_b, disp=False)
-    root = root.real  # rounding leaves tiny imaginary parts
+    root = scipy.linalg.sqrtm(cov_a @ cov_b).real  # rounding leaves tiny imaginary parts
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from app.api.deps import RegistryDep, mark_model
 from app.api.responses import JSONResponse
 from app.api.schemas import ERROR_RESPONSES, LiveResponse, ModelDetails, ModelList, ReadyResponse
+from app.core.diffusion import MAX_GUIDANCE_SCALE
 from app.registry import ModelVersion, Registry, check_version
 
 router = APIRouter()
@@ -84,6 +85,12 @@ def request_limits(mv: ModelVersion, registry: Registry) -> dict[str, Any]:
         )
     if config.generation is not None and config.generation.latent_dim is not None:
         limits["max_images"] = settings.max_images
+    if config.diffusion is not None:
+        limits.update(
+            max_images=settings.max_images,
+            max_steps=min(settings.max_diffusion_steps, config.diffusion.timesteps),
+            max_guidance_scale=MAX_GUIDANCE_SCALE,
+        )
     return limits
 
 

@@ -32,6 +32,10 @@ StepFn = Callable[[int, int, np.ndarray, np.ndarray], None]
 
 BetaSchedule = Literal["linear", "cosine"]
 
+# The largest classifier-free guidance a request may ask for: far past the useful range (a few units;
+# larger scales push every pixel to the ends of the range), still a bound on what the mix may produce.
+MAX_GUIDANCE_SCALE = 20.0
+
 
 def make_betas(
     schedule: BetaSchedule, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02

@@ -28,7 +28,7 @@ from app.core.repository_format import (
 )
 from training import plots, trainer
 from training.data import DatasetBundle
-from training.judge import Judge, frechet_distance, sample_scores
+from training.judge import Judge, class_accuracy, frechet_distance, sample_scores
 from training.objectives.base import Measured, RecipeObjective, Run, register_objective
 from training.trainer import TrainConfig
 
@@ -128,9 +128,13 @@ def _gan_samples(repository: Path, name: str, count: int, seed: int) -> np.ndarr
     config = ModelConfig.model_validate_json((model_dir / CONFIG_FILE).read_text())
     version = served_version(version_folders(model_dir), config.version)
     graph = config.graphs["generator"]
-    session = ort.InferenceSession(str(model_dir / str(version) / graph.file), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(model_dir / str(version) / graph.file), providers=["CPUExecutionProvider"]
+    )
     dim = config.generation.latent_dim
-    z = np.stack([np.random.default_rng(seed + i).standard_normal(dim) for i in range(count)]).astype(np.float32)
+    z = np.stack([np.random.default_rng(seed + i).standard_normal(dim) for i in range(count)]).astype(
+        np.float32
+    )
     low, high = config.postprocessing.value_range
     images = session.run(None, {graph.inputs[0].name: z})[0]
     return ((images - low) / (high - low)).clip(0, 1)
@@ -140,119 +144,111 @@ def _gan_samples(repository: Path, name: str, count: int, seed: int) -> np.ndarr
 class Diffusion(RecipeObjective):
     """A U-Net noise predictor; served as one denoiser graph ((x_t, t, class) -> noise) whose DDIM
     walk runs in the server; judged on JUDGE_SAMPLES samples of the exported graph by the zoo's digit
-    classifier (``recipe.judge``) and by the Fréchet distance in its features, beside the GAN's."""
+    classifier (``recipe.judge``) and by the Fréchet distance in its features, beside the GAN's.
+
+    A smoke run (``--limit``) checks the plumbing, not the quality: it judges as many samples as it
+    trained on, and walks SMOKE_STEPS steps (a full judge is ~60,000 denoiser calls)."""
 
     task = "diffusion"
+    SMOKE_STEPS = 2
 
     def build_loss(self, bundle: DatasetBundle, cfg: TrainConfig) -> NoisePrediction:
         return NoisePrediction(bundle)
 
+    def _steps(self, run: Run, spec: DiffusionSpec) -> int:
+        return spec.steps if run.limit is None else min(spec.steps, self.SMOKE_STEPS)
+
+    def _sample(self, run: Run, denoise, classes: np.ndarray, seed: int, on_step=None) -> np.ndarray:
+        """Images in [0, 1] from seeds seed, seed + 1, ..., as the server draws them: rows with a
+        class are guided by the model's default scale."""
+        spec = schedule_of(run.model.config)
+        images = ddim_sample(
+            denoise,
+            initial_noise(range(seed, seed + len(classes)), run.bundle.input_shape),
+            _abar(spec),
+            steps=self._steps(run, spec),
+            classes=classes,
+            null_class=spec.null_class,
+            guidance_scale=spec.guidance_scale,
+            clip=spec.clip_denoised,
+            on_step=on_step,
+        )
+        return _to_unit(images)
+
     @torch.no_grad()
     def evaluate(self, run: Run) -> Measured:
+        """The test split's noise-prediction loss, and the pictures (the PyTorch model through the
+        server's sampler): samples.png, a row per class and unconditional rows; denoising.png, x_t
+        along one walk per row, pure noise on the left, the image on the right."""
         metrics, _ = super().evaluate(run)
-        spec, model = schedule_of(run.model.config), run.model
-        abar, null = _abar(spec), spec.null_class
-        labels = run.bundle.labels
-        denoise = _torch_denoiser(model.eval())
-        shape = tuple(run.bundle.input_shape)
-        seed = run.train_cfg.seed
+        spec = schedule_of(run.model.config)
+        null, labels = spec.null_class, run.bundle.labels
+        denoise = _torch_denoiser(run.model.eval())
+        steps, seed = self._steps(run, spec), run.train_cfg.seed
+        guided = f", guidance {spec.guidance_scale:g}" if spec.conditional else ""
         pictures: dict[str, Path] = {}
 
-        # samples.png: one row per class (guided), and unconditional rows.
         per_row = 10
         rows = [(f"class {label}", i) for i, label in enumerate(labels)] if spec.conditional else []
         rows += [("no class", null)] * (2 if spec.conditional else 6)
         classes = np.repeat([c for _, c in rows], per_row).astype(np.int64)
-        noise = initial_noise(range(seed, seed + len(classes)), shape)
-        images = ddim_sample(
-            denoise,
-            noise,
-            abar,
-            steps=spec.steps,
-            classes=classes,
-            null_class=null,
-            guidance_scale=spec.guidance_scale,
-        )
-        guided = f", guidance {spec.guidance_scale:g}" if spec.conditional else ""
         pictures["samples.png"] = plots.image_grid(
-            _to_unit(images),
+            self._sample(run, denoise, classes, seed),
             run.out / "samples.png",
             nrow=per_row,
-            title=f"{self.recipe.name}: DDIM {spec.steps} steps{guided}",
+            title=f"{self.recipe.name}: DDIM {steps} steps{guided}",
             row_titles=[title for title, _ in rows],
         )
 
-        # denoising.png: x_t along one walk per row (noise on the left, the image on the right).
         walkers = np.arange(len(labels), dtype=np.int64) if spec.conditional else np.full(8, null)
+        every = max(1, steps // 10)
         frames: list[np.ndarray] = []
 
         def keep(i: int, t: int, x_t: np.ndarray, x0: np.ndarray) -> None:
-            if i % STREAM_EVERY == 0:
-                frames.append(x_t.clip(-1, 1))
+            if i % every == 0:
+                frames.append(_to_unit(x_t.clip(-1, 1)))
 
-        final = ddim_sample(
-            denoise,
-            initial_noise(range(seed, seed + len(walkers)), shape),
-            abar,
-            steps=spec.steps,
-            classes=walkers,
-            null_class=null,
-            guidance_scale=spec.guidance_scale,
-            on_step=keep,
-        )
-        frames.append(final)
-        grid = np.stack(frames, axis=1).reshape(-1, *shape)  # row = one walk
+        frames.append(self._sample(run, denoise, walkers, seed, on_step=keep))
+        walks = np.stack(frames, axis=1).reshape(-1, *run.bundle.input_shape)  # a row per walk
         pictures["denoising.png"] = plots.image_grid(
-            _to_unit(grid),
+            walks,
             run.out / "denoising.png",
             nrow=len(frames),
-            title=f"{self.recipe.name}: x_t every {STREAM_EVERY} of {spec.steps} DDIM steps, then the image",
+            title=f"{self.recipe.name}: x_t every {every} of {steps} DDIM steps{guided}, then the image",
             row_titles=[f"class {labels[c]}" for c in walkers] if spec.conditional else None,
         )
         return metrics, pictures
 
     def check_export(self, run: Run, version_dir: Path) -> dict[str, float]:
-        """The judge's figures on JUDGE_SAMPLES samples of the exported graph (the server's sampler),
-        and the Fréchet distances to the held-out digits: this model's, the GAN's, and the training
-        split's own (what two sets of real digits score: the floor)."""
+        """The judge's figures on JUDGE_SAMPLES samples of the exported graph (the server's sampler,
+        seeds from the training seed + 1): unconditional samples (the GAN's kind of request), and for a
+        conditional model the classes in turn, guided (is the requested digit the one drawn?); and the
+        Fréchet distances to the held-out digits: this model's, the GAN's from the same seeds, and the
+        training split's own (what real digits score against real digits: the floor)."""
         if not self.recipe.judge:
             return {}
         spec = schedule_of(run.model.config)
-        judge = Judge(run.repository, self.recipe.judge)
+        judge = Judge(run.repository, self.recipe.judge, labels=run.bundle.labels)
+        count = JUDGE_SAMPLES if run.limit is None else min(JUDGE_SAMPLES, run.limit)
         seed = run.train_cfg.seed + 1
         denoise = _onnx_denoiser(version_dir / "denoiser.onnx")
-        shape = tuple(run.bundle.input_shape)
-        noise = initial_noise(range(seed, seed + JUDGE_SAMPLES), shape)
-        _, real = judge(_real_images(run.bundle))
-        _, train = judge(run.bundle.train.tensors[0][:JUDGE_SAMPLES].numpy())
+        real = judge(_real_images(run.bundle))[1]
+        train = judge(run.bundle.train.tensors[0][:JUDGE_SAMPLES].numpy())[1]
         metrics = {"judge_frechet_distance_train_split": frechet_distance(train, real)}
-        # Unconditional samples: the GAN's kind of request.
-        images = ddim_sample(
-            denoise, noise, _abar(spec), steps=spec.steps, classes=np.full(JUDGE_SAMPLES, spec.null_class),
-            null_class=spec.null_class,
-        )
-        probs, features = judge(_to_unit(images))
+
+        probs, features = judge(self._sample(run, denoise, np.full(count, spec.null_class), seed))
         metrics.update(sample_scores(probs))
         metrics["judge_frechet_distance"] = frechet_distance(features, real)
-        if spec.conditional:  # the classes in turn, guided: is the requested digit the one drawn?
-            classes = np.arange(JUDGE_SAMPLES, dtype=np.int64) % len(run.bundle.labels)
-            images = ddim_sample(
-                denoise, noise, _abar(spec), steps=spec.steps, classes=classes,
-                null_class=spec.null_class, guidance_scale=spec.guidance_scale,
-            )
-            probs, features = judge(_to_unit(images))
-            hits = probs.argmax(-1) == classes
-            metrics["judge_requested_class_accuracy"] = float(hits.mean())
-            metrics["judge_requested_class_worst_accuracy"] = min(
-                float(hits[classes == c].mean()) for c in np.unique(classes)
-            )
+        if spec.conditional:
+            classes = np.arange(count, dtype=np.int64) % len(run.bundle.labels)
+            probs, features = judge(self._sample(run, denoise, classes, seed))
+            metrics.update(class_accuracy(probs, classes, "judge_requested_class_"))
             metrics["judge_guided_mean_max_prob"] = float(probs.max(-1).mean())
             metrics["judge_guided_frechet_distance"] = frechet_distance(features, real)
-        gan = _gan_samples(run.repository, COMPARED_GENERATOR, JUDGE_SAMPLES, seed)
+        gan = _gan_samples(run.repository, COMPARED_GENERATOR, count, seed)
         if gan is not None:
-            metrics[f"judge_frechet_distance_{COMPARED_GENERATOR.replace('-', '_')}"] = frechet_distance(
-                judge(gan)[1], real
-            )
+            key = f"judge_frechet_distance_{COMPARED_GENERATOR.replace('-', '_')}"
+            metrics[key] = frechet_distance(judge(gan)[1], real)
         return metrics
 
     def config_fields(self, run: Run) -> dict[str, Any]:
