@@ -577,7 +577,8 @@ class GenerationPlane:
 
     def diffusion_plan(self, mv: ModelVersion, request: BaseModel) -> DiffusionPlan:
         """Every check of a diffusion request, before any work: the number of images, their classes
-        (a conditional model's labels), the steps, the guidance."""
+        (as a class-conditional GAN takes them: one id, one per image, or by default the classes in
+        turn), the guidance (0: the unconditional prediction alone, no class), the steps."""
         spec = mv.config.diffusion
         limit = self.settings.max_images
         count = request.num_samples
@@ -585,25 +586,23 @@ class GenerationPlane:
             raise InvalidInput(
                 f"num_samples is {count}; at most {limit} images per request", param="num_samples"
             )
-        if request.class_ is None:
-            if request.guidance_scale is not None:
-                raise InvalidInput(
-                    "guidance_scale applies to a request with a class (it mixes the class's prediction "
-                    "with the unconditional one)",
-                    param="guidance_scale",
-                )
+        if not spec.conditional:
+            for field, value in (("class", request.class_), ("guidance_scale", request.guidance_scale)):
+                if value is not None:
+                    raise InvalidInput(
+                        f"model {mv.name!r} was trained without classes; {field} does not apply", param=field
+                    )
             classes = np.full(count or spec.num_samples, spec.null_class, np.int64)
             guidance = 1.0
         else:
-            if not spec.conditional:
-                raise InvalidInput(
-                    f"model {mv.name!r} was trained without classes; class does not apply", param="class"
-                )
-            # One id for every image needs a count: the request's, else the model's default.
+            # One id for every image, or the classes in turn, need a count: the request's, else the
+            # model's default; a list says how many itself.
             if count is None and not isinstance(request.class_, list):
                 count = spec.num_samples
             classes = requested_classes(mv, request.class_, count, limit)
             guidance = request.guidance_scale if request.guidance_scale is not None else spec.guidance_scale
+            if guidance == 0:  # eps_u + 0 * (eps_c - eps_u): the class has no say
+                classes = np.full(len(classes), spec.null_class, np.int64)
         if len(classes) > limit:
             raise InvalidInput(f"num_samples is {len(classes)}; at most {limit} images per request")
         steps = request.steps if request.steps is not None else spec.steps

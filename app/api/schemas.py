@@ -342,8 +342,7 @@ class GenerateRequest(BaseModel):
         alias="class",
         description=(
             "The class of every image (one id), or one id per image; an id indexes the model's labels "
-            "(GET /models/{name}). Default: class-conditional generators draw the classes in turn "
-            "(0, 1, 2, ...); diffusion models sample without a class."
+            "(GET /models/{name}). Default: the classes in turn (0, 1, 2, ...)."
         ),
     )
     steps: int | None = Field(
@@ -360,8 +359,8 @@ class GenerateRequest(BaseModel):
         le=MAX_GUIDANCE_SCALE,
         allow_inf_nan=False,
         description=(
-            "Classifier-free guidance of a request with a class: noise = uncond + scale * (cond - uncond); "
-            "1 = the conditional model alone, 0 = unconditional. Default: the model's config."
+            "Classifier-free guidance: noise = uncond + scale * (cond - uncond); 1 = the conditional "
+            "prediction alone, 0 = the unconditional one (no class). Default: the model's config."
         ),
     )
     format: Literal["png", "array"] = Field(

@@ -77,7 +77,12 @@ def test_the_server_runs_the_core_sampler_and_seeds_reproduce(live, repo) -> Non
     again = _post(live, {"num_samples": 2, "seed": 9, "steps": 3})
     assert again == {**_post(live, {"num_samples": 2, "seed": 9, "steps": 3}), "timings": again["timings"]}
     png = Image.open(io.BytesIO(base64.b64decode(again["images"][0])))
-    assert png.size == (28, 28) and png.mode == "L" and "classes" not in again  # no class: unconditional
+    assert png.size == (28, 28) and png.mode == "L" and again["classes"] == [0, 1]  # the classes in turn
+    # Guidance 0 is the unconditional prediction alone: no class, whatever was asked for.
+    unconditional = _post(live, {"num_samples": 2, "seed": 9, "steps": 3, "guidance_scale": 0})
+    assert "classes" not in unconditional and unconditional["images"] != again["images"]
+    ignored = _post(live, {"num_samples": 2, "seed": 9, "steps": 3, "guidance_scale": 0, "class": 4})
+    assert ignored["images"] == unconditional["images"]
 
 
 def test_concurrent_requests_share_batches(live) -> None:
@@ -138,7 +143,6 @@ def test_limits_that_apply_are_listed(live) -> None:
         ({"class": [1] * 9}, "class holds 9 classes; at most 8"),
         ({"steps": 41}, "steps is 41; at most 40"),
         ({"steps": 0}, "steps"),
-        ({"guidance_scale": 2.0}, "guidance_scale applies to a request with a class"),
         ({"class": 1, "guidance_scale": 21}, "guidance_scale"),
         ({"class": 10}, "class 10 is not an id of the model's classes"),
         ({"class": [1, 2], "num_samples": 3}, "give one per image"),
@@ -165,6 +169,8 @@ def test_an_unconditional_model_refuses_class(tmp_path) -> None:
     config["diffusion"]["null_class"] = 10  # the graph's "no class" row stays the one it has
     path.write_text(json.dumps(config))
     with LiveServer(Settings(model_repository=root, warmup=False)) as server, server.client() as c:
-        response = c.post("/generate", json={"model": MODEL, "class": 1})
-        assert response.status_code == 422 and "trained without classes" in response.json()["error"]
+        for field, value in (("class", 1), ("guidance_scale", 2.0)):
+            response = c.post("/generate", json={"model": MODEL, field: value})
+            assert response.status_code == 422, response.text
+            assert f"trained without classes; {field} does not apply" in response.json()["error"]
         assert c.post("/generate", json={"model": MODEL, "num_samples": 1, "steps": 2}).status_code == 200

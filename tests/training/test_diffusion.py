@@ -53,13 +53,9 @@ def _torch_ddim(model, x, abar, steps, classes, null, scale):
     x = torch.as_tensor(x, dtype=torch.float64)
     times = torch.linspace(len(abar) - 1, 0, steps).round().long()
     for i, t in enumerate(times):
-        batch_t = t.repeat(len(x))
-
-        def eps_of(labels):
-            return model(x.float(), batch_t, labels).double()
-
-        eps = eps_of(torch.as_tensor(classes))
-        eps_uncond = eps_of(torch.full_like(torch.as_tensor(classes), null))
+        batch_t, labels = t.repeat(len(x)), torch.as_tensor(classes)
+        eps = model(x.float(), batch_t, labels).double()
+        eps_uncond = model(x.float(), batch_t, torch.full_like(labels, null)).double()
         has_class = torch.as_tensor(classes != null)[:, None, None, None]
         eps = torch.where(has_class, eps_uncond + scale * (eps - eps_uncond), eps)
         a = abar[t]
@@ -100,8 +96,17 @@ def test_eta_one_over_every_timestep_is_the_ddpm_sampler() -> None:
     def denoise(x, t, c):  # any fixed function of (x, t) will do
         return np.tanh(x * 0.3 + t[:, None, None, None] * 0.05).astype(np.float32)
 
-    ours = ddim_sample(denoise, noise, abar, steps=T, classes=np.zeros(1, np.int64), null_class=0, eta=1.0,
-                       seeds=[5], clip=False)  # fmt: skip
+    ours = ddim_sample(
+        denoise,
+        noise,
+        abar,
+        steps=T,
+        classes=np.zeros(1, np.int64),
+        null_class=0,
+        eta=1.0,
+        seeds=[5],
+        clip=False,
+    )
     rng = np.random.default_rng(5 + 1)  # the sampler's per-row noise stream
     x = noise.astype(np.float64)
     for t in range(T - 1, -1, -1):
@@ -111,7 +116,8 @@ def test_eta_one_over_every_timestep_is_the_ddpm_sampler() -> None:
             x = x0
             break
         a_prev = abar[t - 1]
-        mean = (math.sqrt(a_prev) * betas[t] * x0 + math.sqrt(1 - betas[t]) * (1 - a_prev) * x) / (1 - abar[t])
+        mean = math.sqrt(a_prev) * betas[t] * x0 + math.sqrt(1 - betas[t]) * (1 - a_prev) * x
+        mean /= 1 - abar[t]
         variance = (1 - a_prev) / (1 - abar[t]) * betas[t]
         x = mean + math.sqrt(variance) * rng.standard_normal(x.shape[1:])
     assert np.abs(ours - x).max() < 1e-5

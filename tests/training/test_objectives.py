@@ -33,6 +33,7 @@ SERVED_TASKS = {
     "cycle_gan": "image_translation",
     "language_model": "text_generation",
     "seq2seq": "seq2seq",
+    "diffusion": "diffusion",
 }
 
 

@@ -77,14 +77,15 @@ def timestep_embedding(t: Tensor, dim: int) -> Tensor:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm -> SiLU -> conv, plus the embedding as a per-channel shift, then again; a 1x1 conv on
-    the skip path where the channels change."""
+    """GroupNorm -> SiLU -> conv, then GroupNorm scaled and shifted per channel by the embedding
+    (Dhariwal & Nichol's adaptive group norm) -> SiLU -> conv; a 1x1 conv on the skip path where the
+    channels change."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, out_ch)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)  # a scale and a shift per channel
         self.norm2 = nn.GroupNorm(groups, out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
@@ -94,8 +95,9 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(emb)[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -106,9 +108,10 @@ class UNet(nn.Module):
         c, emb = config.base_channels, config.time_dim
         widths = [c * m for m in config.channel_mults]
         self.time_mlp = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
-        # One row per class plus the "no class" row; an unconditional model has only that row.
+        # One row per class plus the "no class" row; an unconditional model has only that row. N(0, 1)
+        # (PyTorch's default): started at std 0.02 it stayed ~15x smaller than the timestep's
+        # embedding over 600 steps and the class was all but ignored (measured).
         self.class_embedding = nn.Embedding(config.num_classes + 1, emb)
-        nn.init.normal_(self.class_embedding.weight, std=0.02)
         block = lambda i, o: ResBlock(i, o, emb, config.groups, config.dropout)  # noqa: E731
 
         self.conv_in = nn.Conv2d(config.in_channels, c, 3, padding=1)

@@ -221,10 +221,13 @@ class Diffusion(RecipeObjective):
 
     def check_export(self, run: Run, version_dir: Path) -> dict[str, float]:
         """The judge's figures on JUDGE_SAMPLES samples of the exported graph (the server's sampler,
-        seeds from the training seed + 1): unconditional samples (the GAN's kind of request), and for a
-        conditional model the classes in turn, guided (is the requested digit the one drawn?); and the
-        Fréchet distances to the held-out digits: this model's, the GAN's from the same seeds, and the
-        training split's own (what real digits score against real digits: the floor)."""
+        seeds from the training seed + 1), and the Fréchet distances to the held-out digits.
+
+        ``judge_*``: what a request without a class gets, the classes in turn at the default guidance
+        (a conditional model; is the requested digit the one drawn?); ``judge_unconditional_*``: the
+        unconditional prediction alone (guidance 0; an unconditional model has only these), the GAN's
+        kind of sample. Beside them the Fréchet distance of the GAN's samples from the same seeds, and
+        the training split's own (real digits against real digits: the floor)."""
         if not self.recipe.judge:
             return {}
         spec = schedule_of(run.model.config)
@@ -237,14 +240,16 @@ class Diffusion(RecipeObjective):
         metrics = {"judge_frechet_distance_train_split": frechet_distance(train, real)}
 
         probs, features = judge(self._sample(run, denoise, np.full(count, spec.null_class), seed))
-        metrics.update(sample_scores(probs))
-        metrics["judge_frechet_distance"] = frechet_distance(features, real)
-        if spec.conditional:
+        scores = {**sample_scores(probs), "judge_frechet_distance": frechet_distance(features, real)}
+        if not spec.conditional:
+            metrics.update(scores)
+        else:
+            metrics.update({k.replace("judge_", "judge_unconditional_"): v for k, v in scores.items()})
             classes = np.arange(count, dtype=np.int64) % len(run.bundle.labels)
             probs, features = judge(self._sample(run, denoise, classes, seed))
             metrics.update(class_accuracy(probs, classes, "judge_requested_class_"))
-            metrics["judge_guided_mean_max_prob"] = float(probs.max(-1).mean())
-            metrics["judge_guided_frechet_distance"] = frechet_distance(features, real)
+            metrics.update(sample_scores(probs))
+            metrics["judge_frechet_distance"] = frechet_distance(features, real)
         gan = _gan_samples(run.repository, COMPARED_GENERATOR, count, seed)
         if gan is not None:
             key = f"judge_frechet_distance_{COMPARED_GENERATOR.replace('-', '_')}"
