@@ -361,6 +361,19 @@ def measure_ceiling(
     return {row["batch"]: row["samples_per_s"] for row in rows}
 
 
+def measure_ceilings(
+    repository: Path, models: tuple[str, ...], seconds: int, rounds: int
+) -> dict[str, dict[int, float]]:
+    """Each model's ceiling, the models alternating over ``rounds``; the median per batch size."""
+    runs: dict[str, list[dict[int, float]]] = {m: [] for m in models}
+    for _ in range(rounds):
+        for model in models:
+            runs[model].append(measure_ceiling(graph_file(repository / model), seconds))
+    return {
+        model: {b: statistics.median(r[b] for r in rates) for b in rates[0]} for model, rates in runs.items()
+    }
+
+
 def check_servers(
     servers: dict[str, Server], cands: list[Candidate], bodies: dict[str, dict[str, Body]]
 ) -> None:
@@ -377,11 +390,16 @@ def measure_cells(
     concurrency: tuple[int, ...],
     seconds: int,
     warmup_s: int,
+    rounds: int = 1,
 ) -> list[Cell]:
+    """Every cell ``rounds`` times (the whole plan once per round, so drift reaches every cell alike),
+    reported as the median over rounds."""
     # Candidates innermost: the cells compared with each other run back to back.
     plan = [(m, c, cand, k) for m in bodies for c in concurrency for cand in cands for k in cand.bodies]
-    cells = []
-    for index, (model, connections, cand, kind) in enumerate(plan, 1):
+    runs: dict[tuple[str, int, str, str], list[WrkResult]] = {}
+    for index, (round_, (model, connections, cand, kind)) in enumerate(
+        ((r, cell) for r in range(rounds) for cell in plan), 1
+    ):
         server, body = servers[cand.key], bodies[model][kind]
         url = server.url + body.path
         run_wrk(url, body, connections, warmup_s)  # opens the connections, fills the queues; discarded
@@ -389,13 +407,32 @@ def measure_cells(
         if server.process.poll() is not None:
             code = server.process.returncode
             raise RuntimeError(f"{server.name} exited with {code} during the run:\n{log_tail(server)}")
-        cells.append(Cell(model, kind, cand.key, connections, result))
+        runs.setdefault((model, connections, cand.key, kind), []).append(result)
         progress(
-            f"[{index}/{len(plan)}] {model} {kind} {cand.label} c={connections}: "
+            f"[{index}/{len(plan) * rounds}] round {round_ + 1}: {model} {kind} {cand.label} "
+            f"c={connections}: "
             f"{result.requests_per_s:.1f} req/s, p50 {result.latency_ms.get('50', float('nan')):.2f} ms, "
             f"p99 {result.latency_ms.get('99', float('nan')):.2f} ms, errors {result.errors}"
         )
-    return cells
+    return [Cell(m, k, cand, c, median_result(results)) for (m, c, cand, k), results in runs.items()]
+
+
+def median_result(results: list[WrkResult]) -> WrkResult:
+    """Rounds of one cell: median rate and latencies, every request and error counted."""
+    percentiles = set().union(*(r.latency_ms for r in results))
+    errors: dict[str, int] = {}
+    for r in results:
+        for kind, n in r.socket_errors.items():
+            errors[kind] = errors.get(kind, 0) + n
+    return WrkResult(
+        requests_per_s=statistics.median(r.requests_per_s for r in results),
+        requests=sum(r.requests for r in results),
+        latency_ms={
+            p: statistics.median(r.latency_ms[p] for r in results if p in r.latency_ms) for p in percentiles
+        },
+        non_2xx=sum(r.non_2xx for r in results),
+        socket_errors=errors,
+    )
 
 
 # ---------------------------------------------------------------------------------------- report
@@ -501,14 +538,14 @@ def model_costs(model_dir: Path) -> dict[str, float]:
 
 def render_costs(results: dict[str, Any]) -> str:
     """One row per model: accuracy, parameters and multiply-adds (report.json), the raw onnxruntime
-    ceilings, and what each candidate served over JSON at the lowest and highest concurrency."""
-    cells = [c for c in results["cells"] if c["body"] == "json"]
+    ceilings, and per candidate and body the p50 at the lowest concurrency and the rate at the highest."""
+    cells = results["cells"]
     low = min((c["connections"] for c in cells), default=1)
     high = max((c["connections"] for c in cells), default=1)
-    candidates = list(dict.fromkeys(c["candidate"] for c in cells))
+    pairs = list(dict.fromkeys((c["candidate"], c["body"]) for c in cells))
     header = ["model", "test accuracy", "parameters", "MACs / image", "ort b=1 /s", "ort b=32 /s"]
-    for cand in candidates:
-        header += [f"{LABELS[cand]}: c={low} p50 ms", f"c={low} req/s", f"c={high} req/s", f"c={high} p99 ms"]
+    for cand, body in pairs:
+        header += [f"{LABELS[cand]}, {body}: c={low} p50 ms", f"c={high} req/s"]
     rows = []
     for model, cost in results.get("costs", {}).items():
         ceiling = results["ceilings"].get(model, {})
@@ -517,16 +554,18 @@ def render_costs(results: dict[str, Any]) -> str:
             fmt(cost.get("test_accuracy"), ".4f"),
             fmt(cost.get("parameters"), ",.0f"),
             fmt(cost["multiply_adds"] / 1e6 if "multiply_adds" in cost else None, ".2f", "M"),
-            fmt(ceiling.get("1"), ".0f"),
-            fmt(ceiling.get("32"), ".0f"),
+            fmt(ceiling.get("1"), ",.0f"),
+            fmt(ceiling.get("32"), ",.0f"),
         ]
-        for cand in candidates:
-            at = {c["connections"]: c for c in cells if c["model"] == model and c["candidate"] == cand}
+        for cand, body in pairs:
+            at = {
+                c["connections"]: c
+                for c in cells
+                if (c["model"], c["candidate"], c["body"]) == (model, cand, body)
+            }
             row += [
                 fmt(at.get(low, {}).get("latency_ms", {}).get("50"), ".2f"),
-                fmt(at.get(low, {}).get("requests_per_s"), ".0f"),
-                fmt(at.get(high, {}).get("requests_per_s"), ".0f"),
-                fmt(at.get(high, {}).get("latency_ms", {}).get("99"), ".2f"),
+                fmt(at.get(high, {}).get("requests_per_s"), ",.0f"),
             ]
         rows.append(row)
     return markdown_table(header, rows)
@@ -536,8 +575,9 @@ def render_report(results: dict[str, Any]) -> str:
     meta, startup = results["meta"], results["startup"]
     parts = [
         f"# Serving benchmark ({'quick' if meta['quick'] else 'full'}, {meta['duration_s']} s per cell, "
-        f"commit {meta['commit']}{' dirty' if meta['dirty'] else ''}, load average before "
-        f"{meta['loadavg_before'][0]:.2f})",
+        f"{meta.get('rounds', 1)} round(s), medians; commit {meta['commit']}"
+        f"{' dirty' if meta['dirty'] else ''}, load average before {meta['loadavg_before'][0]:.2f}, "
+        f"after {meta['loadavg_after'][0]:.2f})",
         "",
         render_cells(results["cells"]),
         "",
@@ -596,6 +636,7 @@ def metadata(args: argparse.Namespace, concurrency: tuple[int, ...], warmup_s: i
         "dirty": bool(command_output(["git", "status", "--porcelain"])),
         "quick": args.quick,
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "warmup_s": warmup_s,
         "concurrency": list(concurrency),
         "server_core": SERVER_CORE,
@@ -614,6 +655,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, help="seconds per measured cell (default 10; 3 with --quick)")
     parser.add_argument("--startup-runs", type=int, default=3, help="full-zoo start-up repetitions (0: skip)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file (.md beside it)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every cell and ceiling this many times; report medians"
+    )
     parser.add_argument(
         "--models", default=",".join(MODELS), help=f"comma-separated zoo models (default {','.join(MODELS)})"
     )
@@ -643,14 +687,16 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     cands = [c for c in candidates(repository) if c.key in args.candidates]
     cells_count = len(models) * len(concurrency) * sum(len(c.bodies) for c in cands)
     minutes = (
-        cells_count * (warmup_s + args.duration) + len(models) * len(CEILING_BATCHES) * args.duration
-    ) / 60
+        args.rounds
+        * (cells_count * (warmup_s + args.duration) + len(models) * len(CEILING_BATCHES) * args.duration)
+        / 60
+    )
     progress(
         f"{cells_count} cells of {warmup_s} + {args.duration} s, plus start-up and ceilings: "
         f"about {minutes:.0f} min"
     )
     startup = measure_startup(work, args.startup_runs)
-    ceilings = {m: measure_ceiling(graph_file(repository / m), args.duration) for m in models}
+    ceilings = measure_ceilings(repository, models, args.duration, args.rounds)
     # The issue's ceiling: the best session settings on both cores (one session, two threads).
     two_cores = {}
     if "resnet-shapes" in models:
@@ -660,7 +706,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     progress(f"ceilings: {ceilings}; resnet on two cores: {two_cores}")
     with running_servers(cands, work) as servers:
         check_servers(servers, cands, bodies)
-        cells = measure_cells(servers, cands, bodies, concurrency, args.duration, warmup_s)
+        cells = measure_cells(servers, cands, bodies, concurrency, args.duration, warmup_s, args.rounds)
     meta["loadavg_after"] = list(os.getloadavg())
     rows = cell_rows(cells)
     return {
