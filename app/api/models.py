@@ -41,6 +41,8 @@ def describe(mv: ModelVersion, registry: Registry, full: bool) -> dict[str, Any]
         # What a text request may contain (other characters get 422 unless map_unknown).
         info["preprocessing"]["vocabulary"] = pre.tokenizer.chars
     info["generation"] = config.generation.model_dump() if config.generation else None
+    if config.diffusion is not None:  # the schedule and the defaults of a request (steps, guidance, ...)
+        info["diffusion"] = config.diffusion.model_dump()
     info["batching"] = config.batching.model_dump()
     info["instances"] = config.instances.model_dump()
     info["limits"] = request_limits(mv, registry)

@@ -206,6 +206,9 @@ class ModelDetails(ModelSummary):
     labels: list[str] | None = None
     preprocessing: dict[str, Any] | None = None
     generation: dict[str, Any] | None = None
+    diffusion: dict[str, Any] | None = Field(
+        default=None, description="Diffusion models: the noise schedule and the request defaults."
+    )
     batching: dict[str, Any] | None = None
     instances: dict[str, Any] | None = None
     queue_depth: dict[str, int] | None = None

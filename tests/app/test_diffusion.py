@@ -128,9 +128,11 @@ def test_a_cancelled_walk_stops_at_its_next_denoiser_call(live) -> None:
     assert after <= at_cancel + 2 and after < 40, (at_cancel, after)
 
 
-def test_limits_that_apply_are_listed(live) -> None:
+def test_limits_and_defaults_are_listed(live) -> None:
     with live.client() as c:
-        limits = c.get(f"/models/{MODEL}").json()["limits"]
+        details = c.get(f"/models/{MODEL}").json()
+    limits, defaults = details["limits"], details["diffusion"]
+    assert defaults["conditional"] and defaults["steps"] == 20 and defaults["timesteps"] == 1000
     settings = live.app.state.registry.settings
     assert limits["max_images"] == 8 and limits["max_steps"] == 40 and limits["max_guidance_scale"] == 20
     assert limits["max_in_progress"] == settings.max_concurrent_searches
