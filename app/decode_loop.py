@@ -2,18 +2,22 @@
 
 One loop per model advances every active sequence by one token per step, as text-generation-inference
 and vLLM do. New requests join at step boundaries: their prompts are prefilled together in one call
-(right-padded, on empty caches) and their cache entries are stored as new rows of the batch's
-:class:`~app.core.kv_cache.KVCache`. Each row keeps its own length, so sequences of any lengths share a
-decode step without padding or realignment, and a decode step writes only the new position of each
-row instead of copying the cache. Rows that leave (finished, disconnected) are dropped between steps. A
-sequence that fills the context window continues on a sliding window: it leaves and its last half
-is prefilled again.
+(right-padded, on empty caches) and become new rows of the batch's cache (``app.core.kv_cache``: the
+graph's contract picks :class:`~app.core.kv_cache.KVCache`, which stores the new positions the graph
+returns, or :class:`~app.core.kv_cache.InPlaceKVCache`, whose graph writes them into the bound buffers
+itself). Each row keeps its own length, so sequences of any lengths share a decode step without padding
+or realignment, and a decode step writes only the new position of each row instead of copying the
+cache. Rows that leave (finished, disconnected) are dropped between steps. A sequence that fills the
+context window continues on a sliding window: it leaves and its last half is prefilled again.
 
 The loop runs in its own thread and never waits for the event loop: a step (feeds, onnxruntime, cache
 bookkeeping, sampling, stop strings, finishing) is followed at once by the next, and the event loop
 only hears of a step's events (text for streams, the end), one call per step. Handing every step to
 a worker and back cost a round trip through the event loop per token, which on one core was as much
-as the step's own onnxruntime time for a single stream.
+as the step's own onnxruntime time for a single stream. For the same reason a step does no work that
+does not change between steps: admission runs only when sequences wait or were cancelled, the rows'
+grouping by sampling settings is kept while the batch is unchanged, the in-place cache stays bound
+(bench/decode_bench.py measures what is left, against the step graph alone).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from app import metrics
-from app.core.kv_cache import FinishReason, KVCache
+from app.core.kv_cache import FinishReason, InPlaceKVCache, KVCache, step_cache
 from app.core.sampling import SamplingParams, TokenLogprob, select_next_tokens, token_logprobs
 from app.core.tokenizer import CharTokenizer
 from app.errors import QueueFull
@@ -86,6 +90,11 @@ class Finished:
     """The sequence's last event; ``error`` is set when a step failed."""
 
     error: str | None = None
+
+
+# How often the decode thread refreshes the cached-tokens gauge while rows decode (it is also set
+# whenever sequences join or leave).
+CACHED_GAUGE_REFRESH_S = 0.01
 
 
 class GenerationFailed(Exception):
@@ -193,6 +202,7 @@ class TextGenerator:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._waiting: list[Sequence] = []
+        self._cancelling = False  # a sequence was cancelled since the last admission (lock held)
         self._active: list[Sequence] = []  # decode thread only
         self._outbox: list[tuple[Sequence, TokenText | Finished]] = []  # this step's events, for the loop
         self._stopping = False
@@ -220,6 +230,7 @@ class TextGenerator:
         }
         self._queued_gauge = metrics.GEN_QUEUED.labels(name)
         self._cached_gauge = metrics.GEN_CACHED_TOKENS.labels(name)
+        self._cached_refresh = 0.0  # when the decode thread refreshes the gauge next (perf_counter)
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -267,6 +278,7 @@ class TextGenerator:
         """The client went away: the decode thread drops the sequence before its next step."""
         seq.cancelled = True
         with self._lock:
+            self._cancelling = True
             self._wake.notify()
 
     @property
@@ -278,6 +290,10 @@ class TextGenerator:
     def active(self) -> int:
         return len(self._active)
 
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
     # ------------------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
@@ -285,6 +301,8 @@ class TextGenerator:
         only hears of a step's events (one call per step, none for a step without events)."""
         while True:
             with self._lock:
+                if not (self._stopping or self._active or self._waiting):
+                    self._cached_gauge.set(0)  # idle: the rows left in the cache are finished ones
                 while not (self._stopping or self._active or self._waiting):
                     self._wake.wait()
                 if self._stopping:
@@ -292,7 +310,8 @@ class TextGenerator:
                         self._finish(seq, FinishReason.SHUTDOWN)
                     self._publish()
                     return
-                self._admit()
+                if self._waiting or self._cancelling:  # nothing else changes the batch between steps
+                    self._admit()
             if self._active:
                 self._advance(list(self._active))
             self._publish()
@@ -301,6 +320,10 @@ class TextGenerator:
         try:
             tokens = self._step(batch)
             self._tokens_counter.inc(len(tokens))
+            now = time.perf_counter()
+            if now >= self._cached_refresh:  # scrapes are seconds apart; a refresh per step cost ~3%
+                self._cached_gauge.set(int(self._cache.lengths.sum()))
+                self._cached_refresh = now + CACHED_GAUGE_REFRESH_S
             for seq, token, logprob in tokens:
                 self._deliver(seq, token, logprob)
         except Exception as exc:  # a failed step ends its sequences, not the thread
@@ -316,6 +339,7 @@ class TextGenerator:
 
     def _admit(self) -> None:
         """Drop cancelled sequences, then move waiting ones in while the limits allow (lock held)."""
+        self._cancelling = False
         for seq in [s for s in self._active + self._waiting if s.cancelled]:
             self._finish(seq, FinishReason.CANCELLED)
         cached = int(self._cache.lengths.sum()) + sum(len(s.prefill or ()) for s in self._active)
@@ -330,9 +354,8 @@ class TextGenerator:
         self._cached_gauge.set(cached)
 
     def _deliver(self, seq: Sequence, token: int, logprob: TokenLogprob | None = None) -> None:
-        now = time.perf_counter()
         if seq.first_token_at is None:
-            seq.first_token_at = now
+            seq.first_token_at = now = time.perf_counter()
             self._ttft.observe(now - seq.created)
         seq.new.append(token)
         seq.seen.append(token)
@@ -345,7 +368,7 @@ class TextGenerator:
         seq.text += self._pieces[token]
         if logprob is not None:
             seq.pending_logprobs.append((len(seq.text), logprob))
-        cut = stopping.stop_at(seq.text, before)
+        cut = stopping.stop_at(seq.text, before) if stopping.stop else None
         if cut is not None:
             seq.text = seq.text[:cut]
             self._hand_out(seq, cut)
@@ -363,8 +386,11 @@ class TextGenerator:
     def _hand_out(self, seq: Sequence, upto: int) -> None:
         """The text up to ``upto`` is final: record the log-probabilities of the tokens it completes
         and send a stream its new part (nothing when there is nothing new)."""
-        entries: tuple[TokenLogprob, ...] = ()
         pending = seq.pending_logprobs
+        if not (seq.stream or pending):  # the common case: the caller reads the whole text at the end
+            seq.sent = upto
+            return
+        entries: tuple[TokenLogprob, ...] = ()
         if pending and pending[0][0] <= upto:
             done = next((i for i, (end, _) in enumerate(pending) if end > upto), len(pending))
             entries = tuple(entry for _, entry in pending[:done])
@@ -395,7 +421,22 @@ class TextGenerator:
 
     def _reset(self) -> None:
         self._rows: list[Sequence] = []  # the sequence of each cache row
-        self._cache = KVCache(self.session.graph)
+        self._cache = self._new_cache()
+        # The last batch sampled and its rows grouped by sampling settings: a batch changes only when
+        # rows join or leave, and hashing every row's settings every step cost more than the grouping.
+        self._grouped: tuple[list[Sequence], dict[SamplingParams, list[int]]] = ([], {})
+
+    def _new_cache(self) -> KVCache | InPlaceKVCache:
+        """The cache the step graph's contract asks for (app/core/kv_cache.py)."""
+        session = self.session
+        return step_cache(session.graph, session.session, self.block_size, session.run)
+
+    def warmup(self) -> None:
+        """A prefill of two rows and one decode step on a cache of its own: pays onnxruntime's lazy
+        initialisation before the first request, whatever the graph's cache contract."""
+        cache = self._new_cache()
+        cache.prefill(np.ones((2, 2), np.int64), [2, 1])
+        cache.decode(np.ones((2, 1), np.int64))
 
     def _step(self, batch: list[Sequence]) -> list[tuple[Sequence, int, TokenLogprob | None]]:
         """Decode one token for every row of the batch, prefill the newcomers; returns each
@@ -425,12 +466,11 @@ class TextGenerator:
             self._rows = [self._rows[i] for i in keep]
 
     def _decode(self) -> np.ndarray:
-        tokens = np.asarray([[seq.seen[-1]] for seq in self._rows], np.int64)  # (B, 1)
-        logits, *entries = self.session.run(self._cache.feeds(tokens))
-        self._cache.append(entries)
+        tokens = np.array([seq.seen[-1] for seq in self._rows], np.int64)[:, None]  # (B, 1)
+        logits = self._cache.decode(tokens)  # (B, V)
         for seq in self._rows:
             seq.cached += 1
-        return logits[:, -1]  # (B, V)
+        return logits
 
     def _prefill(self, seqs: list[Sequence]) -> np.ndarray:
         """The newcomers' prompts in one call, right-padded, on empty caches; then they join."""
@@ -438,28 +478,33 @@ class TextGenerator:
         tokens = np.zeros((len(seqs), max(lengths)), np.int64)  # (B, S)
         for i, seq in enumerate(seqs):
             tokens[i, : lengths[i]] = seq.prefill
-        logits, *entries = self.session.run(self._cache.empty_feeds(tokens))
-        self._cache.add(entries, lengths)
+        logits = self._cache.prefill(tokens, lengths)  # (B, V): each prompt's last position
         self._rows += seqs
         for seq, n in zip(seqs, lengths, strict=True):
             seq.prefill, seq.cached = None, n
-        return logits[np.arange(len(seqs)), np.asarray(lengths) - 1]  # (B, V): each prompt's last position
+        return logits
 
     def _sample(
         self, seqs: list[Sequence], logits: np.ndarray
     ) -> list[tuple[Sequence, int, TokenLogprob | None]]:
         """One call per distinct sampling setting (each row keeps its own generator); then the
         log-probabilities of the rows that asked for them, in one call."""
-        groups: dict[SamplingParams, list[int]] = {}
-        for i, seq in enumerate(seqs):
-            groups.setdefault(seq.params, []).append(i)
+        if seqs != self._grouped[0]:  # a new batch (rows joined or left): group it again
+            groups: dict[SamplingParams, list[int]] = {}
+            for i, seq in enumerate(seqs):
+                groups.setdefault(seq.params, []).append(i)
+            self._grouped = (seqs, groups)
+        groups = self._grouped[1]
         tokens = np.empty(len(seqs), np.int64)
         for params, index in groups.items():
             members = [seqs[i] for i in index]
             seen = [seq.seen for seq in members] if params.repetition_penalty != 1.0 else None
             generated = [seq.new for seq in members] if params.counts_generated else None
-            rows = logits if len(index) == len(seqs) else logits[index]
-            tokens[index] = select_next_tokens(rows, params, [seq.rng for seq in members], seen, generated)
+            rngs = [seq.rng for seq in members] if params.temperature > 0 else None  # greedy needs none
+            if len(groups) == 1:  # the whole batch: no gathering and scattering of rows
+                tokens = select_next_tokens(logits, params, rngs, seen, generated)
+            else:
+                tokens[index] = select_next_tokens(logits[index], params, rngs, seen, generated)
         chosen = tokens.tolist()
         logprobs: list[TokenLogprob | None] = [None] * len(seqs)
         wanted = [i for i, seq in enumerate(seqs) if seq.logprobs is not None]

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from app import __version__, logs, tracing
-from app.api import generate, models, openai, predict, repository, v2
+from app.api import generate, models, openai, predict, repository, ui, v2
 from app.api.responses import JSONResponse
 from app.completions import TextPlane
 from app.dataplane import DataPlane, GenerationPlane
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None) -> Frontend:
     app.include_router(repository.router)  # before v2: /v2/models/stats is no model's metadata
     app.include_router(v2.router)
     app.include_router(openai.router)
+    app.include_router(ui.router)  # the playground page (app/ui/), a client of the routes above
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def prometheus_metrics() -> Response:

@@ -42,6 +42,17 @@ BATCH_SIZE = Histogram(
 )
 QUEUE_DEPTH = Gauge("serve_queue_depth", "Requests waiting in the model's batch queue.", ["model"])
 IN_FLIGHT = Gauge("serve_batches_in_flight", "Batches executing on the model's instances.", ["model"])
+# Adaptive batching (max_queue_delay_ms "auto", app/batch_policy.py) only.
+BATCH_HOLD = Gauge(
+    "serve_batch_hold_seconds",
+    "Adaptive batching: the hold last chosen, from the oldest request's arrival to the planned release.",
+    ["model"],
+)
+BATCH_COST = Gauge(
+    "serve_batch_cost_seconds",
+    "Adaptive batching: the learned batch cost, fixed seconds per batch (term=batch) and per row (term=row).",
+    ["model", "term"],
+)
 REJECTED = Counter(
     "serve_rejected_requests_total",
     "Requests refused before or instead of inference, by reason.",

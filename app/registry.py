@@ -42,7 +42,9 @@ from app.core.repository_format import (
     Report,
     VersionPolicy,
     policy_versions,
+    served_version,
     sha256_of,
+    variant_sources,
     version_folders,
 )
 from app.core.tokenizer import CharTokenizer
@@ -123,16 +125,18 @@ class ModelVersion:
 
 @dataclass
 class ModelScan:
-    """What one model folder holds now: version -> fingerprint, and its config's policy and pin."""
+    """What one model folder holds now: version -> fingerprint, its config's policy and pin, and which
+    versions are variants (version -> source version)."""
 
     name: str
     folders: dict[int, tuple]
     policy: VersionPolicy | None = None
     pinned: int | None = None
     exists: bool = True
+    variants: dict[int, int] = field(default_factory=dict)
 
     def targets(self) -> list[int]:
-        return policy_versions(list(self.folders), self.policy, self.pinned)
+        return policy_versions(list(self.folders), self.policy, self.pinned, self.variants)
 
 
 def _stat_key(st: os.stat_result) -> tuple:
@@ -157,9 +161,12 @@ def _effective_config(config: ModelConfig, settings: Settings) -> ModelConfig:
             "max_queue_size",
             "timeout_ms",
             "split_across_instances",
+            "latency_target_ms",
         )
         if getattr(settings, k) is not None
     }
+    if batching.get("max_queue_delay_ms", "auto") != "auto" and "latency_target_ms" not in batching:
+        batching["latency_target_ms"] = None  # a fixed SERVE_ delay replaces the model's "auto" and target
     instances = {
         k: v
         for k, v in (
@@ -223,7 +230,7 @@ class Registry:
                 folders[version] = (config_key, _fingerprint(model_dir / str(version)))
             except OSError:  # removed while scanned
                 continue
-        scan = ModelScan(name, folders)
+        scan = ModelScan(name, folders, variants=variant_sources(model_dir))
         try:
             config = override or ModelConfig.model_validate_json((model_dir / CONFIG_FILE).read_text())
             scan.policy, scan.pinned = config.version_policy, config.version
@@ -308,10 +315,16 @@ class Registry:
                 unloaded[mv.version] = "unloaded"
         for version in current:
             unloaded.pop(version, None)
-        self._install(name, current, scan.pinned)
+        self._install(name, current, scan.pinned, scan.variants)
         return leaving
 
-    def _install(self, name: str, versions: dict[int, ModelVersion], pinned: int | None) -> None:
+    def _install(
+        self,
+        name: str,
+        versions: dict[int, ModelVersion],
+        pinned: int | None,
+        variants: dict[int, int] | None = None,
+    ) -> None:
         if not versions:
             self._models.pop(name, None)
             self._default.pop(name, None)
@@ -319,7 +332,17 @@ class Registry:
                 metrics.MODEL_STATE.labels(name, state).set(0)
             return
         ready = [v for v, mv in versions.items() if mv.ready]
-        default = pinned if pinned in ready else max(ready or versions)
+        variants = variants or {}
+        trained_ready = [v for v in ready if v not in variants]
+        # A request naming no version gets the pinned one, else the highest trained export that is ready.
+        # A variant never stands in for a trained version that failed: that one answers with its reason
+        # (503), and the variants answer the requests that name them.
+        if pinned in ready:
+            default = pinned
+        elif trained_ready:
+            default = max(trained_ready)
+        else:
+            default = served_version(list(versions), None, variants)
         self._models[name] = versions
         self._default[name] = default
         served = versions[default]
@@ -471,7 +494,12 @@ class Registry:
         no config excerpts; the log has the full exception."""
         if isinstance(exc, ValidationError):
             fields = sorted({".".join(str(p) for p in e["loc"]) or "(root)" for e in exc.errors()})
-            return f"{exc.title} is invalid: {', '.join(fields)}"
+            # Our own validators' messages name the rule a config broke, never its values: add them.
+            rules = sorted(
+                {e["msg"].removeprefix("Value error, ") for e in exc.errors() if e["type"] == "value_error"}
+            )
+            because = f" ({'; '.join(rules)})" if rules else ""
+            return f"{exc.title} is invalid: {', '.join(fields)}{because}"
         text = str(exc)
         # Absolute spellings only: a relative root ("models") is no leak, and is a common word.
         for root in {str(self.root.resolve()), str(self.root.absolute())}:
@@ -500,8 +528,14 @@ class Registry:
         mv.report = Report.model_validate_json(report_path.read_text()) if report_path.is_file() else None
         if config.preprocessing is not None and config.preprocessing.kind == "text":
             mv.tokenizer = CharTokenizer.from_dict(config.preprocessing.tokenizer.model_dump())
-        options = SessionOptions(config.instances.device, config.instances.intra_op_threads)
-        for role, graph in config.graphs.items():
+        variant = mv.report.variant if mv.report is not None else None
+        options = SessionOptions(
+            config.instances.device,
+            config.instances.intra_op_threads,
+            optimized_offline=variant.optimized_offline if variant is not None else None,
+        )
+        graphs = mv.report.graphs(config) if mv.report is not None else config.graphs
+        for role, graph in graphs.items():
             path = mv.path / graph.file
             if self.settings.verify_sha256:
                 if mv.report is None:
@@ -517,15 +551,20 @@ class Registry:
             # The KV-cache step graph belongs to the decode loop (one session: the loop is the batch).
             count = 1 if role == DECODER_STEP else config.instances.count
             sessions = [Session(path, graph, options, label) for _ in range(count)]
-            if self.settings.warmup:
-                for session in sessions:
-                    session.warmup()
             mv.provider = sessions[0].provider
             if role == DECODER_STEP:
                 block_size = config.preprocessing.max_length
                 mv.generator = TextGenerator(mv.name, sessions[0], mv.tokenizer, block_size, self.limits)
-            else:
-                mv.runners[role] = Runner(mv.name, graph, sessions, config.batching)
+                if self.settings.warmup:  # through its cache: an in-place graph needs its bindings
+                    mv.generator.warmup()
+                continue
+            if self.settings.warmup:
+                for session in sessions:
+                    session.warmup()
+            runner = Runner(mv.name, graph, sessions, config.batching)
+            if self.settings.warmup and runner.needs_cost:
+                runner.measure_cost()
+            mv.runners[role] = runner
         metrics.PROVIDER.labels(mv.name, mv.provider).set(1)
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -572,6 +611,11 @@ class Registry:
     def served_versions(self, name: str) -> list[int]:
         """The versions of ``name`` that serve requests (ready), ascending."""
         return sorted(v for v, mv in self.versions(name).items() if mv.ready)
+
+    def variant_kinds(self, name: str) -> dict[int, str]:
+        """Each served version's kind: fp32 for a trained export, else its variant's (report.json)."""
+        versions = self.versions(name)
+        return {v: versions[v].report.variant_kind for v in self.served_versions(name) if versions[v].report}
 
     def find(self, name: str, version: int | None = None) -> ModelVersion:
         """The model version, loaded or not (metadata works for failed models too)."""

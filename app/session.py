@@ -9,12 +9,14 @@ ended on the CPU is logged as a warning.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from app.core.ort_options import session_options
 from app.core.repository_format import GraphSpec
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,9 @@ class SessionOptions:
     # Measured on the 2-core CPU (docs/ARCHITECTURE.md): one single-threaded session per core beats one
     # session with both threads, and onnxruntime's default (all cores, spinning) starves the HTTP layer.
     intra_op_threads: int = 1
+    # The graph was optimized offline at this onnxruntime level and saved (a variant's report says so,
+    # training/variants.py): app/core/ort_options.graph_optimization_level.
+    optimized_offline: str | None = None
 
 
 def requested_providers(device: str) -> list[str]:
@@ -43,14 +48,7 @@ class Session:
     """One onnxruntime session of one graph. ``run`` is blocking: call it from a worker thread."""
 
     def __init__(self, path: Path, graph: GraphSpec, options: SessionOptions, label: str = "") -> None:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # ~2.7x for convnets here
-        so.intra_op_num_threads = options.intra_op_threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Spinning threads burn the core the event loop and the other instances need.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.log_severity_level = 3
+        so = session_options(options.intra_op_threads, options.optimized_offline)
         providers = requested_providers(options.device)
         if options.device == "cuda" and CUDA not in providers:
             log.warning("%s: device=cuda asked, but this onnxruntime has no CUDA provider; using CPU", label)
@@ -59,6 +57,10 @@ class Session:
         self.provider = self.session.get_providers()[0]
         if CUDA in providers and self.provider != CUDA:
             log.warning("%s: CUDA was requested but the session fell back to %s", label, self.provider)
+        if options.optimized_offline is not None and self.provider == CUDA:
+            # The offline fusions were made for the CPU provider; those without a CUDA kernel run on
+            # the CPU, with copies between the devices. The trained (fp32) version is the one for a GPU.
+            log.warning("%s: graph optimized offline for the CPU provider, served on CUDA", label)
         self.output_names = [o.name for o in graph.outputs]
         self._check_signature(label)
         self._binding = self.session.io_binding() if self.provider == CUDA else None
@@ -95,8 +97,25 @@ class Session:
 
     def warmup(self) -> None:
         """One run at batch 2 with every dynamic axis at 2: pays lazy initialisation up front."""
-        feeds = {}
-        for spec in self.graph.inputs:
-            shape = [2 if d < 0 else d for d in spec.shape]
-            feeds[spec.name] = np.ones(shape, dtype=NUMPY_DTYPES[spec.dtype])
+        self.run(example_feeds(self.graph, 2))
+
+    def time_run(self, rows: int, repeats: int = 3) -> float:
+        """Seconds of the fastest of ``repeats`` runs of ``rows`` rows (dynamic axes at 2), after one
+        untimed run: the fastest, because other work on the machine only ever adds time."""
+        feeds = example_feeds(self.graph, rows)
         self.run(feeds)
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            self.run(feeds)
+            best = min(best, time.perf_counter() - started)
+        return best
+
+
+def example_feeds(graph: GraphSpec, rows: int) -> dict[str, np.ndarray]:
+    """Ones of the graph's inputs with ``rows`` rows and every other dynamic axis at 2."""
+    feeds = {}
+    for spec in graph.inputs:
+        shape = [rows, *(2 if d < 0 else d for d in spec.shape[1:])]
+        feeds[spec.name] = np.ones(shape, dtype=NUMPY_DTYPES[spec.dtype])
+    return feeds

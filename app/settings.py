@@ -8,7 +8,7 @@ turns batching off).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     instances: int | None = Field(default=None, gt=0)
     intra_op_threads: int | None = Field(default=None, gt=0)
     max_batch_size: int | None = Field(default=None, gt=0)
-    max_queue_delay_ms: float | None = Field(default=None, ge=0)
+    max_queue_delay_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] | Literal["auto"] | None = None
+    latency_target_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # with "auto"
     split_across_instances: bool | None = None
     max_queue_size: int | None = Field(default=None, gt=0)
     timeout_ms: float | None = Field(default=None, gt=0)

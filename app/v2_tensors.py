@@ -28,6 +28,9 @@ NUMPY_OF_V2 = {
 }
 # Safe casts a client may rely on (tritonclient users often send INT32 ids or FP64 arrays).
 CASTS = {("INT32", "INT64"), ("FP64", "FP32")}
+# Looked up by dtype object: str(dtype) runs Python code in numpy (~2 us, twice per output).
+V2_OF_DTYPE = {np.dtype(name): v2 for name, v2 in V2_DTYPES.items()}
+LITTLE_ENDIAN = {v2: np.dtype(t).newbyteorder("<") for v2, t in NUMPY_OF_V2.items()}
 
 
 def parse_body(body: bytes, header_length: str | None, max_json_bytes: int) -> tuple[dict, bytes]:
@@ -111,7 +114,7 @@ def decode_inputs(
         expected = V2_DTYPES[spec.dtype]
         if datatype != expected and (datatype, expected) not in CASTS:
             raise InvalidInput(f"{where}: datatype {datatype!r}; the model takes {expected}")
-        dtype = np.dtype(NUMPY_OF_V2[datatype]).newbyteorder("<")
+        dtype = LITTLE_ENDIAN[datatype]
         count = math.prod(shape)
         params = tensor.get("parameters") or {}
         if not isinstance(params, dict):
@@ -219,12 +222,12 @@ def encode_response(
     outputs, blobs = [], []
     for name, binary in chosen:
         array = results[name]
-        if str(array.dtype) not in V2_DTYPES:  # graphs here give float32/int64/bool; anything else as FP32
-            array = array.astype(np.float32)
-        datatype = V2_DTYPES[str(array.dtype)]
+        datatype = V2_OF_DTYPE.get(array.dtype) or V2_DTYPES.get(array.dtype.name)  # any byte order
+        if datatype is None:  # graphs here give float32/int64/bool; anything else as FP32
+            array, datatype = array.astype(np.float32), "FP32"
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:
-            raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            raw = array.astype(LITTLE_ENDIAN[datatype], copy=False).tobytes()  # C order, any strides
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:

@@ -17,16 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import numpy as np
-from ort_ceiling import make_session
+from ort_ceiling import parallel_samples_per_second
 from ports import start_server
-from serve_bench import LUA_SCRIPT, WRK_TIMEOUT_S, parse_wrk, write_bodies
+from serve_bench import run_wrk, write_bodies
 
 ROOT = Path(__file__).resolve().parents[1]
 # Two compute-bound graphs, and two light ones that must not lose by the split (batching pays there).
@@ -38,47 +34,9 @@ def ceiling(model: str, seconds: float) -> dict[str, float]:
     """Samples/s of raw onnxruntime at batch 32: one session on one thread, and two at once."""
     config = json.loads((ROOT / "models" / model / "config.json").read_text())
     path = str(ROOT / "models" / model / "1" / config["graphs"]["model"]["file"])
-    item = [int(d) for d in config["graphs"]["model"]["inputs"][0]["shape"][1:]]
-    x = np.random.default_rng(0).standard_normal([32, *item]).astype(np.float32)
-    sessions = [make_session(path) for _ in range(2)]
-    name = sessions[0].get_inputs()[0].name
-
-    def run(session, counts: list[int], until: float) -> None:
-        while time.perf_counter() < until:
-            session.run(None, {name: x})
-            counts.append(32)
-
-    out = {}
-    for threads in (1, 2):
-        for s in sessions:
-            s.run(None, {name: x})
-        counts: list[list[int]] = [[] for _ in range(threads)]
-        until = time.perf_counter() + seconds
-        workers = [threading.Thread(target=run, args=(sessions[i], counts[i], until)) for i in range(threads)]
-        started = time.perf_counter()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        out[f"{threads}_core"] = sum(map(sum, counts)) / (time.perf_counter() - started)
-    return out
-
-
-def wrk(url: str, body, connections: int, seconds: int):
-    command = [
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{seconds}s",
-        "--latency",
-        "--timeout",
-        f"{WRK_TIMEOUT_S}s",
-    ]
-    command += ["-s", str(LUA_SCRIPT), url + body.path]
-    headers = "\n".join(f"{k}: {v}" for k, v in body.headers.items())
-    env = {"BENCH_BODY_FILE": str(body.file), "BENCH_HEADERS": headers, "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True)
-    return parse_wrk(done.stdout)
+    return {
+        f"{n}_core": parallel_samples_per_second(path, batch=32, sessions=n, seconds=seconds) for n in (1, 2)
+    }
 
 
 def main() -> None:
@@ -104,7 +62,13 @@ def main() -> None:
                     for r in range(args.rounds):
                         order = ("true", "false") if r % 2 == 0 else ("false", "true")
                         for split in order:
-                            result = wrk(servers[split][1], bodies[kind], c, args.seconds)
+                            result = run_wrk(
+                                servers[split][1] + bodies[kind].path,
+                                bodies[kind],
+                                c,
+                                args.seconds,
+                                core=None,
+                            )
                             assert result.non_2xx == 0, (model, kind, c, split, result)
                             rates[split].append(result.requests_per_s)
                             p99[split].append(result.latency_ms.get("99", float("nan")))

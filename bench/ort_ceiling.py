@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 import time
 
 import numpy as np
@@ -40,6 +41,31 @@ def samples_per_second(session: ort.InferenceSession, batch: int, seconds: float
         session.run(None, feeds)
         runs += 1
     return batch * runs / elapsed, runs
+
+
+def parallel_samples_per_second(path: str, batch: int, sessions: int, seconds: float) -> float:
+    """Samples/s of ``sessions`` single-threaded sessions, each running back to back in its own thread
+    (onnxruntime releases the GIL): the ceiling of as many instances on as many cores."""
+    workers = [make_session(path) for _ in range(sessions)]
+    spec = workers[0].get_inputs()[0]
+    x = np.random.default_rng(0).standard_normal([batch, *map(int, spec.shape[1:])]).astype(np.float32)
+    counts = [0] * sessions
+
+    def run(index: int, until: float) -> None:
+        while time.perf_counter() < until:
+            workers[index].run(None, {spec.name: x})
+            counts[index] += batch
+
+    for session in workers:
+        for _ in range(WARMUP_RUNS):
+            session.run(None, {spec.name: x})
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(i, started + seconds)) for i in range(sessions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - started)
 
 
 def main() -> None:

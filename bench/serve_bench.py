@@ -48,7 +48,7 @@ import numpy as np
 import onnxruntime
 from ports import free_port  # bench/ports.py, beside this script
 
-from app.core.repository_format import served_version, version_folders
+from app.core.repository_format import default_version
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -303,9 +303,13 @@ def parse_wrk(text: str) -> WrkResult:
     )
 
 
-def run_wrk(url: str, body: Body, connections: int, seconds: int) -> WrkResult:
+def run_wrk(
+    url: str, body: Body, connections: int, seconds: int, core: str | None = CLIENT_CORE
+) -> WrkResult:
+    """wrk on ``core`` (None: wherever the scheduler puts it, sharing the server's cores)."""
     # -t1: one client thread holds every connection, so the client stays on its one core.
-    command = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    command = ["taskset", "-c", core] if core is not None else []
+    command += ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
     command += ["--latency", "--timeout", f"{WRK_TIMEOUT_S}s", "-s", str(LUA_SCRIPT), url]
     headers = "\n".join(f"{name}: {value}" for name, value in body.headers.items())
     env = {**os.environ, "BENCH_BODY_FILE": str(body.file), "BENCH_HEADERS": headers}
@@ -327,7 +331,7 @@ def copy_models(repository: Path, models: tuple[str, ...] = MODELS) -> Path:
 
 def graph_file(model_dir: Path) -> Path:
     config = json.loads((model_dir / "config.json").read_text())
-    version = served_version(version_folders(model_dir), config.get("version"))
+    version = default_version(model_dir, config.get("version"))
     return model_dir / str(version) / next(iter(config["graphs"].values()))["file"]
 
 
@@ -531,7 +535,7 @@ COST_METRICS = ("test_accuracy", "parameters", "multiply_adds")
 def model_costs(model_dir: Path) -> dict[str, float]:
     """The served version's report.json figures of COST_METRICS that it records."""
     config = json.loads((model_dir / "config.json").read_text())
-    version = served_version(version_folders(model_dir), config.get("version"))
+    version = default_version(model_dir, config.get("version"))
     metrics = json.loads((model_dir / str(version) / "report.json").read_text())["metrics"]
     return {k: metrics[k] for k in COST_METRICS if k in metrics}
 

@@ -245,6 +245,7 @@ def _run_bash(code: str, cwd: Path, env: dict[str, str], timeout: int) -> subpro
         env=env,
         capture_output=True,
         text=True,
+        errors="replace",  # an example may fetch a picture
         timeout=timeout,
     )
 

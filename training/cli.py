@@ -15,7 +15,7 @@ from app.core.repository_format import (
     REPORT_FILE,
     ModelConfig,
     Report,
-    served_version,
+    default_version,
     version_folders,
 )
 
@@ -172,7 +172,7 @@ def _outcome(summary: RunSummary, args: argparse.Namespace, checkpoint: Path) ->
 def _served(version_dir: Path) -> str:
     """Which version the server picks after this export (a pin in config.json may keep an older one)."""
     pinned = json.loads((version_dir.parent / CONFIG_FILE).read_text()).get("version")
-    version = served_version(version_folders(version_dir.parent), pinned)
+    version = default_version(version_dir.parent, pinned)
     return f"version {version}" + (" (pinned in config.json)" if pinned == version else "")
 
 
@@ -251,8 +251,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check every model in the repository: files match sha256, parity and quality bars hold."""
-    from app.core.repository_format import sha256_of
+    """Check every model in the repository: each served version's files match sha256, the trained
+    versions' parity and every served version's quality bars hold (a variant's metrics are its own)."""
+    from app.core.repository_format import policy_versions, sha256_of, variant_sources
     from training.export import PARITY_TOLERANCE
     from training.recipes import UnknownRecipeError, check_bars, get_recipe
 
@@ -263,31 +264,36 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(f"{'model':22s} {'parity':>9s}  quality")
     for model_dir in sorted(p for p in repo.iterdir() if (p / CONFIG_FILE).is_file()):
         config = ModelConfig.model_validate_json((model_dir / CONFIG_FILE).read_text())
-        version = served_version(version_folders(model_dir), config.version)
-        if version is None:
+        variants = variant_sources(model_dir)
+        default = default_version(model_dir, config.version)
+        if default is None:
             print(f"{config.name:22s} no version folder")
             problems += 1
             continue
-        report = Report.model_validate_json((model_dir / str(version) / REPORT_FILE).read_text())
-        issues = [
-            f"sha256 mismatch: {file}"
-            for file, digest in report.sha256.items()
-            if not (model_dir / str(version) / file).is_file()
-            or sha256_of(model_dir / str(version) / file) != digest
-        ]
-        if report.parity.max_abs_diff > PARITY_TOLERANCE:
-            issues.append(f"parity {report.parity.max_abs_diff:.1e} > {PARITY_TOLERANCE:.0e}")
         try:
             bars = get_recipe(config.name).quality
         except UnknownRecipeError:
             bars = ()
-        results = check_bars(bars, report.metrics)
-        issues += [f"{result.bar} not reached" for result in results if not result.ok]
-        shown = "; ".join(f"{result} {'ok' if result.ok else 'FAIL'}" for result in results)
-        print(f"{config.name:22s} {report.parity.max_abs_diff:9.1e}  {shown or '-'}")
-        for issue in issues:
-            print(f"{'':22s} ! {issue}")
-        problems += len(issues)
+        served = policy_versions(version_folders(model_dir), config.version_policy, config.version, variants)
+        # The version answering unversioned requests first, under the model's name; the others by number.
+        for version in [default, *(v for v in served if v != default)]:
+            version_dir = model_dir / str(version)
+            report = Report.model_validate_json((version_dir / REPORT_FILE).read_text())
+            issues = [
+                f"sha256 mismatch: {file}"
+                for file, digest in report.sha256.items()
+                if not (version_dir / file).is_file() or sha256_of(version_dir / file) != digest
+            ]
+            if report.parity.max_abs_diff > PARITY_TOLERANCE:
+                issues.append(f"parity {report.parity.max_abs_diff:.1e} > {PARITY_TOLERANCE:.0e}")
+            results = check_bars(bars, report.metrics)
+            issues += [f"{result.bar} not reached" for result in results if not result.ok]
+            shown = "; ".join(f"{result} {'ok' if result.ok else 'FAIL'}" for result in results)
+            label = config.name if version == default else f"  /{version} {report.variant_kind}"
+            print(f"{label:22s} {report.parity.max_abs_diff:9.1e}  {shown or '-'}")
+            for issue in issues:
+                print(f"{'':22s} ! {issue}")
+            problems += len(issues)
     if problems:
         print(f"error: {problems} problem(s) found", file=sys.stderr)
         return 1
@@ -311,8 +317,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{config.name} is a {config.task} model, not a language model with a decoder_step graph"
         )
-    version = served_version(version_folders(model_dir), config.version)
-    graph = config.graphs["decoder_step"]
+    version = default_version(model_dir, config.version)
+    report = Report.model_validate_json((model_dir / str(version) / REPORT_FILE).read_text())
+    graph = report.graphs(config)["decoder_step"]  # a variant's step graph may have its own contract
     session = ort.InferenceSession(
         str(model_dir / str(version) / graph.file), providers=["CPUExecutionProvider"]
     )
@@ -330,6 +337,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
         print(f"--- sample {i + 1} (finish: {result.finish_reason})")
         print(args.prompt + tokenizer.decode(result.token_ids, stop_at_eos=False))
+    return 0
+
+
+def cmd_variant(args: argparse.Namespace) -> int:
+    """Make a faster variant of a model's version and publish it as the next version."""
+    from training.variants import make_variant, variant_table
+
+    summary = make_variant(
+        args.out / args.model,
+        args.kind,
+        source_version=args.source_version,
+        version=args.version,
+        overwrite=args.overwrite,
+        speed_rounds=args.speed_rounds,
+    )
+    print(variant_table(args.model, summary.result.path.name, summary.variant))
+    print(f"published {summary.result.path} (requests pick it with version {summary.result.path.name})")
     return 0
 
 
@@ -393,6 +417,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1)
     p.set_defaults(fn=cmd_sample)
 
+    p = sub.add_parser("variant", help="make a faster variant of a version and publish it as the next one")
+    p.add_argument("model", help="model name in the repository, e.g. mlp-digits")
+    p.add_argument(
+        "--kind",
+        required=True,
+        help="optimized (fp32, graph optimizations applied offline) or int8 (quantized); the kinds are "
+        "registered in training/variants.py",
+    )
+    p.add_argument(
+        "--from",
+        dest="source_version",
+        type=int,
+        default=None,
+        metavar="VERSION",
+        help="the trained version to start from (default: the one answering requests that name none)",
+    )
+    p.add_argument("--out", type=Path, default=Path("models"), help="model repository (default: models)")
+    p.add_argument(
+        "--version", type=int, default=None, help="version folder to write (default: the next one)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="allow replacing that version folder")
+    p.add_argument(
+        "--speed-rounds",
+        type=int,
+        default=7,
+        help="alternating rounds of 0.2 s per candidate and batch size for the speed figures (median)",
+    )
+    p.set_defaults(fn=cmd_variant)
+
     p = sub.add_parser(
         "vanishing-gradients", help="deep MLP: sigmoid vs ReLU vs ReLU + batch norm + residual"
     )
@@ -426,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.export import ExportError
     from training.recipes import UnknownRecipeError
     from training.registry import UnknownModelError
+    from training.variants import VariantError
 
     try:
         return args.fn(args)
@@ -434,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         ExportError,
         UnknownRecipeError,
         UnknownModelError,
+        VariantError,
         ValueError,
         FileNotFoundError,
         FloatingPointError,

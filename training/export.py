@@ -78,7 +78,7 @@ def _dynamic_shapes(graph: GraphExport) -> tuple[dict[int, torch.export.Dim], ..
     return tuple(shapes)
 
 
-def _tensor_specs(proto: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def tensor_specs(proto: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Input/output specs read back from the exported graph itself: symbolic dims become -1."""
 
     def spec(value: onnx.ValueInfoProto) -> TensorSpec:
@@ -180,7 +180,7 @@ def export_graph(graph: GraphExport, path: Path, metadata: dict[str, str]) -> tu
         entry.key, entry.value = key, value
     onnx.save_model(proto, str(path))
     onnx.checker.check_model(str(path), full_check=True)
-    return _tensor_specs(proto)
+    return tensor_specs(proto)
 
 
 @dataclass
@@ -306,6 +306,48 @@ def stage_export(
         raise
     return StagedExport(
         root=root, model_dir=model_dir, version=version, config=config, parity=worst, overwrite=overwrite
+    )
+
+
+def stage_graph_files(
+    files: dict[str, Path],
+    *,
+    repository: Path,
+    config: ModelConfig,
+    report: Report,
+    version: int,
+    overwrite: bool = False,
+) -> StagedExport:
+    """Stage a version made of ready graph files (``files``: file name in config.json -> path) beside
+    the model's existing config.json, as :func:`stage_export` stages an export: a hidden folder of
+    ``repository``, every graph's sha256 written into ``report``, then :meth:`StagedExport.commit`.
+    The graphs must fit ``config`` (the model's config.json, which every version shares and which
+    commit then leaves as it is). RepositoryConflict when the version may not be written."""
+    name = config.name
+    model_dir = Path(repository) / name
+    choose_version(model_dir, version, overwrite=overwrite)
+    declared = {graph.file for graph in config.graphs.values()}
+    if set(files) != declared:
+        raise ExportError(f"{name}: config.json declares graphs {sorted(declared)}, got {sorted(files)}")
+    root = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=model_dir.parent))
+    staged = root / name / str(version)
+    try:
+        staged.mkdir(parents=True)
+        for file_name, source in files.items():
+            shutil.copyfile(source, staged / file_name)
+        report = report.model_copy(update={"sha256": {f: sha256_of(staged / f) for f in sorted(files)}})
+        (staged / REPORT_FILE).write_text(report.model_dump_json(indent=2, by_alias=True) + "\n")
+        (staged.parent / CONFIG_FILE).write_text(config.model_dump_json(indent=2, exclude_none=True) + "\n")
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return StagedExport(
+        root=root,
+        model_dir=model_dir,
+        version=version,
+        config=config,
+        parity=report.parity.max_abs_diff,
+        overwrite=overwrite,
     )
 
 

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import scipy.linalg
 import torch
 
-from app.core.repository_format import CONFIG_FILE, ModelConfig, served_version, version_folders
+from app.core.repository_format import CONFIG_FILE, ModelConfig, default_version
 from training.data import normalize
 
 
@@ -38,7 +38,7 @@ class Judge:
         self.config = ModelConfig.model_validate_json((model_dir / CONFIG_FILE).read_text())
         if labels is not None and self.config.labels != labels:  # its answers are compared with labels
             raise ValueError(f"judge {name!r} has labels {self.config.labels}; the data has {labels}")
-        version = served_version(version_folders(model_dir), self.config.version)  # the served one
+        version = default_version(model_dir, self.config.version)  # the one the server serves
         graph = self.config.graphs["model"]
         proto = onnx.load(str(model_dir / str(version) / graph.file))
         # The penultimate features: the first input of the node that writes the logits.

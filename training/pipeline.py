@@ -94,7 +94,7 @@ def _context_length(recipe: Recipe, overrides: dict[str, Any]) -> int:
     return getattr(config, "context_length", None) or DEFAULT_CONTEXT_LENGTH
 
 
-def _load_data(recipe: Recipe, opts: RunOptions, seed: int) -> tuple[str, DatasetBundle]:
+def load_run_data(recipe: Recipe, opts: RunOptions, seed: int) -> tuple[str, DatasetBundle]:
     """The recipe's dataset, or the one ``opts`` asks for; returns its name and its splits."""
     dataset = opts.dataset or recipe.dataset
     if dataset not in all_datasets():
@@ -220,7 +220,7 @@ def run_recipe(recipe: Recipe, opts: RunOptions, *, checkpoint: Path | None = No
     version = choose_version(model_dir, opts.version, overwrite=opts.overwrite)
 
     # Data, then the model it sizes (or the one a checkpoint describes).
-    dataset, bundle = _load_data(recipe, opts, train_cfg.seed)
+    dataset, bundle = load_run_data(recipe, opts, train_cfg.seed)
     state = _load_trained(checkpoint, recipe) if checkpoint is not None else None
     if state is not None:
         model_kwargs = state["model_config"]

@@ -28,6 +28,7 @@ from app.core.repository_format import (
     ModelConfig,
     Report,
     served_version,
+    variant_sources,
     version_folders,
 )
 from training.recipes import BarResult, QualityBar, check_bars
@@ -166,7 +167,7 @@ def served_model(model_dir: Path, bars: tuple[QualityBar, ...]) -> ServedModel |
         config = ModelConfig.model_validate_json((model_dir / CONFIG_FILE).read_text())
     except (OSError, ValidationError):
         return None
-    version = served_version(_versions(model_dir), config.version)
+    version = served_version(_versions(model_dir), config.version, variant_sources(model_dir))
     if version is None:
         return None
     try:

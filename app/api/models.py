@@ -1,18 +1,27 @@
-"""Model metadata and health: GET /models, GET /models/{name}, /health/live, /health/ready."""
+"""Model metadata and health: GET /models, GET /models/{name}, the report's pictures
+(GET /models/{name}/plots/{file}), /health/live, /health/ready."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
 
 from app.api.deps import RegistryDep, mark_model
 from app.api.responses import JSONResponse
 from app.api.schemas import ERROR_RESPONSES, LiveResponse, ModelDetails, ModelList, ReadyResponse
 from app.core.diffusion import MAX_GUIDANCE_SCALE
+from app.errors import InvalidInput, with_status
+from app.kinds import GENERATE, PREDICT, generate_kind, predict_kind
 from app.registry import ModelVersion, Registry, check_version
 
 router = APIRouter()
+# A plot is served only when report.json lists it and its name is a plain PNG file name: even a
+# hand-edited report cannot point this route outside its version folder.
+PLOT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.png$")
 
 
 def describe(mv: ModelVersion, registry: Registry, full: bool) -> dict[str, Any]:
@@ -26,11 +35,14 @@ def describe(mv: ModelVersion, registry: Registry, full: bool) -> dict[str, Any]
         "reason": mv.reason,
         "provider": mv.provider,
         "load_seconds": round(mv.load_seconds, 4),
+        "variant": mv.report.variant_kind if mv.report is not None else None,
+        "variants": {str(v): kind for v, kind in registry.variant_kinds(mv.name).items()},
     }
     config = mv.config
     if config is None:
         return info
     info.update(family=config.family, task=config.task, description=config.description)
+    info["kinds"] = kinds(mv)
     if not full:
         return info
     info["graphs"] = {role: graph.model_dump() for role, graph in config.graphs.items()}
@@ -52,7 +64,21 @@ def describe(mv: ModelVersion, registry: Registry, full: bool) -> dict[str, Any]
         info["metrics"] = mv.report.metrics
         info["parity"] = mv.report.parity.model_dump()
         info["trained_by"] = mv.report.command
+        info["architecture"] = mv.report.model_config_
+        info["plots"] = mv.report.plots
+        if mv.report.variant is not None:
+            info["variant_report"] = mv.report.variant.model_dump()
     return info
+
+
+def kinds(mv: ModelVersion) -> dict[str, str]:
+    """What the model is at each endpoint that serves it (app/kinds.py), e.g. a VAE:
+    ``{"/predict": "VAE", "/generate": "image generator"}``; the playground picks its panels by it."""
+    found = {}
+    for endpoint, kind_of in ((PREDICT, predict_kind), (GENERATE, generate_kind)):
+        with contextlib.suppress(InvalidInput):  # not served at this endpoint
+            found[endpoint] = kind_of(mv).value
+    return found
 
 
 def request_limits(mv: ModelVersion, registry: Registry) -> dict[str, Any]:
@@ -110,6 +136,34 @@ async def model_metadata(
     """Task, graphs (inputs/outputs), labels, batching, provider, and quality and parity figures."""
     mark_model(request, name, registry)
     return JSONResponse(describe(registry.find(name, check_version(version)), registry, full=True))
+
+
+@router.get(
+    "/models/{name}/plots/{file}",
+    tags=["models"],
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "The picture."},
+        404: ERROR_RESPONSES[404],
+        422: ERROR_RESPONSES[422],
+    },
+)
+async def report_plot(
+    name: str,
+    file: str,
+    registry: RegistryDep,
+    request: Request,
+    version: Annotated[int | None, Query(ge=0)] = None,
+) -> FileResponse:
+    """One of the pictures the version's report.json lists in ``plots`` (confusion matrix, curves,
+    samples, ...; GET /models/{name} names them). Only those names are served: nothing else in or
+    outside the version folder can be reached through this route."""
+    mark_model(request, name, registry)
+    mv = registry.find(name, check_version(version))
+    listed = [p for p in (mv.report.plots if mv.report is not None else []) if PLOT_NAME.match(p)]
+    if file not in listed or not (mv.path / file).is_file():
+        raise with_status(f"model {name!r} has no plot {file!r}; plots: {', '.join(listed) or 'none'}", 404)
+    return FileResponse(mv.path / file, media_type="image/png")
 
 
 @router.get("/health/live", tags=["health"], response_model=LiveResponse)

@@ -284,6 +284,12 @@ def triton_config(mv: ModelVersion) -> dict[str, Any]:
     graph = config.graphs[mv.primary_role]
     batching, instances = config.batching, config.instances
     policy = config.version_policy or VersionPolicy(latest={"num_versions": 1})
+    parameters = {"task": {"string_value": config.task}, "family": {"string_value": config.family}}
+    delay_ms = batching.max_queue_delay_ms
+    if delay_ms == "auto":  # Triton has no adaptive delay: its bound (a hold never outlasts the target)
+        delay_ms = batching.latency_target_ms
+        parameters["max_queue_delay_ms"] = {"string_value": "auto"}
+        parameters["latency_target_ms"] = {"string_value": f"{batching.latency_target_ms:g}"}
     return {
         "name": config.name,
         "platform": "onnxruntime_onnx",
@@ -293,7 +299,7 @@ def triton_config(mv: ModelVersion) -> dict[str, Any]:
         "input": _tensors(graph.inputs),
         "output": _tensors(graph.outputs),
         "dynamic_batching": {
-            "max_queue_delay_microseconds": round(batching.max_queue_delay_ms * 1000),
+            "max_queue_delay_microseconds": round(delay_ms * 1000),
             "default_queue_policy": {
                 "default_timeout_microseconds": round(batching.timeout_ms * 1000),
                 "max_queue_size": batching.max_queue_size,
@@ -306,7 +312,7 @@ def triton_config(mv: ModelVersion) -> dict[str, Any]:
                 "kind": "KIND_GPU" if mv.provider == "CUDAExecutionProvider" else "KIND_CPU",
             }
         ],
-        "parameters": {"task": {"string_value": config.task}, "family": {"string_value": config.family}},
+        "parameters": parameters,
     }
 
 

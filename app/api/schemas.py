@@ -190,9 +190,24 @@ class ModelSummary(BaseModel):
         description="onnxruntime execution provider in use, e.g. CPUExecutionProvider."
     )
     load_seconds: float
+    variant: str | None = Field(
+        default=None,
+        description="What this version is: fp32 (a trained export) or the kind of variant made from one "
+        "(optimized, int8); null before its report.json is read.",
+    )
+    variants: dict[str, str] = Field(
+        default_factory=dict,
+        description="Each served version's kind (version -> fp32, optimized, int8); pick one with the "
+        "request's version.",
+    )
     family: str | None = None
     task: str | None = None
     description: str | None = None
+    kinds: dict[str, str] | None = Field(
+        default=None,
+        description='What the model is at each endpoint that serves it, e.g. {"/predict": "VAE", '
+        '"/generate": "image generator"}.',
+    )
 
 
 class ModelList(BaseModel):
@@ -218,6 +233,17 @@ class ModelDetails(ModelSummary):
     metrics: dict[str, float] | None = None
     parity: dict[str, Any] | None = None
     trained_by: str | None = None
+    architecture: dict[str, Any] | None = Field(
+        default=None, description="The network's configuration when it was trained (report.json)."
+    )
+    plots: list[str] | None = Field(
+        default=None, description="The report's pictures, served at GET /models/{name}/plots/{file}."
+    )
+    variant_report: dict[str, Any] | None = Field(
+        default=None,
+        description="A variant's report: its source version, method, held-out quality next to the "
+        "source's, max difference from it, and measured speed (null for a trained export).",
+    )
 
 
 # ------------------------------------------------------------------------------------------- KServe V2
@@ -247,6 +273,8 @@ class V2ModelMetadata(BaseModel):
     name: str
     versions: list[str]
     platform: str
+    # An extension of the V2 metadata: each served version's kind (fp32, optimized, int8).
+    variants: dict[str, str] = {}
     inputs: list[V2TensorMetadata] = []
     outputs: list[V2TensorMetadata] = []
 

@@ -86,6 +86,7 @@ def _model_metadata(registry: Registry, name: str, version: str | None) -> dict[
         # The versions that serve (all known ones while none does, so a failed model still answers).
         "versions": [str(v) for v in (registry.served_versions(name) or sorted(registry.versions(name)))],
         "platform": "onnxruntime_onnx",
+        "variants": {str(v): kind for v, kind in registry.variant_kinds(name).items()},
     }
     if mv.config is not None:
         graph = mv.config.graphs[mv.primary_role]

@@ -12,8 +12,9 @@ Torch-free on purpose: the exporter imports these models to write the files, the
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -152,16 +153,32 @@ class ChatTemplate(_Strict):
 
 class Batching(_Strict):
     max_batch_size: int = Field(default=32, gt=0)
-    # Counted from the oldest queued request; an idle pool dispatches a lone request at once.
-    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    # Counted from the oldest queued request; an idle pool dispatches a lone request at once. "auto":
+    # the batcher chooses each hold from the batch cost it measures, the arrival rate and
+    # latency_target_ms (app/batch_policy.py).
+    max_queue_delay_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] | Literal["auto"] = 2.0
+    # With "auto" only: the p99 (ms) of queue wait + batch run to stay under while maximising throughput.
+    latency_target_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     max_queue_size: int = Field(default=256, gt=0)
     timeout_ms: float = Field(default=5000.0, gt=0)
     # A batch takes at most its instance's share of the queued rows (queued / instances), so that one
-    # instance never runs a full batch while another finds nothing left to take. Pays for compute-bound
-    # graphs (cost per row flat in the batch size: +20% at 32 connections for the ResNet and the ViT);
-    # costs light ones, where a bigger batch is cheaper per row (-11..16% for LeNet-5 and the MLP), so
-    # it is off unless a model's config.json turns it on (bench/instances_bench.py).
-    split_across_instances: bool = False
+    # instance never runs a full batch while another finds nothing left to take, and starts without
+    # waiting for company once more rows would not make it cheaper per row. Pays for compute-bound
+    # graphs (+20% at 32 connections for the ResNet and the ViT); costs light ones, whose requests cost
+    # the HTTP layer more than their rows cost onnxruntime (-11..16% for LeNet-5 and the MLP). Unset:
+    # decided per graph by its run time measured at load (app/runner.py, COMPUTE_BOUND_ROW_S).
+    split_across_instances: bool | None = None
+
+    @model_validator(mode="after")
+    def _target_with_auto(self) -> Batching:
+        if self.max_queue_delay_ms == "auto":
+            if self.latency_target_ms is None:
+                raise ValueError('max_queue_delay_ms "auto" needs latency_target_ms (the p99 to stay under)')
+            if self.latency_target_ms > self.timeout_ms:
+                raise ValueError("latency_target_ms must not exceed timeout_ms (requests would expire first)")
+        elif self.latency_target_ms is not None:
+            raise ValueError('latency_target_ms applies only with max_queue_delay_ms "auto"')
+        return self
 
 
 class Instances(_Strict):
@@ -187,7 +204,8 @@ class SpecificVersions(_Strict):
 
 class VersionPolicy(_Strict):
     """Which version folders a model serves, in Triton's shape: exactly one of ``latest``
-    (the highest ``num_versions``), ``all``, ``specific``. Without one: the highest version."""
+    (the highest ``num_versions``), ``all``, ``specific``. Without one: the highest trained version
+    and its variants (policy_versions)."""
 
     latest: LatestVersions | None = None
     all: dict | None = None
@@ -219,9 +237,11 @@ class ModelConfig(_Strict):
         "diffusion",
     ]
     description: str = ""
-    # Pin a version; by default the highest integer version folder is served.
+    # Pin the version that answers requests naming none; by default the highest trained version (not a
+    # variant, see Report.variant) answers them.
     version: int | None = None
-    # Which version folders are loaded and served (Triton's version_policy); None: the latest one.
+    # Which version folders are loaded and served (Triton's version_policy); None: the highest trained
+    # version and the variants made from it.
     version_policy: VersionPolicy | None = None
     # Role -> graph, e.g. {"model": ...} or {"encoder": ..., "decoder": ...} or {"generator": ...};
     # an image translator has one graph per direction ({"thin_to_thick": ..., "thick_to_thin": ...}).
@@ -262,6 +282,51 @@ class Parity(_Strict):
     provider: str = "CPUExecutionProvider"
 
 
+class QualityFigure(_Strict):
+    """One held-out metric of a variant next to its source's, measured in the same run on the same data."""
+
+    fp32: float
+    variant: float
+
+
+class Throughput(_Strict):
+    """Samples/s of the source's and the variant's primary graph at one batch size: one onnxruntime
+    session each, one thread, alternating rounds in one process (so the ratio holds on a busy machine)."""
+
+    graph: str = "model"  # the graph role measured
+    batch_size: int = Field(gt=0)
+    fp32: float
+    variant: float
+
+
+TRAINED_KIND = "fp32"  # what a trained export is called next to the variants made from it
+
+
+class Variant(_Strict):
+    """A version made from another version of the same model by transforming its graphs, without
+    training (training/variants.py): what was done, and how it compares with its source."""
+
+    # "optimized" (fp32, graph optimizations applied offline) or "int8" (quantized); other kinds may be
+    # registered by training.variants.
+    kind: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    source_version: int = Field(ge=0)
+    method: str  # e.g. "dynamic int8 (MatMul, Gemm; per-channel)"; per graph role when they differ
+    onnxruntime: str  # the version that made it (quantization and offline optimization change with it)
+    # Set when the saved graphs are already optimized at this onnxruntime level (app/session.py).
+    optimized_offline: Literal["extended"] | None = None
+    data: str = ""  # the held-out data the figures below were measured on
+    quality: dict[str, QualityFigure] = {}
+    # max |variant - source| over every output of every graph on that data.
+    max_abs_diff: float
+    per_graph: dict[str, float] = {}
+    speed: list[Throughput] = []
+    # Graphs (by role) whose inputs and outputs differ from config.json's, with their own: a transform
+    # that changes a graph's contract (GPT's step graph that writes its KV cache in place,
+    # training/step_graph.py). This version is served with these specs; the others are config.json's.
+    graphs: dict[str, GraphSpec] = {}
+    speed_conditions: str = ""  # threads, cores, rounds: what the speed figures were measured under
+
+
 class Report(_Strict):
     metrics: dict[str, float]
     parity: Parity
@@ -278,8 +343,20 @@ class Report(_Strict):
     versions: dict[str, str] = {}
     plots: list[str] = []
     notes: list[str] = []
+    # Set on a version made from another one by training/variants.py (None: a trained export).
+    variant: Variant | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def graphs(self, config: ModelConfig) -> dict[str, GraphSpec]:
+        """This version's graphs: config.json's, with the ones a variant changed (Variant.graphs)."""
+        changed = self.variant.graphs if self.variant is not None else {}
+        return {role: changed.get(role, spec) for role, spec in config.graphs.items()}
+
+    @property
+    def variant_kind(self) -> str:
+        """What /models and V2 metadata call this version: the variant's kind, "fp32" for an export."""
+        return self.variant.kind if self.variant is not None else TRAINED_KIND
 
 
 def sha256_of(path: Path) -> str:
@@ -296,18 +373,60 @@ def version_folders(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def served_version(versions: list[int], pinned: int | None) -> int | None:
-    """The version a model serves: the one its config pins when that folder exists, else the
-    highest; None when it has none. The server, the CLI and the benchmarks all pick it this way."""
+def variant_sources(model_dir: Path) -> dict[int, int]:
+    """Which of the model's versions are variants: version -> the version it was made from, read off
+    each report.json's ``variant`` section. A version whose report is missing or unreadable counts as a
+    trained export (its load then fails for its own reason)."""
+    sources = {}
+    for version in version_folders(model_dir):
+        try:
+            variant = json.loads((model_dir / str(version) / REPORT_FILE).read_text()).get("variant")
+            sources[version] = int(variant["source_version"])
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue
+    return sources
+
+
+def _highest_trained(versions: list[int], variants: dict[int, int]) -> int | None:
+    """The highest version that is no variant; the highest of all when every one is a variant."""
+    trained = [v for v in versions if v not in variants]
+    return max(trained or versions, default=None)
+
+
+def served_version(
+    versions: list[int], pinned: int | None, variants: dict[int, int] | None = None
+) -> int | None:
+    """The version that answers a request naming none: the one the config pins when that folder
+    exists, else the highest trained export (``variants``: version -> source, see variant_sources;
+    a variant answers by default only when pinned); None when there is none. The server, the CLI and
+    the benchmarks all pick it this way."""
     if pinned is not None and pinned in versions:
         return pinned
-    return max(versions, default=None)
+    return _highest_trained(versions, variants or {})
 
 
-def policy_versions(versions: list[int], policy: VersionPolicy | None, pinned: int | None) -> list[int]:
-    """The versions a model serves out of its version folders ``versions``: the policy's choice
-    (default: the highest), plus the pinned version when its folder exists; ascending."""
-    policy = policy or VersionPolicy(latest=LatestVersions())
+def default_version(model_dir: Path, pinned: int | None) -> int | None:
+    """:func:`served_version` of a model folder, read from the files."""
+    return served_version(version_folders(model_dir), pinned, variant_sources(model_dir))
+
+
+def policy_versions(
+    versions: list[int],
+    policy: VersionPolicy | None,
+    pinned: int | None,
+    variants: dict[int, int] | None = None,
+) -> list[int]:
+    """The versions a model serves out of its version folders ``versions``: the policy's choice, plus
+    the pinned version when its folder exists; ascending. Without a policy: the highest trained export
+    and the variants made from it (``variants``: version -> source), so making a variant adds a served
+    version without touching config.json, and training a new version retires the old one's variants."""
+    variants = variants or {}
+    if policy is None:
+        base = _highest_trained(versions, variants)
+        chosen = {v for v in versions if v == base or variants.get(v) == base} if versions else set()
+        if pinned is not None and pinned in versions:
+            chosen.add(pinned)
+        return sorted(chosen)
     if policy.all is not None:
         chosen = set(versions)
     elif policy.specific is not None:

@@ -172,6 +172,8 @@ def select_next_tokens(
     if logits.ndim != 2 or logits.shape[1] == 0:
         raise ValueError(f"logits must have shape (batch, vocab) with vocab >= 1; got {logits.shape}")
     if params.temperature == 0:
+        if params.repetition_penalty == 1.0 and not params.counts_generated:
+            return np.argmax(logits, axis=-1).astype(np.int64)  # the float64 copy changes no argmax
         penalised = _penalised(logits, params, previous_tokens, generated_tokens)
         return np.argmax(penalised, axis=-1).astype(np.int64)
     if rng is None:

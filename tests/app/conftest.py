@@ -15,6 +15,7 @@ import httpx
 import onnxruntime as ort
 import pytest
 
+from app.core.repository_format import variant_sources
 from app.server import build_server
 from app.settings import Settings
 
@@ -37,10 +38,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def copy_models(target: Path, names=TEST_MODELS) -> Path:
+def copy_models(target: Path, names=TEST_MODELS, variants: bool = False) -> Path:
+    """The committed models ``names``, each as trained (its variants too with ``variants``: the zoo's
+    optimized and int8 versions; tests/training/test_variants.py serves them)."""
     target.mkdir(parents=True, exist_ok=True)
     for name in names:
-        shutil.copytree(ZOO / name, target / name)
+        made = set() if variants else {str(v) for v in variant_sources(ZOO / name)}
+        shutil.copytree(
+            ZOO / name, target / name, ignore=lambda folder, entries, made=made: made & set(entries)
+        )
     return target
 
 

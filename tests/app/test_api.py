@@ -4,6 +4,7 @@ the same files."""
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import re
@@ -49,6 +50,59 @@ def test_model_metadata_carries_report_figures(client) -> None:
     assert meta["parity"]["max_abs_diff"] < 1e-4
     assert meta["batching"]["max_batch_size"] >= 1
     assert client.get("/models/lenet5-digits", params={"version": 7}).status_code == 404
+
+
+def test_model_metadata_names_kinds_architecture_and_plots(client, repository) -> None:
+    """What the playground (app/ui/) builds its panels from: the kind at each endpoint (app/kinds.py),
+    the network's configuration and the report's pictures."""
+    report = json.loads((repository / "lenet5-digits" / "1" / "report.json").read_text())
+    meta = client.get("/models/lenet5-digits").json()
+    assert meta["kinds"] == {"/predict": "classifier"}
+    assert meta["architecture"] == report["model_config"]
+    assert meta["plots"] == report["plots"] and "confusion_matrix.png" in meta["plots"]
+    kinds = {m["name"]: m["kinds"] for m in client.get("/models").json()["models"]}
+    assert kinds["vae-digits"] == {"/predict": "VAE", "/generate": "image generator"}
+    assert kinds["gpt-corpus"] == {"/generate": "language model"}
+    assert kinds["lstm-order"] == {"/predict": "text classifier"}
+    assert kinds["autoencoder-digits"] == {"/predict": "autoencoder"}
+
+
+def raw_get(server, path: str) -> tuple[int, str, bytes]:
+    """GET with the path sent as written (httpx would resolve its dot segments first)."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request("GET", path)
+        answer = connection.getresponse()
+        return answer.status, answer.getheader("content-type"), answer.read()
+    finally:
+        connection.close()
+
+
+def test_report_plots_are_served_and_nothing_else(client, server, repository) -> None:
+    folder = repository / "lenet5-digits" / "1"
+    answer = client.get("/models/lenet5-digits/plots/confusion_matrix.png")
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    assert answer.content == (folder / "confusion_matrix.png").read_bytes()
+    assert client.get("/models/lenet5-digits/plots/curves.png", params={"version": 1}).status_code == 200
+    # Files of the folder that the report does not list, and every way out of it: 404, never the file.
+    for path in (
+        "/models/lenet5-digits/plots/report.json",
+        "/models/lenet5-digits/plots/model.onnx",
+        "/models/lenet5-digits/plots/..",
+        "/models/lenet5-digits/plots/..%2Fconfig.json",
+        "/models/lenet5-digits/plots/%2E%2E%2F%2E%2E%2Fmlp-digits%2F1%2Fcurves.png",
+        "/models/lenet5-digits/plots/%2Fetc%2Fpasswd",
+        "/models/lenet5-digits/plots/../../mlp-digits/1/curves.png",
+        "/models/lenet5-digits/plots/../1/report.json",
+    ):
+        status, content_type, body = raw_get(server, path)
+        assert status == 404, (path, status)
+        assert content_type == "application/json" and b"PNG" not in body and b"sha256" not in body, path
+    missing = client.get("/models/lenet5-digits/plots/nope.png").json()["error"]
+    assert "no plot 'nope.png'" in missing and "confusion_matrix.png" in missing
+    assert client.get("/models/nope/plots/curves.png").status_code == 404
+    assert client.get("/models/lenet5-digits/plots/curves.png", params={"version": 7}).status_code == 404
+    assert client.get("/models/lenet5-digits/plots/curves.png", params={"version": -1}).status_code == 422
 
 
 def test_text_model_metadata_shows_its_vocabulary(client, repository) -> None:

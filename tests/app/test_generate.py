@@ -36,7 +36,7 @@ MODELS = ("gpt-corpus", "seq2seq-dates", "dcgan-digits", "vae-digits")
 
 @pytest.fixture(scope="module")
 def gen_repo(tmp_path_factory):
-    return copy_models(tmp_path_factory.mktemp("gen"), MODELS)
+    return copy_models(tmp_path_factory.mktemp("gen"), MODELS, variants=True)  # gpt-corpus 2 and 3 too
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,28 @@ def test_concurrent_greedy_equals_each_sequence_alone(gen_server, gen_repo) -> N
         body = response.json()
         assert body["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 60
         assert body["text"] == _alone_greedy(gen_repo, prompt, 60)
+
+
+def test_the_fused_variant_gives_the_trained_versions_text(gen_server, gen_repo) -> None:
+    """Version 2 of the zoo's GPT (``optimized``: the fused step graph that writes its KV cache in place,
+    training/step_graph.py) batched with other requests and sliding past the context: token for token
+    the trained version's greedy text alone; seeded samples are the trained version's too, streamed or
+    not. The int8 version 3 serves through the same cache."""
+    prompts = ["The ", "If the value of x", "A", "Return a new list of the ", "class ", "x"]
+    greedy = {"model": "gpt-corpus", "version": 2, "max_new_tokens": 150, "temperature": 0}
+    responses = _post_all(gen_server, [{**greedy, "prompt": p} for p in prompts])
+    for prompt, response in zip(prompts, responses, strict=True):
+        assert response.json()["text"] == _alone_greedy(gen_repo, prompt, 150, slide=True)
+    sampled = {"model": "gpt-corpus", "prompt": "The ", "max_new_tokens": 40, "temperature": 0.8, "seed": 3}
+    trained, fused, int8 = _post_all(gen_server, [{**sampled, "version": v} for v in (1, 2, 3)])
+    assert fused.json()["text"] == trained.json()["text"]
+    assert int8.status_code == 200 and int8.json()["usage"]["completion_tokens"] == 40
+    with (
+        gen_server.client() as c,
+        c.stream("POST", "/generate", json={**sampled, "version": 2, "stream": True}) as r,
+    ):
+        *tokens, summary = _events(r)
+    assert "".join(t["token"] for t in tokens) == summary["text"] == trained.json()["text"]
 
 
 def test_seeds_reproduce_under_load(gen_server) -> None:

@@ -380,13 +380,27 @@ def test_overload_raises_rate_limit_after_retries_and_api_key(repo) -> None:
         c = openai.OpenAI(base_url=url, api_key="sekret", max_retries=1)
         body = {"model": GPT, "prompt": "The ", "max_tokens": 100_000, "stream": True}
         held = [c.completions.create(**body) for _ in range(2)]  # the gate's 2 slots
+        gate, generator = server.app.state.registry.gate(GPT), server.app.state.registry.get(GPT).generator
+
+        def state() -> str:
+            loop = f"{generator.active} active, {generator.queued} queued"
+            return f"gate: {gate.held} held; decode loop: {loop}"
+
         try:
+            deadline = time.monotonic() + 10
+            while (generator.active, generator.queued) != (1, 1) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert gate.held == 2 and (generator.active, generator.queued) == (1, 1), state()
             started = time.monotonic()
-            with pytest.raises(openai.RateLimitError) as refused:
+            try:
                 c.completions.create(model=GPT, prompt="x", max_tokens=1)
-            assert refused.value.response.headers["retry-after"] == "1"
+            except openai.RateLimitError as exc:
+                refused = exc
+            else:
+                pytest.fail(f"the retry was admitted: {state()}")
+            assert refused.response.headers["retry-after"] == "1"
             assert time.monotonic() - started >= 0.9  # the client waited Retry-After, then retried
-            assert refused.value.body["code"] == "rate_limit_exceeded"
+            assert refused.body["code"] == "rate_limit_exceeded"
         finally:
             for stream in held:
                 stream.close()

@@ -174,7 +174,7 @@ def drive_traffic(url: str) -> list[int]:
 
 def test_every_expression_returns_series_from_a_live_prometheus(tmp_path) -> None:
     root = copy_models(tmp_path / "models", MODELS)
-    # One instance, one row per batch and a 1 ms deadline: a burst of requests is partly refused (504).
+    # One instance, one row per batch and a 1 ms deadline: a burst of requests is refused (504), mostly.
     set_batching(root, "lenet5-digits", count=1, max_batch_size=1, timeout_ms=1)
     live = LiveServer(Settings(model_repository=root))
     (tmp_path / "prom").mkdir()
@@ -190,7 +190,9 @@ def test_every_expression_returns_series_from_a_live_prometheus(tmp_path) -> Non
         after_first = time.time()
         assert poll(prom, f'timestamp(up{{job="api"}}) > {after_first}'), "no scrape after the first round"
         statuses += drive_traffic(live.url)
-        assert 504 in statuses and 200 in statuses, statuses
+        # 504s for the deadline panels. Not also 200s: on a loaded machine even the first of the burst can
+        # miss 1 ms, and the latency panels have mlp-digits' answers anyway.
+        assert 504 in statuses, statuses
         # Every panel: each expression returns series, at least one of them a number (not NaN).
         missing = []
         deadline = time.monotonic() + 15

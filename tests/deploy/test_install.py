@@ -10,9 +10,11 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -62,12 +64,47 @@ def test_training_commands_without_the_training_extra_say_how_to_install_it(serv
         assert "torch" in lines[0] and "make train-setup" in lines[0] and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
+def test_a_wheel_install_serves_the_playground(serve_venv: Path, tmp_path: Path) -> None:
+    """A non-editable install (the project built as a wheel and installed, not the checkout) serves
+    the playground page: its assets are package data (pyproject's [tool.setuptools.package-data])."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("app", "training"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*build, "-w", str(tmp_path / "dist"), str(source)], check=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("deepserve-*.whl")
+    packaged = set(zipfile.ZipFile(wheel).namelist())
+    assert {"app/ui/index.html", "app/ui/app.js", "app/ui/style.css"} <= packaged
+    installed = tmp_path / "site"
+    pip = [str(serve_venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps"]
+    subprocess.run([*pip, "--target", str(installed), str(wheel)], check=True, timeout=300)
+    repository = tmp_path / "models"
+    shutil.copytree(ROOT / "models" / "mlp-digits", repository / "mlp-digits")
+    process, url = _serve(serve_venv, repository, "cpu", tmp_path / "server.log", code=installed)
+    try:
+        with urllib.request.urlopen(f"{url}/", timeout=10) as page:
+            assert "deepserve playground" in page.read().decode()
+            assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+        with urllib.request.urlopen(f"{url}/ui/app.js", timeout=10) as script:
+            assert b"const PANELS" in script.read()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def gpu_venv(tmp_path_factory) -> Path:
     return install_extra(tmp_path_factory.mktemp("gpu-deps"), "gpu")
 
 
-def _serve(venv: Path, repository: Path, device: str, log: Path) -> tuple[subprocess.Popen, str]:
+def _serve(
+    venv: Path, repository: Path, device: str, log: Path, code: Path = ROOT
+) -> tuple[subprocess.Popen, str]:
+    """``python -m app`` of the venv, importing the project from ``code`` (the checkout, or an install)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_") and k != "PYTHONPATH"}
     env.update(
@@ -75,12 +112,12 @@ def _serve(venv: Path, repository: Path, device: str, log: Path) -> tuple[subpro
         SERVE_HOST="127.0.0.1",
         SERVE_PORT=str(port),
         SERVE_DEVICE=device,
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=str(code),
     )
     with log.open("w") as out:
         process = subprocess.Popen(
             [str(venv / "bin" / "python"), "-m", "app"],
-            cwd=ROOT,
+            cwd=code,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

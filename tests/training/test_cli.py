@@ -30,6 +30,7 @@ def zoo(tmp_path_factory):
     return root
 
 
+@pytest.mark.timeout(900)  # its fixture trains every recipe (tiny); a shared 2-core machine took > 300 s
 def test_build_exports_every_recipe(zoo):
     from training.recipes import list_recipes
 

@@ -258,3 +258,56 @@ def test_onnx_cached_decoding_matches_the_full_forward(model: GPT, exported: Pat
         worst = max(worst, float(np.abs(logits[:, 0] - full[:, pos]).max()))
     assert cache.width >= ids.shape[1] and list(cache.lengths) == [ids.shape[1]] * 2
     assert worst <= TOL
+
+
+def test_fused_in_place_graph_decodes_like_the_exported_one(exported: Path, tmp_path: Path) -> None:
+    """training/step_graph.py's graph of the tiny export, driven by InPlaceKVCache, against the exported
+    graph driven by KVCache: rows of different lengths prefilled together, decoding, leaving in any
+    order and joining again; logits that differ by whole units agree to float rounding throughout."""
+    from app.core.kv_cache import InPlaceKVCache, step_cache
+    from training.step_graph import fuse_step_graph, graph_spec
+
+    config = ModelConfig.model_validate_json((exported / "config.json").read_text())
+    fused_path = tmp_path / "decoder_step.onnx"
+    fuse_step_graph(exported / "1" / "decoder_step.onnx", fused_path)
+    caches = []
+    for path, spec in (
+        (exported / "1" / "decoder_step.onnx", config.graphs["decoder_step"]),
+        (fused_path, graph_spec(fused_path, "decoder_step.onnx")),
+    ):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        caches.append(step_cache(spec, session, TINY["block_size"]))
+    reference, in_place = caches
+    assert isinstance(in_place, InPlaceKVCache) and isinstance(reference, KVCache)
+    ids = _tokens(6, 80, seed=7).numpy()
+    worst = 0.0
+
+    def prefill(rows: list[int], lengths: list[int]) -> None:
+        nonlocal worst
+        tokens = np.zeros((len(rows), max(lengths)), np.int64)  # right-padded
+        for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+            tokens[i, :n] = ids[row, :n]
+        a, b = (cache.prefill(tokens, lengths) for cache in caches)
+        worst = max(worst, float(np.abs(a - b).max()))
+
+    def decode(steps: int) -> None:
+        nonlocal worst
+        for _ in range(steps):
+            tokens = _tokens(
+                reference.rows, 1, seed=len(reference.lengths) + int(reference.lengths.sum())
+            ).numpy()
+            a, b = (cache.decode(tokens) for cache in caches)
+            worst = max(worst, float(np.abs(a - b).max()))
+
+    prefill([0, 1, 2], [5, 1, 12])
+    decode(20)
+    for cache in caches:
+        cache.keep([2, 0])  # row 1 leaves, the others swap
+    decode(5)
+    prefill([3, 4, 5], [30, 2, 7])  # the batch grows past its capacity
+    decode(40)
+    for cache in caches:
+        cache.keep([4])
+    decode(3)
+    assert list(in_place.lengths) == list(reference.lengths) == [50]
+    assert worst <= TOL

@@ -23,8 +23,7 @@ from app.core.repository_format import (
     DiffusionSpec,
     ImagePostprocessing,
     ModelConfig,
-    served_version,
-    version_folders,
+    default_version,
 )
 from training import plots, trainer
 from training.data import DatasetBundle
@@ -129,7 +128,7 @@ def _gan_samples(repository: Path, name: str, count: int, seed: int) -> np.ndarr
     if not (model_dir / CONFIG_FILE).is_file():
         return None
     config = ModelConfig.model_validate_json((model_dir / CONFIG_FILE).read_text())
-    version = served_version(version_folders(model_dir), config.version)
+    version = default_version(model_dir, config.version)  # the one the server serves
     graph = config.graphs["generator"]
     session = ort.InferenceSession(
         str(model_dir / str(version) / graph.file), providers=["CPUExecutionProvider"]
