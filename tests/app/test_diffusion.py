@@ -143,7 +143,7 @@ def test_limits_and_defaults_are_listed(live) -> None:
     [
         ({"num_samples": 9}, "num_samples is 9; at most 8"),
         ({"class": [1] * 9}, "class holds 9 classes; at most 8"),
-        ({"steps": 41}, "steps is 41; at most 40"),
+        ({"num_samples": 1, "steps": 41}, "steps is 41; at most 40"),  # 10 by default: one per class
         ({"steps": 0}, "steps"),
         ({"class": 1, "guidance_scale": 21}, "guidance_scale"),
         ({"class": 10}, "class 10 is not an id of the model's classes"),
