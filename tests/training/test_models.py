@@ -54,8 +54,9 @@ def _as_tuple(out: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     return out if isinstance(out, tuple) else (out,)
 
 
-# Token-input families have their own test files (test_rnn, test_seq2seq, test_gpt, test_bert).
-SEQUENCE_FAMILIES = {"rnn", "seq2seq", "gpt", "bert"}
+# Token-input families have their own test files (test_rnn, test_seq2seq, test_gpt, test_bert), and
+# so has the diffusion U-Net, whose forward takes a timestep and a class (test_diffusion).
+SEQUENCE_FAMILIES = {"rnn", "seq2seq", "gpt", "bert", "diffusion"}
 
 
 def test_expected_table_covers_every_image_model() -> None:
