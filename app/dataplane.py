@@ -8,8 +8,9 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,11 +20,12 @@ from pydantic import BaseModel
 from app import codecs, logs, tracing
 from app import v2_tensors as v2
 from app.core.decoding import beam_search, greedy_decode
+from app.core.diffusion import alphas_cumprod, ddim_sample, initial_noise, make_betas
 from app.core.embeddings import cosine_ranking, zero_shot_logits
 from app.core.repository_format import GenerationDefaults
 from app.core.sampling import SamplingParams
 from app.decode_loop import GenerationFailed, Sequence, StoppingCriteria
-from app.errors import InferenceFailed, InvalidInput
+from app.errors import InferenceFailed, InvalidInput, ServingError
 from app.kinds import (
     CLASS_INPUT,
     GENERATE,
@@ -329,7 +331,38 @@ def _through_eos(ids: np.ndarray, eos_id: int) -> list[int]:
 
 
 class SearchCancelled(Exception):
-    """A seq2seq search whose client went away stops at its next graph call."""
+    """A search (seq2seq, a diffusion walk) whose client went away stops at its next graph call."""
+
+
+GraphCall = Callable[[Runner, dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def blocking_graph_call(loop: asyncio.AbstractEventLoop, cancelled: threading.Event) -> GraphCall:
+    """For code on a search thread: rows through a runner's batcher (on the event loop), waited for,
+    so that the calls of concurrent searches share batches; once ``cancelled`` is set, the next call
+    raises SearchCancelled instead."""
+
+    def call(runner: Runner, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if cancelled.is_set():
+            raise SearchCancelled
+        return asyncio.run_coroutine_threadsafe(run_rows(runner, feeds), loop).result()
+
+    return call
+
+
+@dataclass
+class DiffusionPlan:
+    """A checked diffusion request: one seed and one class id per image (``null_class``: none)."""
+
+    seeds: list[int]
+    classes: np.ndarray  # (N,) int64
+    steps: int
+    guidance_scale: float
+    format: str
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(event) + b"\n\n"
 
 
 def _summary(seq: Sequence, prompt_tokens: int, started: float) -> dict[str, Any]:
@@ -380,6 +413,11 @@ class GenerationPlane:
             return {**head, **_summary(seq, prompt_tokens, started)}
         if kind is Kind.SEQ2SEQ:
             return {**head, **await self.translate(mv, request)}
+        if kind is Kind.DIFFUSION:
+            plan = self.diffusion_plan(mv, request)
+            if request.stream:
+                return self._diffusion_stream(mv, plan, head, started)
+            return {**head, **await self._diffuse(mv, plan), "timings": _seconds_since(started)}
         return {**head, **await self.images(mv, request)}
 
     # ---------------------------------------------------------------- language models
@@ -528,15 +566,12 @@ class GenerationPlane:
         encoder, decoder = mv.runners["encoder"], mv.runners["decoder"]
         loop = asyncio.get_running_loop()
         cancelled = threading.Event()
+        graph_call = blocking_graph_call(loop, cancelled)
 
         # The search runs in a thread; every graph call goes through the model's batchers, so steps of
         # concurrent requests with equal shapes share batches.
         def call(runner: Runner, feeds: dict[str, np.ndarray]) -> np.ndarray:
-            if cancelled.is_set():
-                raise SearchCancelled
-            return asyncio.run_coroutine_threadsafe(run_rows(runner, feeds), loop).result()[
-                runner.graph.outputs[0].name
-            ]
+            return graph_call(runner, feeds)[runner.graph.outputs[0].name]
 
         def encode(src: np.ndarray) -> np.ndarray:
             return call(encoder, {encoder.graph.inputs[0].name: src})
@@ -621,3 +656,154 @@ class GenerationPlane:
         else:
             body["arrays"] = images.tolist()
         return body
+
+    # ---------------------------------------------------------------- diffusion
+
+    def diffusion_plan(self, mv: ModelVersion, request: BaseModel) -> DiffusionPlan:
+        """Every check of a diffusion request, before any work: the number of images, their classes
+        (as a class-conditional GAN takes them: one id, one per image, or by default the classes in
+        turn), the guidance (0: the unconditional prediction alone, no class), the steps."""
+        spec = mv.config.diffusion
+        limit = self.settings.max_images
+        count = request.num_samples
+        if count is not None and count > limit:
+            raise InvalidInput(
+                f"num_samples is {count}; at most {limit} images per request", param="num_samples"
+            )
+        if not spec.conditional:
+            for field, value in (("class", request.class_), ("guidance_scale", request.guidance_scale)):
+                if value is not None:
+                    raise InvalidInput(
+                        f"model {mv.name!r} was trained without classes; {field} does not apply", param=field
+                    )
+            classes = np.full(count or spec.num_samples, spec.null_class, np.int64)
+            guidance = 1.0
+        else:
+            # One id for every image, or the classes in turn, need a count: the request's, else the
+            # model's default; a list says how many itself.
+            if count is None and not isinstance(request.class_, list):
+                count = spec.num_samples
+            classes = requested_classes(mv, request.class_, count, limit)
+            guidance = request.guidance_scale if request.guidance_scale is not None else spec.guidance_scale
+            if guidance == 0:  # eps_u + 0 * (eps_c - eps_u): the class has no say
+                classes = np.full(len(classes), spec.null_class, np.int64)
+        if len(classes) > limit:
+            raise InvalidInput(f"num_samples is {len(classes)}; at most {limit} images per request")
+        steps = request.steps if request.steps is not None else spec.steps
+        max_steps = min(self.settings.max_diffusion_steps, spec.timesteps)
+        if steps > max_steps:
+            raise InvalidInput(f"steps is {steps}; at most {max_steps}", param="steps")
+        seed = request.seed or 0
+        seeds = list(range(seed, seed + len(classes)))
+        return DiffusionPlan(seeds, classes, steps, guidance, request.format)
+
+    def _sampler(
+        self,
+        mv: ModelVersion,
+        plan: DiffusionPlan,
+        loop: asyncio.AbstractEventLoop,
+        cancelled: threading.Event,
+        on_step: Callable[[int, int, np.ndarray, np.ndarray], None] | None = None,
+    ) -> Callable[[], dict[str, Any]]:
+        """The walk of one request, for a search thread: app/core/diffusion.py's DDIM sampler, every
+        denoiser call through the model's batcher; returns the response's images, encoded there too
+        (PNG encoding stays off the event loop)."""
+        spec, post = mv.config.diffusion, mv.config.postprocessing
+        runner = mv.runners["denoiser"]
+        names = [tensor.name for tensor in runner.graph.inputs]  # x_t, t, class
+        output = runner.graph.outputs[0].name
+        shape = runner.graph.inputs[0].shape[1:]  # (C, H, W)
+        call = blocking_graph_call(loop, cancelled)
+
+        def denoise(x: np.ndarray, t: np.ndarray, classes: np.ndarray) -> np.ndarray:
+            noise = call(runner, dict(zip(names, (x, t, classes), strict=True)))[output]
+            codecs.check_finite(noise)
+            return noise
+
+        abar = alphas_cumprod(make_betas(spec.beta_schedule, spec.timesteps, spec.beta_start, spec.beta_end))
+
+        def sample() -> dict[str, Any]:
+            images = ddim_sample(
+                denoise,
+                initial_noise(plan.seeds, shape),
+                abar,
+                steps=plan.steps,
+                classes=plan.classes,
+                null_class=spec.null_class,
+                guidance_scale=plan.guidance_scale,
+                clip=spec.clip_denoised,
+                on_step=on_step,
+            )
+            body: dict[str, Any] = {"seeds": plan.seeds}
+            if spec.conditional and (plan.classes != spec.null_class).any():
+                body["classes"] = plan.classes.tolist()
+            key = "images" if plan.format == "png" else "arrays"
+            body[key] = codecs.image_values(images, post, plan.format)
+            return body
+
+        return sample
+
+    async def _diffuse(self, mv: ModelVersion, plan: DiffusionPlan) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        cancelled = threading.Event()
+        try:
+            return await loop.run_in_executor(self._searches, self._sampler(mv, plan, loop, cancelled))
+        except asyncio.CancelledError:
+            cancelled.set()  # the walk stops at its next denoiser call
+            raise
+
+    async def _diffusion_stream(
+        self, mv: ModelVersion, plan: DiffusionPlan, head: dict[str, Any], started: float
+    ) -> AsyncIterator[bytes]:
+        """Server-Sent Events: every ``diffusion.stream_every`` steps the walk's current prediction
+        of the images (``step``, ``steps``, images or arrays), then the whole answer. Closing the
+        iterator early (the client went away) stops the walk at its next denoiser call."""
+        loop = asyncio.get_running_loop()
+        cancelled = threading.Event()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        every, post = mv.config.diffusion.stream_every, mv.config.postprocessing
+        key = "images" if plan.format == "png" else "arrays"
+
+        def put(kind: str, value: Any) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+
+        def on_step(i: int, t: int, x_t: np.ndarray, x0: np.ndarray) -> None:
+            done = i + 1
+            if done % every == 0 and done < plan.steps:
+                images = codecs.image_values(x0, post, plan.format)
+                put("step", {"step": done, "steps": plan.steps, key: images})
+
+        sample = self._sampler(mv, plan, loop, cancelled, on_step)
+
+        def walk() -> None:
+            try:
+                put("done", sample())
+            except SearchCancelled:
+                pass
+            except BaseException as exc:  # reported in the stream: its 200 is already sent
+                put("failed", exc)
+
+        try:
+            # The pool's bound is the model's admission bound: an admitted walk finds a thread.
+            self._searches.submit(walk)
+            while True:
+                kind, value = await events.get()
+                if kind == "step":
+                    yield _sse(value)
+                elif kind == "done":
+                    yield _sse({**head, **value, "timings": _seconds_since(started)})
+                    return
+                else:
+                    if isinstance(value, ServingError):
+                        message = value.message
+                    else:
+                        log.warning("model %s: diffusion failed: %s", mv.name, value)
+                        message = "generation failed; the server log has the details"
+                    yield _sse({"error": message})
+                    return
+        finally:
+            cancelled.set()
+
+
+def _seconds_since(started: float) -> dict[str, float]:
+    return {"total_s": round(time.perf_counter() - started, 6)}

@@ -37,6 +37,7 @@ class Kind(StrEnum):
     CONDITIONAL_IMAGE_GENERATOR = "class-conditional image generator"  # a conditional GAN's generator
     IMAGE_TRANSLATOR = "image translator"  # image in, image out, one graph per direction (CycleGAN)
     DUAL_ENCODER = "dual encoder"  # CLIP: image and text embeddings, zero-shot, retrieval
+    DIFFUSION = "diffusion model"  # a denoiser graph; the server runs the sampling walk
 
     @property
     def plural(self) -> str:
@@ -58,7 +59,13 @@ ENDPOINT_KINDS: dict[str, tuple[Kind, ...]] = {
         Kind.IMAGE_TRANSLATOR,
         Kind.DUAL_ENCODER,
     ),
-    GENERATE: (Kind.LANGUAGE_MODEL, Kind.SEQ2SEQ, Kind.IMAGE_GENERATOR, Kind.CONDITIONAL_IMAGE_GENERATOR),
+    GENERATE: (
+        Kind.LANGUAGE_MODEL,
+        Kind.SEQ2SEQ,
+        Kind.IMAGE_GENERATOR,
+        Kind.CONDITIONAL_IMAGE_GENERATOR,
+        Kind.DIFFUSION,
+    ),
 }
 
 _CLASSIFIERS = (Kind.CLASSIFIER, Kind.TEXT_CLASSIFIER)
@@ -93,16 +100,18 @@ FIELD_KINDS: dict[str, dict[str, tuple[Kind, ...]]] = {
         "top_k": (Kind.LANGUAGE_MODEL,),
         "top_p": (Kind.LANGUAGE_MODEL,),
         "repetition_penalty": (Kind.LANGUAGE_MODEL,),
-        "seed": (Kind.LANGUAGE_MODEL, *_IMAGES),
+        "seed": (Kind.LANGUAGE_MODEL, *_IMAGES, Kind.DIFFUSION),
         "stop": (Kind.LANGUAGE_MODEL,),
-        "stream": (Kind.LANGUAGE_MODEL,),
+        "stream": (Kind.LANGUAGE_MODEL, Kind.DIFFUSION),
         "input": (Kind.SEQ2SEQ,),
         "num_beams": (Kind.SEQ2SEQ,),
-        "num_samples": _IMAGES,
+        "num_samples": (*_IMAGES, Kind.DIFFUSION),
         "latent": _IMAGES,
         "interpolate": _IMAGES,
-        "class": (Kind.CONDITIONAL_IMAGE_GENERATOR,),
-        "format": _IMAGES,
+        "class": (Kind.CONDITIONAL_IMAGE_GENERATOR, Kind.DIFFUSION),
+        "steps": (Kind.DIFFUSION,),
+        "guidance_scale": (Kind.DIFFUSION,),
+        "format": (*_IMAGES, Kind.DIFFUSION),
         "map_unknown": _TEXT,
     },
 }
@@ -153,6 +162,8 @@ def generate_kind(mv: ModelVersion) -> Kind:
         return Kind.LANGUAGE_MODEL
     if config.task == "seq2seq":
         return Kind.SEQ2SEQ
+    if config.task == "diffusion":
+        return Kind.DIFFUSION
     if config.generation is not None and config.generation.latent_dim is not None:
         generator = config.graphs.get("generator")
         if generator is not None and any(spec.name == CLASS_INPUT for spec in generator.inputs):

@@ -514,7 +514,7 @@ class Registry:
             return self.settings.max_active_sequences + self.settings.max_queued_sequences
         if mv.config is None:
             return 1  # failed before its config was read: answers 503 anyway
-        if mv.config.task == "seq2seq":
+        if mv.config.task in ("seq2seq", "diffusion"):  # each holds a search thread between its calls
             return self.settings.max_concurrent_searches
         return mv.config.batching.max_queue_size
 

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # Image generators: samples, latent rows or interpolation steps per request.
     max_images: int = Field(default=64, gt=0)
     max_beams: int = Field(default=16, gt=0)  # seq2seq beam width
+    # Diffusion models: DDIM steps per request (each step is one denoiser call per image, two with
+    # classifier-free guidance); also bounded by the model's own timesteps.
+    max_diffusion_steps: int = Field(default=250, gt=0)
     # Seq2seq searches running at once (each holds a worker thread between its batched graph calls);
     # also the model's admission bound, so a search never waits for a thread.
     max_concurrent_searches: int = Field(default=16, gt=0)

@@ -61,6 +61,7 @@ _TRAIN_FLAGS: dict[str, tuple[type, str]] = {
     ),
     "augment": (str, "none, shift (digits) or shift-flip (colour images)"),
     "max_steps": (int, "stop after this many optimiser steps (smoke runs); 0 = no cap"),
+    "ema_decay": (float, "validate and export a moving average of the weights (e.g. 0.995); 0 = off"),
     "seed": (int, "seeds weights, data order, splits and noise"),
 }
 

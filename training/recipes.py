@@ -290,6 +290,35 @@ _add(
     )
 )
 
+_add(
+    Recipe(
+        name="diffusion-digits",
+        model="unet",
+        dataset="digits28",
+        objective="diffusion",
+        description=(
+            "Class-conditional denoising diffusion (DDPM loss, cosine schedule, T = 1000) for 28x28 digits: "
+            "a U-Net noise predictor; the server runs DDIM with classifier-free guidance."
+        ),
+        # 16/32/64 channels at 28/14/7 px: 69M multiply-adds per denoiser call, ~0.27 s of one core per
+        # training step of 64. Measured (300 judged samples, 20 DDIM steps; requested-class accuracy and
+        # Frechet distance at guidance 1 and 2, the unconditional one): 600 steps, label dropout 0.1:
+        # 0.84, 1.95 at 1 (9.4 unconditional); 1,200 steps, dropout 0.2: 0.86, 1.18 at 1, 0.99, 1.03 at
+        # 2 (7.5); the same with an EMA of the weights: 0.88, 0.86 at 1, 0.99, 1.11 at 2 (6.3).
+        model_overrides={"base_channels": 16, "channel_mults": (1, 2, 4), "groups": 4, "label_dropout": 0.2},
+        train=TrainConfig(
+            epochs=60, batch_size=64, lr=2e-3, weight_decay=0.0, warmup_epochs=1.0, ema_decay=0.995
+        ),
+        normalize_inputs=False,
+        judge="lenet5-digits",
+        quality=(
+            QualityBar("judge_requested_class_accuracy", ">=", 0.95),
+            QualityBar("judge_mean_max_prob", ">=", 0.95),
+            QualityBar("judge_classes_present", ">=", 10),
+        ),
+    )
+)
+
 # ------------------------------------------------------------------------------------- sequences
 
 # Settings measured on the order task (4,000 training sequences): the gated cells reach >= 99.9%

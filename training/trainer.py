@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
@@ -54,6 +55,9 @@ class TrainConfig:
     early_stopping_patience: int = 0  # epochs without improvement of the monitored metric; 0 = off
     augment: str | None = None  # name understood by training.data.make_augment
     max_steps: int = 0  # stop after this many optimiser steps in total (tiny smoke runs); 0 = no cap
+    # Keep an exponential moving average of the weights, updated after every step, and validate, keep
+    # and export it instead of the raw weights (the diffusion models' standard); 0 = off.
+    ema_decay: float = 0.0
     grad_norm_every: int = 10  # record per-layer gradient norms every N steps
     seed: int = 0
     progress: bool = True
@@ -75,6 +79,7 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.early_stopping_patience >= 0, "early_stopping_patience must be >= 0"),
             (self.max_steps >= 0 and self.grad_norm_every >= 1, "max_steps >= 0, grad_norm_every >= 1"),
+            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1) (0 turns it off)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -535,6 +540,8 @@ def fit(
     history: list[dict[str, float]] = []
     start_epoch, step = 0, 0
     best_metric, best_epoch, best_state = None, 0, None
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay else None
+    judged = ema.module if ema is not None else model  # the weights validated, kept and exported
 
     if resume_from is not None:
         state = load_checkpoint(resume_from)
@@ -544,6 +551,8 @@ def fit(
         generator.set_state(state["generator"])
         history, start_epoch, step = state["history"], state["epoch"], state["step"]
         best_metric, best_epoch, best_state = state["best_metric"], state["best_epoch"], state["best_state"]
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
 
     wrapped: nn.Module = DistributedDataParallel(model) if ctx.enabled else model
     recorder = GradNormRecorder(model)
@@ -565,6 +574,8 @@ def fit(
                 )
             _update(loss, optimizer, model, cfg, recorder, step)
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value * len(x)
@@ -578,7 +589,7 @@ def fit(
             values = torch.tensor(list(train_metrics.values()), dtype=torch.float64)
             dist.all_reduce(values)
             train_metrics = dict(zip(train_metrics, (values / ctx.world_size).tolist(), strict=True))
-        val_metrics = {f"val_{k}": v for k, v in evaluate(model, objective, bundle.val).items()}
+        val_metrics = {f"val_{k}": v for k, v in evaluate(judged, objective, bundle.val).items()}
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_metrics, **val_metrics}
         history.append(row)
         if on_epoch is not None and ctx.is_main:
@@ -590,7 +601,7 @@ def fit(
         )
         if improved:
             best_metric, best_epoch, stale_epochs = metric, epoch + 1, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
         else:
             stale_epochs += 1
 
@@ -609,6 +620,7 @@ def fit(
                 best_metric=best_metric,
                 best_epoch=best_epoch,
                 best_state=best_state,
+                ema=ema.state_dict() if ema is not None else None,
             )
         if cfg.early_stopping_patience and stale_epochs >= cfg.early_stopping_patience:
             stopped_early = True

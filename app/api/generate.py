@@ -18,7 +18,9 @@ STREAM_RESPONSE = {
         "model": GenerateResponse,
         "description": (
             'JSON; with stream=true, text/event-stream: `data: {"token": ...}` per token, then '
-            '`data: {"finish_reason": ..., "usage": ..., "text": ...}`.'
+            '`data: {"finish_reason": ..., "usage": ..., "text": ...}`; a diffusion model sends '
+            '`data: {"step": ..., "steps": ..., "images": [...]}` (the current prediction of the images) '
+            "every diffusion.stream_every steps, then the whole answer."
         ),
         # One schema per event (what an SSE client hands over): ``data`` holds the event's JSON.
         "content": {
@@ -42,7 +44,7 @@ STREAM_RESPONSE = {
 )
 async def generate(request: Request, registry: RegistryDep) -> Response:
     """Generate text (continuous batching; optionally streamed), translate with a seq2seq model, or
-    sample images from a generator."""
+    sample images from a generator or a diffusion model (optionally streamed)."""
     call = handlers.Call(request.headers, await request.body())
     try:
         return (await handlers.generate(request.app.state, call)).response()

@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse
 from app.api.deps import RegistryDep, mark_model
 from app.api.responses import JSONResponse
 from app.api.schemas import ERROR_RESPONSES, LiveResponse, ModelDetails, ModelList, ReadyResponse
+from app.core.diffusion import MAX_GUIDANCE_SCALE
 from app.errors import InvalidInput, with_status
 from app.kinds import GENERATE, PREDICT, generate_kind, predict_kind
 from app.registry import ModelVersion, Registry, check_version
@@ -58,6 +59,8 @@ def describe(mv: ModelVersion, registry: Registry, full: bool) -> dict[str, Any]
             "vocabulary": text.tokenizer.chars,
         }
     info["generation"] = config.generation.model_dump() if config.generation else None
+    if config.diffusion is not None:  # the schedule and the defaults of a request (steps, guidance, ...)
+        info["diffusion"] = config.diffusion.model_dump()
     info["batching"] = config.batching.model_dump()
     info["instances"] = config.instances.model_dump()
     info["limits"] = request_limits(mv, registry)
@@ -122,6 +125,12 @@ def request_limits(mv: ModelVersion, registry: Registry) -> dict[str, Any]:
         )
     if config.generation is not None and config.generation.latent_dim is not None:
         limits["max_images"] = settings.max_images
+    if config.diffusion is not None:
+        limits.update(
+            max_images=settings.max_images,
+            max_steps=min(settings.max_diffusion_steps, config.diffusion.timesteps),
+            max_guidance_scale=MAX_GUIDANCE_SCALE,
+        )
     return limits
 
 

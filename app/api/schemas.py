@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from app.core.diffusion import MAX_GUIDANCE_SCALE
 from app.kinds import GENERATE, PREDICT, applies_to, applies_to_every_kind
 
 # An 8x8 PNG of a handwritten 7 (scikit-learn's digits), for the OpenAPI examples.
@@ -257,6 +258,9 @@ class ModelDetails(ModelSummary):
         default=None, description="Dual encoders: how texts become the text encoder's ids."
     )
     generation: dict[str, Any] | None = None
+    diffusion: dict[str, Any] | None = Field(
+        default=None, description="Diffusion models: the noise schedule and the request defaults."
+    )
     batching: dict[str, Any] | None = None
     instances: dict[str, Any] | None = None
     queue_depth: dict[str, int] | None = None
@@ -365,6 +369,7 @@ class GenerateRequest(BaseModel):
                 {"model": "dcgan-digits", "num_samples": 4, "seed": 7},
                 {"model": "vae-digits", "interpolate": {"from": 1, "to": 2, "steps": 8}},
                 {"model": "cgan-digits", "num_samples": 4, "class": 7, "seed": 1},
+                {"model": "diffusion-digits", "num_samples": 4, "class": [1, 2, 3, 4], "steps": 20},
             ],
         ),
     )
@@ -387,7 +392,11 @@ class GenerateRequest(BaseModel):
         description="Generation ends before any of these (at most SERVE_MAX_STOP_STRINGS strings).",
     )
     stream: bool = Field(
-        default=False, description="Server-Sent Events: one event per token, then a summary."
+        default=False,
+        description=(
+            "Server-Sent Events: one event per token, then a summary; a diffusion model sends the current "
+            "images every diffusion.stream_every steps (GET /models/{name}), then the final ones."
+        ),
     )
     input: str | None = Field(default=None, description="The text to translate.")
     num_beams: int | None = Field(default=None, ge=1, description="1 = greedy; at most SERVE_MAX_BEAMS.")
@@ -402,6 +411,24 @@ class GenerateRequest(BaseModel):
         description=(
             "The class of every image (one id), or one id per image; an id indexes the model's labels "
             "(GET /models/{name}). Default: the classes in turn (0, 1, 2, ...)."
+        ),
+    )
+    steps: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "DDIM steps, one denoiser call each (two with guidance). Default: the model's config; at most "
+            "SERVE_MAX_DIFFUSION_STEPS and the model's timesteps."
+        ),
+    )
+    guidance_scale: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_GUIDANCE_SCALE,
+        allow_inf_nan=False,
+        description=(
+            "Classifier-free guidance: noise = uncond + scale * (cond - uncond); 1 = the conditional "
+            "prediction alone, 0 = the unconditional one (no class). Default: the model's config."
         ),
     )
     format: Literal["png", "array"] = Field(
@@ -430,4 +457,7 @@ class GenerateResponse(BaseModel):
     latents: list[list[float]] | None = None
     classes: list[int] | None = Field(
         default=None, description="Class-conditional generators: each image's class."
+    )
+    seeds: list[int] | None = Field(
+        default=None, description="Diffusion models: each image's seed (its starting noise)."
     )

@@ -106,6 +106,34 @@ class GenerationDefaults(_Strict):
     num_beams: int = Field(default=1, gt=0)
 
 
+class DiffusionSpec(_Strict):
+    """A denoising diffusion model's noise schedule and sampling defaults (app/core/diffusion.py): the
+    graph predicts the noise in ``x_t`` at timestep ``t`` (``t`` in [0, timesteps)), and the server
+    runs the DDIM walk back from pure noise."""
+
+    timesteps: int = Field(default=1000, gt=0)
+    beta_schedule: Literal["linear", "cosine"] = "cosine"
+    beta_start: float = Field(default=1e-4, gt=0, lt=1)  # linear schedule only
+    beta_end: float = Field(default=0.02, gt=0, lt=1)
+    # Class-conditional models take a class id per row, and ``null_class`` (the number of labels)
+    # means "no class": trained with the label dropped at random, so the same graph also samples
+    # unconditionally, and classifier-free guidance mixes the two. An unconditional model's graph
+    # takes the class input too, always ``null_class`` (0).
+    conditional: bool = False
+    null_class: int = Field(default=0, ge=0)
+    clip_denoised: bool = True  # clip each step's predicted x_0 to [-1, 1]
+    num_samples: int = Field(default=8, gt=0)  # images of a request that does not say
+    steps: int = Field(default=50, gt=0)  # DDIM steps of a request that does not say
+    guidance_scale: float = Field(default=1.0, ge=0)  # of a conditional request that does not say
+    stream_every: int = Field(default=5, gt=0)  # a streamed request gets an intermediate image this often
+
+    @model_validator(mode="after")
+    def _steps_within_schedule(self) -> DiffusionSpec:
+        if self.steps > self.timesteps:
+            raise ValueError("steps must be at most timesteps")
+        return self
+
+
 class ChatTemplate(_Strict):
     """How the OpenAI-compatible chat endpoint turns messages into a language model's prompt: each
     message as ``message`` with ``{role}`` and ``{content}`` replaced (plain replacement, not
@@ -207,6 +235,7 @@ class ModelConfig(_Strict):
         "seq2seq",
         "image_translation",
         "embedding",
+        "diffusion",
     ]
     description: str = ""
     # Pin the version that answers requests naming none; by default the highest trained version (not a
@@ -225,6 +254,7 @@ class ModelConfig(_Strict):
     postprocessing: ImagePostprocessing | None = None
     labels: list[str] | None = None
     generation: GenerationDefaults | None = None
+    diffusion: DiffusionSpec | None = None  # diffusion models: the schedule the graph was trained on
     # Optional: models without one get ChatTemplate()'s defaults at /v1/chat/completions.
     chat_template: ChatTemplate | None = None
     batching: Batching = Batching()
@@ -238,6 +268,8 @@ class ModelConfig(_Strict):
             raise ValueError("a generation model needs generation defaults with latent_dim")
         if self.task == "image_translation" and not isinstance(self.preprocessing, ImagePreprocessing):
             raise ValueError("an image_translation model needs image preprocessing (it takes images)")
+        if self.task == "diffusion" and (self.diffusion is None or self.postprocessing is None):
+            raise ValueError("a diffusion model needs its diffusion schedule and image postprocessing")
         if self.task in ("text_generation", "seq2seq") and not isinstance(
             self.preprocessing, TextPreprocessing
         ):

@@ -113,8 +113,8 @@ def test_class_is_refused_by_an_unconditional_generator(fc) -> None:
     response = fc.post("/generate", json={"model": "dcgan-digits", "class": 3})
     assert response.status_code == 422
     assert response.json()["error"] == (
-        "class (for class-conditional image generators) does not apply to model 'dcgan-digits', "
-        "an image generator"
+        "class (for class-conditional image generators, diffusion models) does not apply to model "
+        "'dcgan-digits', an image generator"
     )
 
 

@@ -46,6 +46,8 @@ BASES: dict[Kind, dict] = {
         "direction": "thick_to_thin",
     },
     Kind.DUAL_ENCODER: {"model": "clip-shapes", "inputs": [[[[0.0] * 32] * 32] * 3]},
+    # With a class: guidance_scale applies to requests that have one.
+    Kind.DIFFUSION: {"model": "diffusion-digits", "num_samples": 1, "class": 1, "steps": 2},
 }
 # A value of each field that asks for something (not its default, null, false or []), valid by the
 # schema and for the kinds the field applies to (starting from their BASES request).
@@ -77,6 +79,8 @@ VALUES: dict[str, dict] = {
         "latent": [[0.0] * 32],
         "interpolate": {"from": 1, "to": 2, "steps": 2},
         "class": 3,
+        "steps": 3,
+        "guidance_scale": 1.5,
         "format": "array",
         "map_unknown": True,
     },
@@ -161,7 +165,7 @@ def test_every_refused_field_is_named_at_once(kc) -> None:
     assert response.status_code == 422
     assert response.json()["error"] == (
         "num_beams (for seq2seq models), num_samples (for image generators, class-conditional image "
-        "generators) do not apply to model 'gpt-corpus', a language model"
+        "generators, diffusion models) do not apply to model 'gpt-corpus', a language model"
     )
 
 

@@ -68,6 +68,21 @@ def test_build_exports_every_recipe(zoo):
     assert metrics["stroke_thin"] < metrics["stroke_thick"]  # the domains differ as made
     assert {"judge_accuracy_thin_to_thick", "judge_accuracy_thick_to_thin", "test_cycle_l1"} <= set(metrics)
     assert {"translations.png", "stroke_thickness.png"} <= set(cycle_report["plots"])
+    # The diffusion model: one denoiser graph, its schedule in config.json, judged beside the GAN.
+    diffusion = ModelConfig.model_validate_json(
+        (zoo / "models" / "diffusion-digits" / "config.json").read_text()
+    )
+    assert [i.name for i in diffusion.graphs["denoiser"].inputs] == ["x", "t", "class"]
+    assert (
+        diffusion.task == "diffusion"
+        and diffusion.diffusion.conditional
+        and diffusion.diffusion.null_class == 10
+    )
+    diffusion_report = json.loads((zoo / "models" / "diffusion-digits" / "1" / "report.json").read_text())
+    assert {"samples.png", "denoising.png"} <= set(diffusion_report["plots"])
+    figures = diffusion_report["metrics"]
+    assert 0 <= figures["judge_requested_class_accuracy"] <= 1 and figures["judge_frechet_distance"] > 0
+    assert figures["judge_frechet_distance_dcgan_digits"] > 0  # the GAN, judged on the same real digits
     dae = json.loads((zoo / "models" / "dae-digits" / "1" / "report.json").read_text())
     assert {"test_mse_noisy", "test_mse_clean", "noisy_input_mse"} <= set(dae["metrics"])
     assert (

@@ -55,8 +55,9 @@ def _as_tuple(out: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
 
 
 # Token-input families have their own test files (test_rnn, test_seq2seq, test_gpt, test_bert), and
-# so has the dual encoder, whose forward takes images and token ids (test_clip).
-SEQUENCE_FAMILIES = {"rnn", "seq2seq", "gpt", "bert", "clip"}
+# so have the dual encoder, whose forward takes images and token ids (test_clip), and the diffusion
+# U-Net, whose forward takes a timestep and a class (test_diffusion).
+SEQUENCE_FAMILIES = {"rnn", "seq2seq", "gpt", "bert", "clip", "diffusion"}
 
 
 def test_expected_table_covers_every_image_model() -> None:

@@ -34,6 +34,7 @@ SERVED_TASKS = {
     "language_model": "text_generation",
     "seq2seq": "seq2seq",
     "contrastive": "embedding",
+    "diffusion": "diffusion",
 }
 
 

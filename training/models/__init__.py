@@ -13,5 +13,6 @@ from training.models import (  # noqa: F401
     resnet,
     rnn,
     seq2seq,
+    unet,
     vit,
 )

@@ -10,6 +10,7 @@ on the exported graphs). :class:`RecipeObjective` (in ``base``) holds what the o
 
 from training.objectives import (  # noqa: F401  (importing them registers the objectives)
     contrastive,
+    diffusion,
     images,
     sequences,
 )

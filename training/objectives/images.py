@@ -7,21 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from app.core.repository_format import (
-    CONFIG_FILE,
     GenerationDefaults,
     ImagePostprocessing,
     ImagePreprocessing,
-    ModelConfig,
-    default_version,
 )
 from training import plots, trainer
 from training.complexity import multiply_adds, parameter_count
-from training.data import DatasetBundle, add_noise, normalize, stroke_thickness, unpaired_domains
+from training.data import DatasetBundle, add_noise, stroke_thickness, unpaired_domains
+from training.judge import Judge, class_accuracy, sample_scores
 from training.objectives.base import (
     Measured,
     RecipeObjective,
@@ -171,46 +168,11 @@ class VAE(_Autoencoder):
 def judge_probabilities(
     run: Run, judge: str, images: torch.Tensor, *, same_labels: bool = False
 ) -> torch.Tensor:
-    """Softmax of the zoo's exported classifier ``judge`` over ``images`` (N, C, H, W) in [0, 1],
-    run in onnxruntime on the version the server serves: the judge of the generators' samples.
-    ``same_labels``: the judge's classes must be the data's (its answers are compared with labels)."""
-    judge_dir = run.repository / judge
-    if not (judge_dir / CONFIG_FILE).is_file():
-        raise FileNotFoundError(
-            f"judge {judge!r} not found in {run.repository}; build it first "
-            f"(python -m training train {judge})"
-        )
-    config = ModelConfig.model_validate_json((judge_dir / CONFIG_FILE).read_text())
-    version = default_version(judge_dir, config.version)  # the one the server serves
-    graph = config.graphs["model"]
-    session = ort.InferenceSession(
-        str(judge_dir / str(version) / graph.file), providers=["CPUExecutionProvider"]
-    )
-    pre = config.preprocessing
-    if tuple(images.shape[1:]) != (pre.channels, pre.height, pre.width):
-        raise ValueError(f"judge {judge!r} expects {pre.channels}x{pre.height}x{pre.width} images")
-    if same_labels and config.labels != run.bundle.labels:
-        raise ValueError(f"judge {judge!r} has labels {config.labels}; the data has {run.bundle.labels}")
-    feed = normalize(images, pre.mean, pre.std).numpy().astype(np.float32)
-    logits = session.run(None, {graph.inputs[0].name: feed})[0]
-    return torch.softmax(torch.from_numpy(logits), -1)  # (N, classes)
-
-
-def _sample_scores(probs: torch.Tensor) -> dict[str, float]:
-    """How digit-like samples are (mean max-probability) and how many classes they cover (mode collapse)."""
-    counts = np.bincount(probs.argmax(-1).numpy(), minlength=probs.shape[1])
-    return {
-        "judge_mean_max_prob": float(probs.max(-1).values.mean()),
-        "judge_classes_present": float((counts > 0).sum()),
-        "judge_min_class_share": float(counts.min() / len(probs)),
-    }
-
-
-def _class_accuracy(probs: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, float]:
-    """The judge's accuracy against ``labels``, overall and on the worst class."""
-    hits = (probs.argmax(-1) == labels).float()
-    per_class = [float(hits[labels == c].mean()) for c in labels.unique()]
-    return {f"{prefix}accuracy": float(hits.mean()), f"{prefix}worst_class_accuracy": min(per_class)}
+    """Softmax of the zoo's exported classifier ``judge`` over ``images`` (N, C, H, W) in [0, 1]
+    (training.judge.Judge: onnxruntime, the version the server serves). ``same_labels``: the judge's
+    classes must be the data's (its answers are compared with labels)."""
+    expected = run.bundle.labels if same_labels else None
+    return torch.from_numpy(Judge(run.repository, judge, labels=expected)(images)[0])  # (N, classes)
 
 
 @register_objective("gan")
@@ -248,7 +210,7 @@ class GAN(RecipeObjective):
         generator = torch.Generator().manual_seed(run.train_cfg.seed + 1)
         z = torch.randn(GAN_JUDGE_SAMPLES, run.model.config.latent_dim, generator=generator)
         images = (run.model.generator(z) + 1) / 2  # (N, C, H, W) in [0, 1]
-        return _sample_scores(judge_probabilities(run, self.recipe.judge, images))
+        return sample_scores(judge_probabilities(run, self.recipe.judge, images))
 
     def config_fields(self, run: Run) -> dict[str, Any]:
         return {  # no preprocessing: the input is a latent vector, not an image
@@ -291,7 +253,7 @@ class ConditionalGAN(GAN):
         z = torch.randn(GAN_JUDGE_SAMPLES, config.latent_dim, generator=generator)
         images = (run.model.generator(z, labels) + 1) / 2  # (N, C, H, W) in [0, 1]
         probs = judge_probabilities(run, self.recipe.judge, images, same_labels=True)
-        return {**_class_accuracy(probs, labels, "judge_requested_class_"), **_sample_scores(probs)}
+        return {**class_accuracy(probs, labels, "judge_requested_class_"), **sample_scores(probs)}
 
     def config_fields(self, run: Run) -> dict[str, Any]:
         fields = super().config_fields(run)
