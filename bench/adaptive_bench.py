@@ -2,7 +2,7 @@
 under open-loop Poisson load at 30%, 60% and 90% of capacity (issue 17, part 3). Run by hand:
 
     .venv/bin/python bench/adaptive_bench.py --quick   # a check, ~3 min (results in the temp dir)
-    flock /work/bench.lock .venv/bin/python bench/adaptive_bench.py   # the README's figures, ~15 min
+    .venv/bin/python bench/adaptive_bench.py   # the README's figures, ~15 min
 
 How it measures, and why:
 - The model is the MLP (mlp-digits) with its own instances (two single-threaded sessions), bodies are
@@ -23,7 +23,7 @@ How it measures, and why:
   waits for a free connection included) and its CPU.
 - On a machine shared with other work, run it in a session of its own with a raised autogroup
   priority (Linux shares the CPU between sessions first, so ``nice`` alone does not help):
-  ``setsid sh -c 'echo -20 > /proc/self/autogroup; exec flock /work/bench.lock .venv/bin/python
+  ``setsid sh -c 'echo -20 > /proc/self/autogroup; exec .venv/bin/python
   bench/adaptive_bench.py'``.
 - Per 10-second window (after a warm-up): p99 of the requests scheduled in it (a failed or missing
   answer counts as infinitely late) and goodput (200s completed in it). The table gives the share of

@@ -5,7 +5,7 @@ rows of the recipe's held-out split; quality and max difference from fp32 come f
 Then the whole zoo's start-up to ready with every variant loaded, alternating with the same zoo
 without its variants (serve_bench's server start, as serve_bench measures start-up).
 
-    flock /work/bench.lock .venv/bin/python bench/variants_bench.py [--models a,b] [--rounds 15]
+    .venv/bin/python bench/variants_bench.py [--models a,b] [--rounds 15]
 
 Writes bench/results/variants_bench.md and .json.
 """
