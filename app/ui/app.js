@@ -16,6 +16,7 @@ const PANELS = {
   "seq2seq model": seq2seqPanel,
   "image generator": generatorPanel,
   "class-conditional image generator": generatorPanel,
+  "diffusion model": diffusionPanel,
   "image translator": translatorPanel,
   "dual encoder": dualEncoderPanel,
 };
@@ -713,6 +714,85 @@ function generatorPanel(model, root) {
   drawGrid();
   drawWalk();
   decode();
+}
+
+// A diffusion model: the server runs the DDIM walk; the panel streams it and draws each event's images
+// (the walk's current estimate every few steps) over the grid, then the answer's images with their classes.
+function diffusionPanel(model, root, signal) {
+  const defaults = model.diffusion ?? {};
+  const labels = model.labels ?? [];
+  const conditional = Boolean(defaults.conditional);
+  const classPicker = el("select", {}, el("option", { value: "", text: "each class in turn" }),
+    labels.map((label, i) => el("option", { value: i, text: label })));
+  const count = numberInput(Math.min(8, model.limits.max_images), 1, model.limits.max_images);
+  const steps = slider("DDIM steps", defaults.steps ?? 20, 1, Math.min(100, model.limits.max_steps), 1);
+  const guidance = slider("Guidance scale (0: unconditional)", defaults.guidance_scale ?? 1.5, 0,
+    Math.min(5, model.limits.max_guidance_scale), 0.1, (v) => Number(v).toFixed(1));
+  const seed = numberInput(0, 0, undefined);
+  const go = el("button", { type: "button", text: "Generate" });
+  const progress = el("p", { class: "muted", "aria-live": "polite", text: "–" });
+  const grid = el("div", { class: "grid" });
+  const record = { events: [], done: false };
+
+  const draw = (images, classes) => grid.replaceChildren(...images.map((b64, i) => {
+    const name = classes ? labels[classes[i]] ?? String(classes[i]) : null;
+    return el("figure", { class: "sample", "data-class": classes ? classes[i] : "" },
+      el("img", { src: pngSrc(b64), alt: name === null ? `sample ${i + 1}` : `class ${name}, sample ${i + 1}` }),
+      name === null ? null : el("figcaption", { text: `class ${name}` }));
+  }));
+
+  async function generate() {
+    const body = {
+      model: model.name, num_samples: Number(count.value), steps: Number(steps.input.value),
+      guidance_scale: Number(guidance.input.value), seed: Number(seed.value), stream: true,
+    };
+    if (conditional && classPicker.value !== "") body.class = Number(classPicker.value);
+    go.disabled = true;
+    record.events = [];
+    record.done = false;
+    playground.lastDiffusion = record;
+    try {
+      const response = await request("generate", body, { signal, stream: true });
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const line = buffer.slice(0, end).split("\n").find((l) => l.startsWith("data: "));
+          buffer = buffer.slice(end + 2);
+          if (!line) continue;
+          const data = JSON.parse(line.slice(6));
+          record.events.push(data.step ?? "final");
+          if (data.error) {
+            showError(new Error(data.error));
+          } else if (data.step !== undefined) {
+            progress.textContent = `step ${data.step} of ${data.steps}`;
+            draw(data.images, null);
+          } else {
+            progress.textContent = `done: ${body.steps} steps in ${(data.timings.total_s * 1000).toFixed(0)} ms`;
+            draw(data.images, data.classes ?? null);
+          }
+        }
+      }
+    } catch (error) {
+      showError(error);
+    } finally {
+      record.done = true;
+      go.disabled = false;
+    }
+  }
+  go.addEventListener("click", generate);
+  root.append(
+    el("p", { class: "muted", text: `The server walks from noise to ${conditional ? "the class asked for" : "an image"} in the steps given; every ${defaults.stream_every ?? 5} steps it sends its current estimate, drawn here as it comes.` }),
+    el("div", { class: "row" }, conditional ? field("Class", classPicker) : null, field("Images", count), field("Seed", seed),
+      steps.node, conditional ? guidance.node : null, go),
+    progress,
+    grid,
+  );
+  generate();
 }
 
 // Seeded uniform numbers in [0, 1) (mulberry32): the same seed, the same picture.

@@ -41,6 +41,7 @@ PANEL_MODELS = {
     "conditional-generator": ("class-conditional image generator", "cgan-digits"),
     "image-translator": ("image translator", "cyclegan-strokes"),
     "dual-encoder": ("dual encoder", "clip-shapes"),
+    "diffusion": ("diffusion model", "diffusion-digits"),
 }
 
 
@@ -112,6 +113,7 @@ def show_panel(page: Page, base_url: str, panel: str) -> str:
         "conditional-generator": f"{section} img.walk[src]",
         "image-translator": f"{section} img.translation[src]",
         "dual-encoder": f"{section} .ranking li",
+        "diffusion": f"{section} .grid figure.sample figcaption",
     }[panel]
     page.wait_for_selector(done)
     if panel in ("generator", "conditional-generator"):

@@ -340,3 +340,23 @@ def test_zero_shot_follows_the_labels_and_a_query_finds_its_image(recorded, ui_s
     expect(section.locator(".ranking li")).to_have_count(8)
     failures = [e for e in recorded.errors if "Failed to load resource" not in e]
     assert failures == []
+
+
+def test_the_diffusion_walk_streams_its_steps_and_draws_the_class(recorded, ui_server) -> None:
+    page = recorded.page
+    open_model(page, ui_server.url, "diffusion-digits")
+    section = page.locator('section[data-panel="diffusion model"]')
+    expect(section.locator(".grid figure.sample figcaption").first).to_be_visible()  # the first walk, on open
+    section.get_by_label("Class", exact=True).select_option(label="3")
+    section.get_by_label("Images", exact=True).fill("4")
+    section.get_by_role("button", name="Generate").click()
+    page.wait_for_function("() => playground.lastDiffusion.done && playground.lastDiffusion.events.length")
+    # 20 steps, an estimate every 5: three intermediate events drawn before the answer.
+    assert page.evaluate("() => playground.lastDiffusion.events") == [5, 10, 15, "final"]
+    assert section.locator(".grid figcaption").all_inner_texts() == ["class 3"] * 4
+    sources = section.locator(".grid img").evaluate_all("images => images.map(i => i.src)")
+    with ui_server.client() as client:
+        images = [src.split(",", 1)[1] for src in sources]
+        answer = client.post("/predict", json={"model": "lenet5-digits", "inputs": images}).json()
+    assert [item["label"] for item in answer["outputs"]].count("3") >= 3
+    assert recorded.errors == []
