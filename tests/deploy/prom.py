@@ -65,12 +65,22 @@ def query(url: str, expr: str) -> list[dict]:
 
 
 def wait_for(url: str, expr: str, check, timeout_s: float = 30.0) -> list[dict]:
-    """Poll ``expr`` until ``check(result)`` holds (the first scrape lands a few seconds after start)."""
+    """Poll ``expr`` until ``check(result)`` holds (the first scrape lands a few seconds after start).
+    A Prometheus still starting (a container's: nothing listening yet, or 503 until its storage is
+    ready) is polled again; any other failure is the test's."""
     deadline = time.monotonic() + timeout_s
-    result: list[dict] = []
+    result: list[dict] | str = []
     while time.monotonic() < deadline:
-        result = query(url, expr)
-        if check(result):
-            return result
+        try:
+            result = query(url, expr)
+        except httpx.TransportError as exc:
+            result = f"not reachable ({exc!r})"
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 503:
+                raise
+            result = "503 (starting)"
+        else:
+            if check(result):
+                return result
         time.sleep(0.5)
     raise AssertionError(f"{expr}: still {result} after {timeout_s} s")
