@@ -280,7 +280,8 @@ class TextPlane:
             presence_penalty=body.presence_penalty or 0.0,
             frequency_penalty=body.frequency_penalty or 0.0,
         )
-        stopping = StoppingCriteria(max_new, self._stop(body.stop, f"{prefix}stop"), mv.tokenizer.eos_id)
+        eos_id = None if getattr(body, "ignore_eos", False) else mv.tokenizer.eos_id  # V2 has no such field
+        stopping = StoppingCriteria(max_new, self._stop(body.stop, f"{prefix}stop"), eos_id)
         return TextJob(prompts, body.n, params, stopping, body.seed, logprobs)
 
     def token_strings(self, mv: ModelVersion) -> list[str]:
@@ -450,6 +451,8 @@ class TextPlane:
         ]
         if getattr(body, "logprobs", None) is not None:
             given.append("logprobs")
+        if getattr(body, "ignore_eos", False):
+            given.append("ignore_eos")
         if given:
             raise InvalidInput(
                 f"not applicable to model {mv.name!r}, a seq2seq model (it decodes by greedy or beam "

@@ -2,7 +2,8 @@
 
 Fields OpenAI defines and this server does not support (``logit_bias``, ``tools``, ``best_of``,
 ``suffix``, ``response_format``, ...) are refused with 400 naming them, never ignored: each would
-change the answer. ``top_k`` (as vLLM takes it) and ``map_unknown`` are this server's extensions.
+change the answer. ``top_k`` and ``ignore_eos`` (as vLLM takes them) and ``map_unknown`` are this
+server's extensions.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class _Sampling(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256, description="Accepted and ignored.")
     map_unknown: bool = Field(default=False, description=MAP_UNKNOWN_DESCRIPTION.replace("422", "400"))
+    ignore_eos: bool = Field(
+        default=False,
+        description="Extension (vLLM's): go on past the end-of-text token, to max_tokens (fixed lengths).",
+    )
 
 
 class CompletionRequest(_Sampling):

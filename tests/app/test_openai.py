@@ -285,6 +285,21 @@ def test_async_client_concurrent_streams_equal_plain(live) -> None:
 # ------------------------------------------------------------------------------------------ seq2seq
 
 
+def test_ignore_eos_generates_past_the_end_of_text(repo) -> None:
+    """Seed 0 from "The " samples the end-of-text token after ~3,700 characters (found by sampling
+    this model); ignore_eos goes on to max_tokens. A seq2seq model refuses it (it would not apply)."""
+    with LiveServer(Settings(model_repository=repo, max_new_tokens=6000)) as server:
+        c = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+        body = {"model": GPT, "prompt": "The ", "max_tokens": 6000, "seed": 0}
+        ended = c.completions.create(**body).choices[0]
+        assert ended.finish_reason == "stop" and len(ended.text) < 6000
+        past = c.completions.create(**body, extra_body={"ignore_eos": True})
+        assert past.choices[0].finish_reason == "length" and past.usage.completion_tokens == 6000
+        assert past.choices[0].text.startswith(ended.text)  # the same walk, on past the token
+        with pytest.raises(openai.BadRequestError, match="ignore_eos"):
+            c.completions.create(model=S2S, prompt="3rd of March 2021", extra_body={"ignore_eos": True})
+
+
 def test_seq2seq_completions_beams_are_choices(client, live) -> None:
     with live.client() as http:
         beams = http.post(
@@ -378,7 +393,15 @@ def test_overload_raises_rate_limit_after_retries_and_api_key(repo) -> None:
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
         c = openai.OpenAI(base_url=url, api_key="sekret", max_retries=1)
-        body = {"model": GPT, "prompt": "The ", "max_tokens": 100_000, "stream": True}
+        # ignore_eos: the model ends a text at its end-of-text token now and then (within 1-2 s of sampling
+        # here), which would free a held slot before the test is done with it.
+        body = {
+            "model": GPT,
+            "prompt": "The ",
+            "max_tokens": 100_000,
+            "stream": True,
+            "extra_body": {"ignore_eos": True},
+        }
         held = [c.completions.create(**body) for _ in range(2)]  # the gate's 2 slots
         gate, generator = server.app.state.registry.gate(GPT), server.app.state.registry.get(GPT).generator
 
