@@ -693,6 +693,14 @@ class GenerationPlane:
         max_steps = min(self.settings.max_diffusion_steps, spec.timesteps)
         if steps > max_steps:
             raise InvalidInput(f"steps is {steps}; at most {max_steps}", param="steps")
+        guided = int((classes != spec.null_class).sum()) if guidance not in (0, 1) else 0  # two rows each
+        rows = steps * (len(classes) + guided)
+        if rows > self.settings.max_diffusion_rows:
+            raise InvalidInput(
+                f"{len(classes)} images ({guided} guided, two rows each) x {steps} steps are {rows} "
+                f"denoiser rows; at most {self.settings.max_diffusion_rows} per request (ask fewer)",
+                param="steps",
+            )
         seed = request.seed or 0
         seeds = list(range(seed, seed + len(classes)))
         return DiffusionPlan(seeds, classes, steps, guidance, request.format)

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # Diffusion models: DDIM steps per request (each step is one denoiser call per image, two with
     # classifier-free guidance); also bounded by the model's own timesteps.
     max_diffusion_steps: int = Field(default=250, gt=0)
+    # ... and denoiser rows per request in all (images x steps, guided images twice): the steps and the
+    # images are bounded one by one, but 64 guided images x 250 steps would be 32,000 rows, ~10 minutes
+    # of one core here (~55 rows/s) holding the model's batcher. 4,096: ~75 s; the defaults are 400.
+    max_diffusion_rows: int = Field(default=4096, gt=0)
     # Seq2seq searches running at once (each holds a worker thread between its batched graph calls);
     # also the model's admission bound, so a search never waits for a thread.
     max_concurrent_searches: int = Field(default=16, gt=0)

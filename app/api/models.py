@@ -129,6 +129,7 @@ def request_limits(mv: ModelVersion, registry: Registry) -> dict[str, Any]:
         limits.update(
             max_images=settings.max_images,
             max_steps=min(settings.max_diffusion_steps, config.diffusion.timesteps),
+            max_denoiser_rows=settings.max_diffusion_rows,
             max_guidance_scale=MAX_GUIDANCE_SCALE,
         )
     return limits

@@ -32,7 +32,8 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def live(repo):
-    with LiveServer(Settings(model_repository=repo, max_images=8, max_diffusion_steps=40)) as server:
+    settings = Settings(model_repository=repo, max_images=8, max_diffusion_steps=40, max_diffusion_rows=600)
+    with LiveServer(settings) as server:
         yield server
 
 
@@ -135,6 +136,7 @@ def test_limits_and_defaults_are_listed(live) -> None:
     assert defaults["conditional"] and defaults["steps"] == 20 and defaults["timesteps"] == 1000
     settings = live.app.state.registry.settings
     assert limits["max_images"] == 8 and limits["max_steps"] == 40 and limits["max_guidance_scale"] == 20
+    assert limits["max_denoiser_rows"] == 600
     assert limits["max_in_progress"] == settings.max_concurrent_searches
 
 
@@ -144,6 +146,11 @@ def test_limits_and_defaults_are_listed(live) -> None:
         ({"num_samples": 9}, "num_samples is 9; at most 8"),
         ({"class": [1] * 9}, "class holds 9 classes; at most 8"),
         ({"num_samples": 1, "steps": 41}, "steps is 41; at most 40"),  # 10 by default: one per class
+        # 8 guided images x 40 steps: 640 denoiser rows, over the 600 of this server (unguided: 320).
+        (
+            {"num_samples": 8, "class": 1, "steps": 40},
+            "8 images (8 guided, two rows each) x 40 steps are 640",
+        ),
         ({"steps": 0}, "steps"),
         ({"class": 1, "guidance_scale": 21}, "guidance_scale"),
         ({"class": 10}, "class 10 is not an id of the model's classes"),
