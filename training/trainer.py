@@ -645,7 +645,9 @@ def fit(
 
 
 def _adversarial_epoch_end(
-    row: dict[str, float],
+    totals: dict[str, float],
+    batches: int,
+    opt_g: torch.optim.Optimizer,
     history: list[dict[str, float]],
     epoch: int,
     step: int,
@@ -656,6 +658,8 @@ def _adversarial_epoch_end(
     checkpoint_meta: dict[str, Any] | None,
 ) -> None:
     """A GAN-style epoch's row (each loss's mean over its batches): recorded, reported, checkpointed."""
+    row = {"epoch": epoch + 1, "lr": opt_g.param_groups[0]["lr"]}
+    row.update({k: v / max(batches, 1) for k, v in totals.items()})
     history.append(row)
     if on_epoch is not None:
         on_epoch(row)
@@ -750,10 +754,18 @@ def fit_gan(
             bar.set_postfix(d=f"{d_loss.item():.3f}", g=f"{g_loss.item():.3f}")
             if cfg.max_steps and step >= cfg.max_steps:
                 break
-        row = {"epoch": epoch + 1, "lr": opt_g.param_groups[0]["lr"]}
-        row.update({k: v / max(batches, 1) for k, v in totals.items()})
         _adversarial_epoch_end(
-            row, history, epoch, step, cfg, model, on_epoch, checkpoint_dir, checkpoint_meta
+            totals,
+            batches,
+            opt_g,
+            history,
+            epoch,
+            step,
+            cfg,
+            model,
+            on_epoch,
+            checkpoint_dir,
+            checkpoint_meta,
         )
         if cfg.max_steps and step >= cfg.max_steps:
             break
@@ -858,10 +870,18 @@ def fit_cycle_gan(
             bar.set_postfix(d=f"{d_loss.item():.3f}", cycle=f"{cycle.item():.3f}")
             if cfg.max_steps and step >= cfg.max_steps:
                 break
-        row = {"epoch": epoch + 1, "lr": opt_g.param_groups[0]["lr"]}
-        row.update({k: v / max(batches, 1) for k, v in totals.items()})
         _adversarial_epoch_end(
-            row, history, epoch, step, cfg, model, on_epoch, checkpoint_dir, checkpoint_meta
+            totals,
+            batches,
+            opt_g,
+            history,
+            epoch,
+            step,
+            cfg,
+            model,
+            on_epoch,
+            checkpoint_dir,
+            checkpoint_meta,
         )
         if cfg.max_steps and step >= cfg.max_steps:
             break

@@ -365,6 +365,15 @@ function modelInput(pad, pre, centred) {
   return target;
 }
 
+// A classification answer's first item, named and with its probability, then the bars of its top_k.
+function topClass(heading, top) {
+  return [
+    el("p", { class: "prediction" }, `${heading}: `, el("strong", { class: "label", text: top.label }),
+      ` (${percent(top.probability)})`),
+    bars(top.top_k),
+  ];
+}
+
 function bars(items) {
   return el(
     "ol",
@@ -394,11 +403,7 @@ function imageClassifierPanel(model, root) {
     try {
       const answer = await postJSON("predict", { model: model.name, inputs: b64png(input), top_k: k });
       const top = answer.outputs[0];
-      result.replaceChildren(
-        el("p", { class: "prediction" }, "Prediction: ", el("strong", { class: "label", text: top.label }),
-          ` (${percent(top.probability)})`),
-        bars(top.top_k),
-      );
+      result.replaceChildren(...topClass("Prediction", top));
     } catch (error) {
       showError(error);
     }
@@ -434,11 +439,7 @@ function textClassifierPanel(model, root) {
     if (mapUnknown.checked) body.map_unknown = true;
     try {
       const top = (await postJSON("predict", body)).outputs[0];
-      result.replaceChildren(
-        el("p", { class: "prediction" }, "Prediction: ", el("strong", { class: "label", text: top.label }),
-          ` (${percent(top.probability)})`),
-        bars(top.top_k),
-      );
+      result.replaceChildren(...topClass("Prediction", top));
     } catch (error) {
       result.replaceChildren();
       showError(error);
@@ -1028,11 +1029,7 @@ function dualEncoderPanel(model, root) {
     if (mapUnknown.checked) body.map_unknown = true;
     try {
       const top = (await postJSON("predict", body)).outputs[0];
-      zeroShot.replaceChildren(
-        el("p", { class: "prediction" }, "Best label: ", el("strong", { class: "label", text: top.label }),
-          ` (${percent(top.probability)})`),
-        bars(top.top_k),
-      );
+      zeroShot.replaceChildren(...topClass("Best label", top));
     } catch (error) {
       zeroShot.replaceChildren();
       showError(error);
