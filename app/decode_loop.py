@@ -34,6 +34,7 @@ import numpy as np
 
 from app import metrics
 from app.core.kv_cache import FinishReason, InPlaceKVCache, KVCache, step_cache
+from app.core.repository_format import AttentionWindow
 from app.core.sampling import SamplingParams, TokenLogprob, select_next_tokens, token_logprobs
 from app.core.tokenizer import CharTokenizer
 from app.errors import QueueFull
@@ -189,11 +190,14 @@ class TextGenerator:
         tokenizer: CharTokenizer,
         block_size: int,
         limits: GenerationLimits,
+        window: AttentionWindow | None = None,
     ) -> None:
+        """``window``: the model's local attention (config.json's ``attention``), which its cache follows."""
         self.name = name
         self.session = session
         self.tokenizer = tokenizer
         self.block_size = block_size
+        self.window = window
         self.limits = limits
         # Each id's text, looked up per token (special tokens decode to nothing).
         self._pieces = [tokenizer.decode([i], stop_at_eos=False) for i in range(tokenizer.vocab_size)]
@@ -429,7 +433,7 @@ class TextGenerator:
     def _new_cache(self) -> KVCache | InPlaceKVCache:
         """The cache the step graph's contract asks for (app/core/kv_cache.py)."""
         session = self.session
-        return step_cache(session.graph, session.session, self.block_size, session.run)
+        return step_cache(session.graph, session.session, self.block_size, session.run, self.window)
 
     def warmup(self) -> None:
         """A prefill of two rows and one decode step on a cache of its own: pays onnxruntime's lazy

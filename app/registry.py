@@ -559,7 +559,9 @@ class Registry:
             mv.provider = sessions[0].provider
             if role == DECODER_STEP:
                 block_size = config.preprocessing.max_length
-                mv.generator = TextGenerator(mv.name, sessions[0], mv.tokenizer, block_size, self.limits)
+                mv.generator = TextGenerator(
+                    mv.name, sessions[0], mv.tokenizer, block_size, self.limits, config.attention
+                )
                 if self.settings.warmup:  # through its cache: an in-place graph needs its bindings
                     mv.generator.warmup()
                 continue

@@ -334,6 +334,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             params=params,
             seed=args.seed + i,
             block_size=config.preprocessing.max_length,
+            window=config.attention,
         )
         print(f"--- sample {i + 1} (finish: {result.finish_reason})")
         print(args.prompt + tokenizer.decode(result.token_ids, stop_at_eos=False))

@@ -56,6 +56,11 @@ DIFFERENCE_ROWS, DIFFERENCE_PREFILL, DIFFERENCE_STEPS = 8, 16, 64
 
 
 def _fused(job: GraphJob) -> Path:
+    if job.ctx.config.attention is not None:
+        # GroupQueryAttention's cache is linear (slot = position), the local model's a ring.
+        raise ValueError(
+            f"{job.ctx.config.name} has local attention; the fused step graph has no ring cache for it"
+        )
     fused = job.target.with_suffix(".fused.onnx")
     fuse_step_graph(job.source, fused)
     return fused

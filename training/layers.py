@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from training.local_attention import SlidingWindow, sliding_window_attention
+
 # The activations a config may name. Kept to the classic five so that experiments (e.g. sigmoid vs
 # relu on a deep MLP) compare like with like across families, plus MobileNet's ReLU6 (min(max(x, 0),
 # 6): bounded activations keep low-precision inference accurate, the reason MobileNets use it).
@@ -136,10 +138,21 @@ class MultiHeadSelfAttention(nn.Module):
     and sequence axes under both exporters, and because a KV-cache variant needs to reach inside.
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dropout: float = 0.0,
+        window: SlidingWindow | None = None,
+        slopes: Tensor | None = None,
+    ) -> None:
+        """``window``: local attention (training/local_attention.py) instead of full; ``slopes``: its
+        ALiBi distance bias per head (H,), which full attention takes inside its mask instead."""
         super().__init__()
         if dim % heads != 0:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        self.window = window
+        self.register_buffer("slopes", slopes, persistent=False)  # a function of the config
         self.heads = heads
         self.head_dim = dim // heads
         self.scale = 1.0 / math.sqrt(self.head_dim)
@@ -156,8 +169,16 @@ class MultiHeadSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``x``: (B, T, dim). ``mask``: additive, broadcastable (B or 1, 1 or H, T, T); use 0 to keep
-        a position and a large negative number (or -inf) to hide it."""
-        return self.attend(x, x, mask)
+        a position and a large negative number (or -inf) to hide it. With a ``window`` the window
+        decides which positions meet, and ``mask`` is an additive bias per key, (B, T) (padding)."""
+        if self.window is None:  # fixed at construction: export sees one path
+            return self.attend(x, x, mask)
+        B, T, C = x.shape
+        q = self._split_heads(self.q_proj(x))  # (B, H, T, D)
+        k = self._split_heads(self.k_proj(x))  # (B, H, T, D)
+        v = self._split_heads(self.v_proj(x))  # (B, H, T, D)
+        out = sliding_window_attention(q, k, v, self.window, self.scale, mask, self.slopes, self.attn_dropout)
+        return self.resid_dropout(self.out_proj(out.transpose(1, 2).reshape(B, T, C)))  # (B, T, dim)
 
     def attend(self, x: Tensor, memory: Tensor, mask: Tensor | None = None) -> Tensor:
         """Queries from ``x`` (B, T, dim), keys and values from ``memory`` (B, S, dim)."""
@@ -196,11 +217,13 @@ class TransformerBlock(nn.Module):
         dropout: float = 0.0,
         activation: str = "gelu",
         pre_norm: bool = True,
+        window: SlidingWindow | None = None,
+        slopes: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.pre_norm = pre_norm
         self.ln1 = nn.LayerNorm(dim)
-        self.attn = MultiHeadSelfAttention(dim, heads, dropout)
+        self.attn = MultiHeadSelfAttention(dim, heads, dropout, window, slopes)
         self.ln2 = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, int(dim * mlp_ratio), activation, dropout)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from app.core.repository_format import GraphSpec
+from app.core.repository_format import AttentionWindow, GraphSpec
 from app.core.sampling import SamplingParams, select_next_tokens
 
 
@@ -71,15 +71,23 @@ class KVCache:
     :meth:`append` writes at each row's next slot: a decode step costs O(B) writes, not a copy of the
     cache. The slot axis (keys (B, H, D, T), values (B, H, T, D)) is read from the graph's spec and
     grows in chunks as the longest row does; rows are added and removed between steps.
+
+    With a ``window`` (a model with local attention) a row keeps only the slots its window needs: the
+    global positions, then a ring in which each new position takes the slot of the one that has just
+    left the window (``AttentionWindow.slot_of``), so the width stops at ``window.slots``.
     """
 
     # Slots are added this many at a time: the graph attends over the whole width, so a width that
     # tracks the longest row keeps steps cheap, and a reallocation every CHUNK tokens costs little.
     CHUNK = 32
 
-    def __init__(self, graph: GraphSpec, run: StepRun | None = None) -> None:
-        """``run``: how a step is run (needed by :meth:`decode` and :meth:`prefill` only)."""
+    def __init__(
+        self, graph: GraphSpec, run: StepRun | None = None, window: AttentionWindow | None = None
+    ) -> None:
+        """``run``: how a step is run (needed by :meth:`decode` and :meth:`prefill` only); ``window``:
+        the model's local attention (config.json's ``attention``), None for full attention."""
         self._run = run
+        self.window = window
         names = cache_input_names(graph)
         self.shapes = {s.name: s.shape for s in graph.inputs if s.name in names}
         # The one dynamic axis after the batch axis is the slot axis.
@@ -134,24 +142,30 @@ class KVCache:
 
     def append(self, new: list[np.ndarray]) -> None:
         """Store one new position per row (a decode step's outputs after the logits)."""
-        longest = int(self.lengths.max()) + 1
+        longest = self._slots_for(int(self.lengths.max()) + 1)
         if longest > self.width:  # lengths only grow here: the one resize a step can need
             self._fit(longest)
         rows, lengths = np.arange(self.rows), self.lengths
+        slots = lengths if self.window is None else self.window.slot_of(lengths)
         for view, entries in zip(self._views.values(), new, strict=True):
             # One new slot per row: dropping its size-1 slot axis is a reshape, whatever the layout.
-            view[rows, lengths] = entries.reshape(len(rows), *view.shape[2:])  # (B, ...)
+            view[rows, slots] = entries.reshape(len(rows), *view.shape[2:])  # (B, ...)
         self.lengths = lengths + 1
 
     def add(self, new: list[np.ndarray], lengths: list[int]) -> None:
         """Add rows from a prefill's outputs: row i keeps its first ``lengths[i]`` positions."""
         first = self.rows
         self.lengths = np.concatenate([self.lengths, np.asarray(lengths, np.int64)])
-        self._fit(int(self.lengths.max()))
+        self._fit(self._slots_for(int(self.lengths.max())))
         for (name, view), entries in zip(self._views.items(), new, strict=True):
             fresh = np.moveaxis(entries, self.axes[name], 1)  # (B, S, ...)
             for i, n in enumerate(lengths):
-                view[first + i, :n] = fresh[i, :n]
+                if self.window is None:
+                    view[first + i, :n] = fresh[i, :n]
+                else:  # the global positions and the last `window` others, each in its slot
+                    g = self.window.global_tokens
+                    kept = np.r_[0 : min(g, n), max(g, n - self.window.window) : n]
+                    view[first + i, self.window.slot_of(kept)] = fresh[i, kept]
 
     def keep(self, rows: list[int]) -> None:
         """Keep only ``rows`` (in this order) as rows 0, 1, ...; the others' slots are freed."""
@@ -159,7 +173,11 @@ class KVCache:
         for buffer in self.buffers.values():
             buffer[: len(index)] = buffer[index]
         self.lengths = self.lengths[index]
-        self._fit(int(self.lengths.max()) if len(index) else 0)
+        self._fit(self._slots_for(int(self.lengths.max())) if len(index) else 0)
+
+    def _slots_for(self, length: int) -> int:
+        """Slots a row of ``length`` positions occupies."""
+        return length if self.window is None else min(length, self.window.slots)
 
     def _fit(self, needed: int) -> None:
         """Size the buffers for the rows and ``needed`` positions. Each axis grows when too small and
@@ -167,6 +185,8 @@ class KVCache:
         use, but a reallocation zeroes what is allocated, and it happens whenever the width changes
         (measured: one row decoded 25% slower in buffers sized for 32 rows)."""
         width = -(-needed // self.CHUNK) * self.CHUNK
+        if self.window is not None:  # a ring is never wider than its slots: unused ones cost every step
+            width = min(width, self.window.slots)
         capacity = self.capacity
         if self.rows > capacity or self.rows <= capacity // 4:
             capacity = max(2 * self.rows, 1)
@@ -308,14 +328,21 @@ class InPlaceKVCache:
 
 
 def step_cache(
-    graph: GraphSpec, session: ort.InferenceSession, slots: int, run: StepRun | None = None
+    graph: GraphSpec,
+    session: ort.InferenceSession,
+    slots: int,
+    run: StepRun | None = None,
+    window: AttentionWindow | None = None,
 ) -> KVCache | InPlaceKVCache:
     """The cache that the step graph's contract asks for (see the module's docstring). ``slots``: the
-    model's context; ``run``: how to run a step of a ``new_*`` graph (default: ``session.run``)."""
+    model's context; ``run``: how to run a step of a ``new_*`` graph (default: ``session.run``);
+    ``window``: the model's local attention, if it has one."""
     if writes_in_place(graph):
+        if window is not None:
+            raise ValueError("an in-place step graph has no ring for local attention; serve its new_* graph")
         return InPlaceKVCache(graph, session, slots)
     output_names = ["logits", *(n.replace(CACHE_INPUTS, "new_", 1) for n in cache_input_names(graph))]
-    return KVCache(graph, run or (lambda feeds: session.run(output_names, feeds)))
+    return KVCache(graph, run or (lambda feeds: session.run(output_names, feeds)), window)
 
 
 def generate(
@@ -329,6 +356,7 @@ def generate(
     block_size: int,
     eos_id: int | None = None,
     slide: bool = False,
+    window: AttentionWindow | None = None,
 ) -> GeneratedText:
     """Sample up to ``max_new_tokens`` after ``prompt_ids`` (greedy when temperature is 0).
 
@@ -339,7 +367,7 @@ def generate(
     if len(prompt_ids) >= block_size:
         raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the model's context is {block_size}")
     rng = np.random.default_rng(seed)
-    cache = step_cache(graph, session, block_size)
+    cache = step_cache(graph, session, block_size, window=window)
     seen = list(prompt_ids)
     new: list[int] = []
     pending = seen  # tokens to prefill on an empty cache

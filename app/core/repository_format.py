@@ -92,6 +92,27 @@ class ImagePostprocessing(_Strict):
     denormalize: bool = False
 
 
+class AttentionWindow(_Strict):
+    """Local (sliding-window) attention of a language model, which its ``decoder_step`` cache follows:
+    each position sees the last ``window`` positions and the first ``global_tokens``, so a sequence
+    needs only ``global_tokens + window`` cache slots however long it grows. Global positions keep
+    their own slot; the others take turns in a ring of ``window`` slots after them (:meth:`slot_of`),
+    and the graph works out from each row's length which position a slot holds."""
+
+    window: int = Field(gt=0)
+    global_tokens: int = Field(default=0, ge=0)
+
+    @property
+    def slots(self) -> int:
+        return self.global_tokens + self.window
+
+    def slot_of(self, positions):
+        """The cache slot of each position: numpy or torch integers, any shape (arithmetic only, so
+        that the trainer's tests and the server's cache share it)."""
+        g, w = self.global_tokens, self.window
+        return positions * (positions < g) + (g + (positions - g) % w) * (positions >= g)
+
+
 class GenerationDefaults(_Strict):
     """Defaults for generation: from a latent vector (GAN generator, VAE decoder) or of text."""
 
@@ -255,6 +276,7 @@ class ModelConfig(_Strict):
     labels: list[str] | None = None
     generation: GenerationDefaults | None = None
     diffusion: DiffusionSpec | None = None  # diffusion models: the schedule the graph was trained on
+    attention: AttentionWindow | None = None  # language models with local attention (their cache's ring)
     # Optional: models without one get ChatTemplate()'s defaults at /v1/chat/completions.
     chat_template: ChatTemplate | None = None
     batching: Batching = Batching()

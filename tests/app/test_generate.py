@@ -31,7 +31,7 @@ from app.session import Session, SessionOptions
 from app.settings import Settings
 from tests.app.conftest import LiveServer, copy_models, reference_session
 
-MODELS = ("gpt-corpus", "seq2seq-dates", "dcgan-digits", "vae-digits")
+MODELS = ("gpt-corpus", "gpt-corpus-local", "seq2seq-dates", "dcgan-digits", "vae-digits")
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +50,14 @@ def _post_all(server, bodies, workers=16):
         return list(pool.map(lambda b: c.post("/generate", json=b), bodies))
 
 
-def _alone_greedy(repo, prompt: str, max_new: int, slide: bool = False) -> str:
+def _alone_greedy(repo, prompt: str, max_new: int, slide: bool = False, model: str = "gpt-corpus") -> str:
     """The same graph decoded one sequence at a time (app.core.kv_cache, which the training package's
     `sample` command uses and whose greedy output is tested equal to PyTorch's). With ``slide``, past
     the context the last half of the text is prefilled again (the server's sliding window)."""
-    config = ModelConfig.model_validate_json((repo / "gpt-corpus" / "config.json").read_text())
+    config = ModelConfig.model_validate_json((repo / model / "config.json").read_text())
     tokenizer = CharTokenizer.from_dict(config.preprocessing.tokenizer.model_dump())
     graph = config.graphs["decoder_step"]
-    session = reference_session(repo, "gpt-corpus", graph.file)
+    session = reference_session(repo, model, graph.file)
     out = generate(
         session,
         graph,
@@ -67,8 +67,30 @@ def _alone_greedy(repo, prompt: str, max_new: int, slide: bool = False) -> str:
         seed=0,
         block_size=config.preprocessing.max_length,
         slide=slide,
+        window=config.attention,
     )
     return tokenizer.decode(out.token_ids)
+
+
+def test_local_attention_model_decodes_through_its_ring_like_its_full_sequence_graph(gen_server, gen_repo):
+    """gpt-corpus-local (window 32, 4 global positions): the server's batched greedy text, decoded
+    through a ring cache of 36 slots, equals each sequence alone; and up to the context that text is
+    the full-sequence graph's own greedy choice at every position (no cache at all)."""
+    config = ModelConfig.model_validate_json((gen_repo / "gpt-corpus-local" / "config.json").read_text())
+    assert config.attention is not None and config.attention.slots == 36
+    tokenizer = CharTokenizer.from_dict(config.preprocessing.tokenizer.model_dump())
+    full = reference_session(gen_repo, "gpt-corpus-local")
+    prompts = ["The ", "If the value of x", "A"]
+    bodies = [
+        {"model": "gpt-corpus-local", "prompt": p, "max_new_tokens": 180, "temperature": 0} for p in prompts
+    ]
+    for prompt, response in zip(prompts, _post_all(gen_server, bodies), strict=True):
+        text = response.json()["text"]
+        assert text == _alone_greedy(gen_repo, prompt, 180, slide=True, model="gpt-corpus-local")
+        ids = tokenizer.encode(prompt + text)[: config.preprocessing.max_length]
+        (logits,) = full.run(None, {"tokens": np.array([ids], np.int64)})
+        start = len(tokenizer.encode(prompt))
+        assert logits[0, start - 1 : len(ids) - 1].argmax(-1).tolist() == ids[start:]
 
 
 def test_sliding_window_greedy_equals_each_sequence_alone(gen_server, gen_repo) -> None:

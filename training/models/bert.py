@@ -23,6 +23,7 @@ from training.layers import (
     check_probability,
     make_activation,
 )
+from training.local_attention import SlidingWindow, window_config
 from training.registry import register_model
 
 # Added to the attention scores of padding keys. Finite on purpose: a row whose mask is all zeros (the
@@ -60,6 +61,13 @@ class BERTConfig:
     # from scratch without long learning-rate warm-up, which matters for minutes-long CPU runs. Set
     # False for a faithful post-norm reproduction (the embedding LayerNorm is kept either way).
     pre_norm: bool = True
+    # Local attention (training/local_attention.py), Longformer's encoder: each position sees the
+    # positions within ``attention_window`` of it (window - 1 either side) instead of the whole row,
+    # plus the first ``global_tokens`` positions, which see and are seen by every position (the first
+    # is the [CLS]/bos token the classifier reads, Longformer's global attention for classification).
+    # O(T * w) attention instead of O(T^2). None: full attention.
+    attention_window: int | None = None
+    global_tokens: int = 0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "dim", "heads", "layers", "num_segments"):
@@ -80,17 +88,27 @@ class BERTConfig:
         check_activation("activation", self.activation)
         check_bool("pre_norm", self.pre_norm)
         check_bool("distance_bias", self.distance_bias)
+        window_config(self.attention_window, self.global_tokens, causal=False)  # raises if invalid
 
     @property
     def context_length(self) -> int:
         """The longest sequence the model reads (the pipeline's one name for block_size / max_len)."""
         return self.max_len
 
+    @property
+    def window(self) -> SlidingWindow | None:
+        return window_config(self.attention_window, self.global_tokens, causal=False)
+
 
 def padding_mask(attention_mask: Tensor) -> Tensor:
     """(B, T) int, 1 real / 0 padding -> additive (B, 1, 1, T): 0 for real keys, MASK_VALUE for padding."""
     hidden = (attention_mask == 0).float()  # (B, T)
     return (hidden * MASK_VALUE)[:, None, None, :]  # (B, 1, 1, T), broadcast over heads and queries
+
+
+def alibi_slopes(heads: int) -> Tensor:
+    """ALiBi's geometric slopes 2^-1 ... 2^-H (H,): some heads stay local, others see the whole row."""
+    return torch.tensor([2.0 ** -(h + 1) for h in range(heads)])
 
 
 def distance_penalty(positions: Tensor, slopes: Tensor) -> Tensor:
@@ -125,18 +143,25 @@ class BERT(nn.Module):
         self.segment_embedding = nn.Embedding(config.num_segments, config.dim)
         self.embedding_norm = nn.LayerNorm(config.dim)
         self.dropout = nn.Dropout(config.dropout)
+        # Local attention adds the distance bias inside its window; full attention takes it in the mask.
+        local_slopes = alibi_slopes(config.heads) if config.window and config.distance_bias else None
         self.blocks = nn.ModuleList(
             TransformerBlock(
-                config.dim, config.heads, config.mlp_ratio, config.dropout, config.activation, config.pre_norm
+                config.dim,
+                config.heads,
+                config.mlp_ratio,
+                config.dropout,
+                config.activation,
+                config.pre_norm,
+                config.window,
+                local_slopes,
             )
             for _ in range(config.layers)
         )
         # Pre-norm blocks leave the residual stream unnormalised; post-norm blocks end normalised.
         self.final_norm = nn.LayerNorm(config.dim) if config.pre_norm else nn.Identity()
         self.mlm_head = MLMHead(config, self.token_embedding)
-        # ALiBi's geometric slopes 2^-1 ... 2^-H: some heads stay local, others see the whole row.
-        slopes = torch.tensor([2.0 ** -(h + 1) for h in range(config.heads)])
-        self.register_buffer("slopes", slopes, persistent=False)  # (H,), a function of the config
+        self.register_buffer("slopes", alibi_slopes(config.heads), persistent=False)  # (H,), a function of the config
         # Pooler (dense + tanh on the first token) then the classifier, as in BERT.
         self.pooler = nn.Linear(config.dim, config.dim)
         self.classifier = nn.Linear(config.dim, config.num_classes)
@@ -163,9 +188,12 @@ class BERT(nn.Module):
         else:
             x = x + self.segment_embedding(token_type_ids)  # (B, T, dim)
         x = self.dropout(self.embedding_norm(x))
-        mask = padding_mask(attention_mask)  # (B, 1, 1, T)
-        if self.config.distance_bias:  # fixed by the config: export sees one path
-            mask = mask + distance_penalty(positions, self.slopes)  # (B, H, T, T)
+        if self.config.window is not None:  # fixed by the config: export sees one path
+            mask = padding_mask(attention_mask)[:, 0, 0]  # (B, T): local attention takes a bias per key
+        else:
+            mask = padding_mask(attention_mask)  # (B, 1, 1, T)
+            if self.config.distance_bias:
+                mask = mask + distance_penalty(positions, self.slopes)  # (B, H, T, T)
         for block in self.blocks:
             x = block(x, mask)  # (B, T, dim)
         return self.final_norm(x)  # (B, T, dim)

@@ -28,6 +28,7 @@ from training.layers import (
     check_positive_int,
     check_probability,
 )
+from training.local_attention import SlidingWindow, ring_positions, visible, window_config
 from training.registry import register_model
 
 # Added to the attention scores of hidden keys. Finite on purpose: a query whose keys are all hidden
@@ -56,6 +57,13 @@ class GPTConfig:
     # trained from both ends. For a character vocabulary it saves only V * dim weights; the point is
     # the regularisation, and it keeps the checkpoint layout the same as nanoGPT's.
     tie_weights: bool = True
+    # Local attention (training/local_attention.py): each position sees the last ``attention_window``
+    # positions (itself included) instead of all of them, plus the first ``global_tokens``, which every
+    # position sees (Longformer's global attention; StreamingLLM calls such positions attention sinks).
+    # The full-sequence graph then costs O(T * w) instead of O(T^2), and the step graph's cache holds
+    # global_tokens + attention_window slots however long the text. None: full attention.
+    attention_window: int | None = None
+    global_tokens: int = 0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "dim", "heads", "layers"):
@@ -67,6 +75,7 @@ class GPTConfig:
         check_probability("dropout", self.dropout)
         check_activation("activation", self.activation)
         check_bool("tie_weights", self.tie_weights)
+        window_config(self.attention_window, self.global_tokens, causal=True)  # raises if invalid
 
     @property
     def head_dim(self) -> int:
@@ -77,16 +86,22 @@ class GPTConfig:
         """The longest sequence the model reads (the pipeline's one name for block_size / max_len)."""
         return self.block_size
 
+    @property
+    def window(self) -> SlidingWindow | None:
+        return window_config(self.attention_window, self.global_tokens, causal=True)
+
 
 class CachedSelfAttention(MultiHeadSelfAttention):
     """The shared hand-written attention plus a key/value-cache path for decoding."""
 
     def forward_cached(
-        self, x: Tensor, past_mask: Tensor, past_key: Tensor, past_value: Tensor
+        self, x: Tensor, past_mask: Tensor, new_mask: Tensor, past_key: Tensor, past_value: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``x``: (B, S, dim) new positions; ``past_key``: (B, H, D, T) and ``past_value``: (B, H, T, D)
-        cache slots; ``past_mask``: additive, (B, 1, 1, T), hiding each row's unused slots. Returns the
-        output (B, S, dim) and the new positions' keys (B, H, D, S) and values (B, H, S, D).
+        cache slots; ``past_mask``: additive, (B, 1, 1 or S, T), hiding each row's unused slots (and,
+        with local attention, the slots out of each query's window); ``new_mask``: additive, (B or 1,
+        1, S, S), among the new positions. Returns the output (B, S, dim) and the new positions' keys
+        (B, H, D, S) and values (B, H, S, D).
 
         Keys are kept transposed so that the score product reads them without a transpose (in
         onnxruntime's profile at batch 16 and T = 128 that matmul took ~100 instead of ~120 us).
@@ -102,7 +117,7 @@ class CachedSelfAttention(MultiHeadSelfAttention):
         v = self._split_heads(self.v_proj(x))  # (B, H, S, D)
         k = k.transpose(-2, -1)  # (B, H, D, S)
         past_scores = (q @ past_key) * self.scale + past_mask  # (B, H, S, T)
-        new_scores = (q @ k) * self.scale + causal_mask(S, x.device)  # (B, H, S, S)
+        new_scores = (q @ k) * self.scale + new_mask  # (B, H, S, S)
         weights = torch.softmax(torch.cat([past_scores, new_scores], dim=-1), dim=-1)  # (B, H, S, T + S)
         weights = self.attn_dropout(weights)
         out = weights[..., :T] @ past_value + weights[..., T:] @ v  # (B, H, S, D)
@@ -116,19 +131,19 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(config.dim)
-        self.attn = CachedSelfAttention(config.dim, config.heads, config.dropout)
+        self.attn = CachedSelfAttention(config.dim, config.heads, config.dropout, config.window)
         self.ln2 = nn.LayerNorm(config.dim)
         # 4 x dim hidden width, as in every GPT.
         self.ffn = FeedForward(config.dim, 4 * config.dim, config.activation, config.dropout)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         x = x + self.attn(self.ln1(x), mask)  # (B, T, dim)
         return x + self.ffn(self.ln2(x))  # (B, T, dim)
 
     def forward_cached(
-        self, x: Tensor, past_mask: Tensor, past_key: Tensor, past_value: Tensor
+        self, x: Tensor, past_mask: Tensor, new_mask: Tensor, past_key: Tensor, past_value: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        attended, key, value = self.attn.forward_cached(self.ln1(x), past_mask, past_key, past_value)
+        attended, key, value = self.attn.forward_cached(self.ln1(x), past_mask, new_mask, past_key, past_value)
         x = x + attended  # (B, S, dim)
         return x + self.ffn(self.ln2(x)), key, value
 
@@ -175,7 +190,8 @@ class GPT(nn.Module):
         positions = torch.arange(T, device=tokens.device)  # (T,)
         x = self.token_embedding(tokens) + self.position_embedding(positions)  # (B, T, dim)
         x = self.dropout(x)
-        mask = causal_mask(T, tokens.device)  # (1, 1, T, T)
+        # Local attention applies its window itself, at O(T * w) rather than through a T x T mask.
+        mask = causal_mask(T, tokens.device) if self.config.window is None else None  # (1, 1, T, T)
         for block in self.blocks:
             x = block(x, mask)  # (B, T, dim)
         return self.head(self.ln_f(x))  # (B, T, V)
@@ -194,19 +210,32 @@ class GPT(nn.Module):
         Positions are clamped to [0, block_size - 1], so no input indexes outside the table; a caller
         must stop (or slide its window) at block_size positions, where the clamp repeats the last one.
         Returns logits (B, S, V) and the new positions' cache entries in ``past``'s order and layout
-        (S slots each), for the caller to store at slots ``past_lengths[b] + s``.
+        (S slots each), for the caller to store at slots ``past_lengths[b] + s``; with local attention
+        at ``slot_of(past_lengths[b] + s)`` (training/local_attention.py), the newest winning a slot.
         """
         S = tokens.shape[1]
         slots = torch.arange(past[1].shape[2], device=tokens.device)  # (T,), from a value cache
-        unused = slots[None, :] >= past_lengths[:, None]  # (B, T)
-        past_mask = (unused.float() * MASK_VALUE)[:, None, None]  # (B, 1, 1, T)
-        positions = past_lengths[:, None] + torch.arange(S, device=tokens.device)  # (B, S)
+        lengths = past_lengths[:, None]  # (B, 1)
+        positions = lengths + torch.arange(S, device=tokens.device)  # (B, S)
+        window = self.config.window
+        if window is None:
+            unused = slots[None, :] >= lengths  # (B, T)
+            past_mask = (unused.float() * MASK_VALUE)[:, None, None]  # (B, 1, 1, T)
+            new_mask = causal_mask(S, tokens.device)  # (1, 1, S, S)
+        else:
+            # The cache is a ring (training/local_attention.py): which position each slot holds
+            # depends on the row's length, and what a query sees on the query's position.
+            slot_positions, held = ring_positions(slots, lengths, window)  # (B, T) each
+            seen = held[:, None, :] & visible(positions[:, :, None], slot_positions[:, None, :], window)
+            past_mask = torch.where(seen, 0.0, MASK_VALUE)[:, None]  # (B, 1, S, T)
+            new_seen = visible(positions[:, :, None], positions[:, None, :], window)  # (B, S, S)
+            new_mask = torch.where(new_seen, 0.0, MASK_VALUE)[:, None]  # (B, 1, S, S)
         positions = positions.clamp(0, self.config.block_size - 1)
         x = self.token_embedding(tokens) + self.position_embedding(positions)  # (B, S, dim)
         x = self.dropout(x)
         new = []
         for i, block in enumerate(self.blocks):
-            x, key, value = block.forward_cached(x, past_mask, past[2 * i], past[2 * i + 1])  # (B, S, dim)
+            x, key, value = block.forward_cached(x, past_mask, new_mask, past[2 * i], past[2 * i + 1])
             new += [key, value]  # (B, H, S, D) each
         return self.head(self.ln_f(x)), new  # (B, S, V)
 

@@ -162,7 +162,11 @@ class LanguageModel(_TextObjective):
 
     def config_fields(self, run: Run) -> dict[str, Any]:
         generation = GenerationDefaults(max_new_tokens=200, temperature=0.8, top_k=20)
-        return {**super().config_fields(run), "generation": generation.model_dump()}
+        fields = {**super().config_fields(run), "generation": generation.model_dump()}
+        window = run.model.config.window
+        if window is not None:  # the server's cache follows the step graph's ring
+            fields["attention"] = window.as_format().model_dump()
+        return fields
 
     def check_export(self, run: Run, version_dir: Path) -> dict[str, float]:
         return {"kv_cache_max_abs_diff": _kv_cache_difference(run.model, version_dir, run.bundle)}
@@ -207,7 +211,7 @@ def _kv_cache_difference(
     full = model(torch.from_numpy(tokens)[None]).numpy()[0]  # (T, V)
     worst = 0.0
     for start in (1, prefill):  # empty cache (prompt of one token), then a prefill of `prefill`
-        cache = KVCache(graph)
+        cache = KVCache(graph, window=config.attention)
         logits, *entries = session.run(cache.output_names, cache.empty_feeds(tokens[None, :start]))
         cache.add(entries, [start])
         worst = max(worst, float(np.abs(logits[0] - full[:start]).max()))
