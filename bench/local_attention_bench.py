@@ -92,7 +92,7 @@ def measure(contexts: tuple[int, ...], rounds: int) -> list[dict]:
                     prefill = {"tokens": tokens}
                     forward = _cpu_seconds(lambda s=sessions, f=prefill: s["model"].run(None, f), 2)
                     feeds = _step_feeds(n, kind == "local", rng)
-                    step = _cpu_seconds(lambda s=sessions, f=feeds: s["decoder_step"].run(None, f), 20)
+                    step = _cpu_seconds(lambda s=sessions, f=feeds: s["decoder_step"].run(None, f), 200)
                     samples.setdefault(f"{kind}_forward_us_per_token", []).append(forward / n * 1e6)
                     samples.setdefault(f"{kind}_step_us", []).append(step * 1e6)
             row = {"context": n, **{key: statistics.median(values) for key, values in samples.items()}}
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="contexts up to 1,024, one round")
     args = parser.parse_args()
     contexts = CONTEXTS[:4] if args.quick else CONTEXTS
-    rows = measure(contexts, rounds=1 if args.quick else 3)
+    rows = measure(contexts, rounds=1 if args.quick else 5)
     quality = trained_quality()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "local_attention.json").write_text(

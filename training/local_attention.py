@@ -43,13 +43,24 @@ class SlidingWindow:
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}; got {value!r}")
 
+    def example_length(self, context: int) -> int:
+        """A sequence length for an export example: longer than the window, so that the chunks are at
+        least two (with one, the exporter fixes the sequence axis to the example's length)."""
+        return min(context, self.window + 3)
+
     def as_format(self) -> AttentionWindow:
         """What config.json tells the server (its cache's ring)."""
         return AttentionWindow(window=self.window, global_tokens=self.global_tokens)
 
 
-def window_config(window: int | None, global_tokens: int, causal: bool) -> SlidingWindow | None:
-    """A config's two fields as a :class:`SlidingWindow`, or None for full attention (checked)."""
+def window_config(window: int | None, global_tokens: int, causal: bool, context: int) -> SlidingWindow | None:
+    """A config's two fields as a :class:`SlidingWindow`, or None for full attention (checked against
+    the model's ``context`` length)."""
+    if window is not None and not isinstance(window, bool) and isinstance(window, int) and window >= context:
+        raise ValueError(
+            f"attention_window ({window}) must be smaller than the context ({context}): a window over "
+            "the whole context is full attention"
+        )
     if window is None:
         if global_tokens:
             raise ValueError(

@@ -79,6 +79,8 @@ def test_configs_check_the_window_fields() -> None:
         build_model("bert", **BERT_TINY, attention_window=0)
     with pytest.raises(ValueError, match="global_tokens must be an integer >= 0"):
         build_model("gpt", **GPT_TINY, attention_window=4, global_tokens=-1)
+    with pytest.raises(ValueError, match=r"attention_window \(40\) must be smaller than the context \(40\)"):
+        build_model("bert", **BERT_TINY, attention_window=40)
 
 
 def test_a_gpt_position_sees_its_window_and_the_global_positions_only() -> None:
@@ -105,7 +107,7 @@ def test_bert_window_over_the_whole_row_is_full_attention_and_padding_is_invisib
     mask[1, 20:] = 0
     ids = ids * mask
     with torch.no_grad():
-        wide = build_model("bert", **BERT_TINY, dropout=0.0, attention_window=37).eval()
+        wide = build_model("bert", **BERT_TINY, dropout=0.0, attention_window=37).eval()  # T = 37
         wide.load_state_dict(full.state_dict())
         assert float((wide.encode(ids, mask) - full.encode(ids, mask)).abs().max()) <= 1e-5
         local = build_model("bert", **BERT_TINY, dropout=0.0, attention_window=4, global_tokens=1).eval()

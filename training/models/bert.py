@@ -88,7 +88,7 @@ class BERTConfig:
         check_activation("activation", self.activation)
         check_bool("pre_norm", self.pre_norm)
         check_bool("distance_bias", self.distance_bias)
-        window_config(self.attention_window, self.global_tokens, causal=False)  # raises if invalid
+        window_config(self.attention_window, self.global_tokens, False, self.max_len)  # raises if invalid
 
     @property
     def context_length(self) -> int:
@@ -97,7 +97,7 @@ class BERTConfig:
 
     @property
     def window(self) -> SlidingWindow | None:
-        return window_config(self.attention_window, self.global_tokens, causal=False)
+        return window_config(self.attention_window, self.global_tokens, False, self.max_len)
 
 
 def padding_mask(attention_mask: Tensor) -> Tensor:
@@ -213,7 +213,7 @@ class BERT(nn.Module):
         generator = torch.Generator().manual_seed(0)
         # B = 4, T = 8 (sizes >= 2 keep both axes symbolic); rows right-padded by 0..3. The exporter's
         # parity check draws random 0/1 masks from this example, all-zero rows included.
-        batch, length = 4, min(8, cfg.max_len)
+        batch, length = 4, min(8, cfg.max_len) if cfg.window is None else cfg.window.example_length(cfg.max_len)
         input_ids = torch.randint(0, cfg.vocab_size, (batch, length), generator=generator)  # (B, T)
         lengths = torch.tensor([length - i for i in range(batch)]).clamp(min=1)  # (B,)
         attention_mask = (torch.arange(length)[None, :] < lengths[:, None]).long()  # (B, T)

@@ -75,7 +75,7 @@ class GPTConfig:
         check_probability("dropout", self.dropout)
         check_activation("activation", self.activation)
         check_bool("tie_weights", self.tie_weights)
-        window_config(self.attention_window, self.global_tokens, causal=True)  # raises if invalid
+        window_config(self.attention_window, self.global_tokens, True, self.block_size)  # raises if invalid
 
     @property
     def head_dim(self) -> int:
@@ -88,7 +88,7 @@ class GPTConfig:
 
     @property
     def window(self) -> SlidingWindow | None:
-        return window_config(self.attention_window, self.global_tokens, causal=True)
+        return window_config(self.attention_window, self.global_tokens, True, self.block_size)
 
 
 class CachedSelfAttention(MultiHeadSelfAttention):
@@ -267,7 +267,7 @@ class GPT(nn.Module):
         generator = torch.Generator().manual_seed(0)
         # Full sequence. Example sizes >= 2 keep batch and sequence symbolic; parity runs at the two
         # extremes, 1 and the whole context.
-        length = min(8, cfg.block_size)
+        length = min(8, cfg.block_size) if cfg.window is None else cfg.window.example_length(cfg.block_size)
         tokens = torch.randint(0, cfg.vocab_size, (4, length), generator=generator)  # (B, T)
         model = GraphExport(
             "model",
