@@ -157,15 +157,17 @@ class KVCache:
         first = self.rows
         self.lengths = np.concatenate([self.lengths, np.asarray(lengths, np.int64)])
         self._fit(self._slots_for(int(self.lengths.max())))
+        # Per row, which positions it keeps and the slots they go to: all of them in order, or with a
+        # window the global positions and the last `window` others, each in its ring slot.
+        placed = [(slice(0, n), slice(0, n)) for n in lengths]
+        if self.window is not None:
+            g, w = self.window.global_tokens, self.window.window
+            kept = [np.r_[0 : min(g, n), max(g, n - w) : n] for n in lengths]
+            placed = [(positions, self.window.slot_of(positions)) for positions in kept]
         for (name, view), entries in zip(self._views.items(), new, strict=True):
             fresh = np.moveaxis(entries, self.axes[name], 1)  # (B, S, ...)
-            for i, n in enumerate(lengths):
-                if self.window is None:
-                    view[first + i, :n] = fresh[i, :n]
-                else:  # the global positions and the last `window` others, each in its slot
-                    g = self.window.global_tokens
-                    kept = np.r_[0 : min(g, n), max(g, n - self.window.window) : n]
-                    view[first + i, self.window.slot_of(kept)] = fresh[i, kept]
+            for i, (positions, slots) in enumerate(placed):
+                view[first + i, slots] = fresh[i, positions]
 
     def keep(self, rows: list[int]) -> None:
         """Keep only ``rows`` (in this order) as rows 0, 1, ...; the others' slots are freed."""
