@@ -428,7 +428,7 @@ class TextGenerator:
         self._cache = self._new_cache()
         # The last batch sampled and its rows grouped by sampling settings: a batch changes only when
         # rows join or leave, and hashing every row's settings every step cost more than the grouping.
-        self._grouped: tuple[list[Sequence], dict[SamplingParams, list[int]]] = ([], {})
+        self._grouped: tuple[list[Sequence], list[SamplingGroup]] = ([], [])
 
     def _new_cache(self) -> KVCache | InPlaceKVCache:
         """The cache the step graph's contract asks for (app/core/kv_cache.py)."""
@@ -494,21 +494,16 @@ class TextGenerator:
         """One call per distinct sampling setting (each row keeps its own generator); then the
         log-probabilities of the rows that asked for them, in one call."""
         if seqs != self._grouped[0]:  # a new batch (rows joined or left): group it again
-            groups: dict[SamplingParams, list[int]] = {}
-            for i, seq in enumerate(seqs):
-                groups.setdefault(seq.params, []).append(i)
-            self._grouped = (seqs, groups)
+            self._grouped = (seqs, _group_by_sampling(seqs))
         groups = self._grouped[1]
         tokens = np.empty(len(seqs), np.int64)
-        for params, index in groups.items():
-            members = [seqs[i] for i in index]
-            seen = [seq.seen for seq in members] if params.repetition_penalty != 1.0 else None
-            generated = [seq.new for seq in members] if params.counts_generated else None
-            rngs = [seq.rng for seq in members] if params.temperature > 0 else None  # greedy needs none
+        for group in groups:
             if len(groups) == 1:  # the whole batch: no gathering and scattering of rows
-                tokens = select_next_tokens(logits, params, rngs, seen, generated)
+                tokens = select_next_tokens(logits, group.params, group.rngs, group.seen, group.generated)
             else:
-                tokens[index] = select_next_tokens(logits[index], params, rngs, seen, generated)
+                tokens[group.index] = select_next_tokens(
+                    logits[group.index], group.params, group.rngs, group.seen, group.generated
+                )
         chosen = tokens.tolist()
         logprobs: list[TokenLogprob | None] = [None] * len(seqs)
         wanted = [i for i, seq in enumerate(seqs) if seq.logprobs is not None]
@@ -519,6 +514,37 @@ class TextGenerator:
             for i, entry in zip(wanted, entries, strict=True):
                 logprobs[i] = entry
         return list(zip(seqs, chosen, logprobs, strict=True))
+
+
+@dataclass(frozen=True)
+class SamplingGroup:
+    """The rows of a batch that share sampling settings, and what selection reads of each (the
+    lists are the sequences' own, which grow in place, so a group stays valid while its batch does)."""
+
+    params: SamplingParams
+    index: list[int]  # the rows' positions in the batch
+    seen: list[list[int]] | None  # prompt and output ids, for the repetition penalty
+    generated: list[list[int]] | None  # output ids, for the presence and frequency penalties
+    rngs: list[np.random.Generator] | None  # one per row; greedy needs none
+
+
+def _group_by_sampling(seqs: list[Sequence]) -> list[SamplingGroup]:
+    rows: dict[SamplingParams, list[int]] = {}
+    for i, seq in enumerate(seqs):
+        rows.setdefault(seq.params, []).append(i)
+    groups = []
+    for params, index in rows.items():
+        members = [seqs[i] for i in index]
+        groups.append(
+            SamplingGroup(
+                params,
+                index,
+                [seq.seen for seq in members] if params.repetition_penalty != 1.0 else None,
+                [seq.new for seq in members] if params.counts_generated else None,
+                [seq.rng for seq in members] if params.temperature > 0 else None,
+            )
+        )
+    return groups
 
 
 def _dispatch(events: list[tuple[Sequence, TokenText | Finished]]) -> None:

@@ -101,6 +101,22 @@ def test_samples_follow_the_distribution() -> None:
     np.testing.assert_allclose(np.bincount(picks, minlength=3) / 4000, [0.6, 0.3, 0.1], atol=0.03)
 
 
+@pytest.mark.parametrize(
+    "params",
+    [SamplingParams(temperature=0.8, top_k=20), SamplingParams(temperature=1.3), SamplingParams(top_k=1)],
+)
+def test_each_row_draws_one_uniform_through_the_inverse_cdf_of_its_distribution(params) -> None:
+    """The sampler's shortcut (no normalisation, no top-p sort) picks exactly the token that the
+    inverse CDF of next_token_distribution gives for the row's one uniform number."""
+    logits = np.random.default_rng(3).normal(scale=3.0, size=(400, 108)).astype(np.float32)
+    logits[::7, ::5] = -np.inf  # masked tokens: probability 0
+    rngs = [np.random.default_rng(i) for i in range(len(logits))]
+    uniforms = np.array([np.random.default_rng(i).random() for i in range(len(logits))])
+    cdf = np.cumsum(next_token_distribution(logits, params), axis=-1)
+    expected = [np.searchsorted(row, u * row[-1], side="right") for row, u in zip(cdf, uniforms, strict=True)]
+    np.testing.assert_array_equal(select_next_tokens(logits, params, rngs), expected)
+
+
 def test_repetition_penalty_discourages_seen_tokens() -> None:
     logits = np.array([[2.0, -1.0, 1.9, 0.5]], dtype=np.float32)
     penalised = apply_repetition_penalty(logits, [[0, 1, 1]], 2.0)
