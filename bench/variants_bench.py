@@ -24,7 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import onnx
 import onnxruntime as ort
+from onnx import helper
 from serve_bench import start_server, stop_server, wait_ready  # a sibling: the script's folder is on sys.path
 
 from app.core.repository_format import (
@@ -87,6 +89,24 @@ def measure_startups(repository: Path, runs: int, logs: Path) -> dict[str, Any]:
     return {key: {"runs_s": runs_s, "median_s": statistics.median(runs_s)} for key, runs_s in seconds.items()}
 
 
+def call_floor_session(feeds: dict[str, Any]) -> ort.InferenceSession:
+    """A graph that only passes its inputs through (one Identity per input), on the same feeds: what a
+    session run costs with no arithmetic, the bound no variant gets below at batch 1."""
+    inputs, outputs, nodes = [], [], []
+    for name, array in feeds.items():
+        dtype = helper.np_dtype_to_tensor_dtype(array.dtype)
+        shape = ["batch", *array.shape[1:]]
+        inputs.append(helper.make_tensor_value_info(name, dtype, shape))
+        outputs.append(helper.make_tensor_value_info(f"{name}_out", dtype, shape))
+        nodes.append(helper.make_node("Identity", [name], [f"{name}_out"]))
+    graph = helper.make_graph(nodes, "call_floor", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
 def bench_model(model_dir: Path, rounds: int, seconds: float) -> list[dict[str, Any]]:
     config = ModelConfig.model_validate_json((model_dir / CONFIG_FILE).read_text())
     served = policy_versions(
@@ -106,6 +126,7 @@ def bench_model(model_dir: Path, rounds: int, seconds: float) -> list[dict[str, 
         variant = reports[version].variant
         offline = variant.optimized_offline if variant is not None else None
         sessions.append(cpu_session(model_dir / str(version) / spec.file, offline))
+    sessions.append(call_floor_session(rows(feeds, 1)))  # last: the versions keep their indices
     speed = {
         b: throughput(sessions, rows(feeds, b), rounds=rounds, seconds=seconds) for b in SPEED_BATCH_SIZES
     }
@@ -122,6 +143,9 @@ def bench_model(model_dir: Path, rounds: int, seconds: float) -> list[dict[str, 
                 "max_abs_diff": report.variant.max_abs_diff if report.variant else 0.0,
                 "samples_per_s": {str(b): speed[b][index] for b in SPEED_BATCH_SIZES},
                 "speedup": {str(b): speed[b][index] / speed[b][0] for b in SPEED_BATCH_SIZES},
+                # samples/s of the pass-through graph over this version's: the speed-up a faster
+                # variant could reach if its arithmetic cost nothing
+                "call_floor_bound": {str(b): speed[b][-1] / speed[b][0] for b in SPEED_BATCH_SIZES},
             }
         )
     return out
@@ -130,15 +154,16 @@ def bench_model(model_dir: Path, rounds: int, seconds: float) -> list[dict[str, 
 def table(rows_: list[dict[str, Any]]) -> str:
     lines = [
         "| model | version | kind | held-out quality | max abs diff vs fp32 | b1 samples/s | b1 vs fp32 "
-        "| b32 samples/s | b32 vs fp32 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| b32 samples/s | b32 vs fp32 | b1 bound (call floor) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows_:
         quality = ", ".join(f"{k}={v:.4f}" for k, v in r["quality"].items())
         lines.append(
             f"| {r['model']} | {r['version']} | {r['kind']} | {quality} | {r['max_abs_diff']:.2g} "
             f"| {r['samples_per_s']['1']:,.0f} | {r['speedup']['1']:.2f}x "
-            f"| {r['samples_per_s']['32']:,.0f} | {r['speedup']['32']:.2f}x |"
+            f"| {r['samples_per_s']['32']:,.0f} | {r['speedup']['32']:.2f}x "
+            f"| {r['call_floor_bound']['1']:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -175,7 +200,9 @@ def main() -> int:
     text += (
         f"\n\nOne onnxruntime thread, pinned to core {args.core}, {args.rounds} alternating rounds of "
         f"{args.seconds} s per version and batch size (median); onnxruntime {ort.__version__}; "
-        f"{datetime.now(UTC):%Y-%m-%d}. Quality and max difference: each version's report.json."
+        f"{datetime.now(UTC):%Y-%m-%d}. Quality and max difference: each version's report.json. "
+        "b1 bound: samples/s at batch 1 of a graph that only passes the same inputs through (one "
+        "Identity per input) over fp32's, the speed-up a variant could reach if its arithmetic cost nothing."
     )
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
