@@ -7,6 +7,8 @@ as written, from the repository root, against the server that the README's own `
   that call's answer.
 - Training examples (``python -m training``, ``torchrun``) run in a copy of the repository's files,
   so a developer's own ``runs/`` is never touched; the committed ``models/`` must come out unchanged.
+  The commands of a block that name the same model run in the block's order, one after the other;
+  commands that share no model run beside them, two at a time (one per core of the CI machine).
 - A block the test cannot run says why in an HTML comment on the line before its fence:
   ``<!-- readme-test: skip: <reason> -->``. There are few, and each is listed in SKIPPED below.
 """
@@ -24,6 +26,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -319,16 +322,59 @@ def training_installed() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _independent_chains(code: str, names: set[str]) -> list[list[str]]:
+    """The block's commands (continuation lines joined), grouped so that commands naming a common
+    model of ``names`` (which share its checkpoints under runs/) fall in one chain, in the block's
+    order; chains are ordered by their first command."""
+    commands = [c for c in re.sub(r"\s*\\\n\s*", " ", code).splitlines() if c.strip()]
+    chains: list[tuple[set[str], list[int]]] = []  # (models named, command indices)
+    for i, command in enumerate(commands):
+        named = {n for n in names if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", command)}
+        joined = [chain for chain in chains if chain[0] & named]
+        for chain in joined:
+            chains.remove(chain)
+        indices = sorted(j for chain in joined for j in chain[1])
+        chains.append((named.union(*(chain[0] for chain in joined)), [*indices, i]))
+    return [[commands[i] for i in chain] for _, chain in sorted(chains, key=lambda c: c[1][0])]
+
+
+def test_commands_naming_one_model_stay_in_one_chain_in_order() -> None:
+    code = "a list\nb train x --out r\nc train y \\\n  --epochs 2\n"
+    code += "d export runs/x/last.pt\ne build --only y,z\nf z-x\n"
+    chains = _independent_chains(code, {"x", "y", "z"})
+    assert chains == [
+        ["a list"],
+        ["b train x --out r", "d export runs/x/last.pt"],
+        ["c train y --epochs 2", "e build --only y,z"],
+        ["f z-x"],
+    ]
+    # a command naming the models of two chains joins them, each command still in the block's order
+    assert _independent_chains(code + "g compare x y\n", {"x", "y", "z"})[1:3] == [
+        [
+            "b train x --out r",
+            "c train y --epochs 2",
+            "d export runs/x/last.pt",
+            "e build --only y,z",
+            "g compare x y",
+        ],
+        ["f z-x"],
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("example", TRAINING, ids=lambda e: f"README.md:{e.line}")
 def test_training_example(example: Example, tmp_path: Path, training_installed: None) -> None:
     clone = _copy_of_the_repository(tmp_path / "clone")
     models = {p.relative_to(clone): p.read_bytes() for p in (clone / "models").rglob("*") if p.is_file()}
     env = {**_clean_env(), "OMP_NUM_THREADS": "1"}
-    result = _run_bash(example.code, clone, env, timeout=900)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"README.md:{example.line}\n{output[-4000:]}"
-    assert "Traceback" not in output, output[-4000:]
+    names = {p.name for p in (clone / "models").iterdir() if p.is_dir()}
+    chains = _independent_chains(example.code, names)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda chain: _run_bash("\n".join(chain), clone, env, 900), chains))
+    for chain, result in zip(chains, results, strict=True):
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, f"README.md:{example.line}: {chain}\n{output[-4000:]}"
+        assert "Traceback" not in output, output[-4000:]
     after = {p.relative_to(clone): p.read_bytes() for p in (clone / "models").rglob("*") if p.is_file()}
     assert after == models, "a README training example changed the committed models/"
 
