@@ -29,6 +29,7 @@ import onnxruntime as ort
 from onnx import helper
 from serve_bench import start_server, stop_server, wait_ready  # a sibling: the script's folder is on sys.path
 
+from app.core.ort_options import session_options
 from app.core.repository_format import (
     CONFIG_FILE,
     REPORT_FILE,
@@ -102,9 +103,8 @@ def call_floor_session(feeds: dict[str, Any]) -> ort.InferenceSession:
     graph = helper.make_graph(nodes, "call_floor", inputs, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    model_bytes = model.SerializeToString()
+    return ort.InferenceSession(model_bytes, session_options(1), providers=["CPUExecutionProvider"])
 
 
 def bench_model(model_dir: Path, rounds: int, seconds: float) -> list[dict[str, Any]]:

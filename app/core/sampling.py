@@ -150,9 +150,7 @@ def next_token_distribution(
     generated_tokens: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
     """(B, V) probabilities that :func:`select_next_tokens` samples from (temperature > 0)."""
-    z = _penalised(logits, params, previous_tokens, generated_tokens) / params.temperature
-    z = top_p_filter(top_k_filter(z, params.top_k), params.top_p)
-    return softmax(z)
+    return _filtered_softmax(_tempered(logits, params, previous_tokens, generated_tokens), params)
 
 
 def select_next_tokens(
@@ -178,9 +176,8 @@ def select_next_tokens(
         return np.argmax(penalised, axis=-1).astype(np.int64)
     if rng is None:
         raise ValueError("sampling with temperature > 0 needs a np.random.Generator")
-    z = np.divide(_penalised(logits, params, previous_tokens, generated_tokens), params.temperature)
-    weights = _unnormalised_distribution(z, params)  # (B, V)
-    batch, vocab = z.shape
+    weights = _unnormalised_distribution(_tempered(logits, params, previous_tokens, generated_tokens), params)
+    batch, vocab = weights.shape  # (B, V)
     if isinstance(rng, np.random.Generator):
         uniforms = rng.random(batch)  # (B,)
     else:
@@ -198,18 +195,33 @@ def select_next_tokens(
 def _unnormalised_distribution(z: np.ndarray, params: SamplingParams) -> np.ndarray:
     """(B, V) weights proportional to :func:`next_token_distribution`'s probabilities, from the
     penalised, tempered logits ``z`` (float64). The common case (finite logits, no top-p) skips the
-    normalisation and top-p's sort: a decode step samples every row every token, and at one row the
-    general path's extra NumPy calls were ~11% of the instructions of a sampled step of the optimized
-    GPT step graph (callgrind, whole decode loop)."""
+    normalisation and top-p's sort: a decode step samples every row every token (with the decode
+    loop's kept sampling groups, it took 11% of the instructions off a sampled one-row step of the
+    optimized GPT step graph; callgrind, whole decode loop)."""
     vocab = z.shape[1]
     top = z.max(axis=-1, keepdims=True)  # (B, 1)
     if params.top_p < 1.0 or not np.isfinite(top).all():
-        return softmax(top_p_filter(top_k_filter(z, params.top_k), params.top_p))
+        return _filtered_softmax(z, params)
     weights = np.exp(z - top)  # in [0, 1]; -inf logits get 0
     if 0 < params.top_k < vocab:  # as top_k_filter: ties at the k-th largest value are all kept
         kth = np.partition(z, vocab - params.top_k, axis=-1)[:, vocab - params.top_k, None]  # (B, 1)
         weights *= z >= kth
     return weights
+
+
+def _filtered_softmax(z: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """The general path: top-k, then top-p, then a softmax that copes with any logits."""
+    return softmax(top_p_filter(top_k_filter(z, params.top_k), params.top_p))
+
+
+def _tempered(
+    logits: np.ndarray,
+    params: SamplingParams,
+    previous_tokens: Sequence[Sequence[int]] | None,
+    generated_tokens: Sequence[Sequence[int]] | None,
+) -> np.ndarray:
+    """(B, V) float64 logits after the penalties, divided by the temperature (> 0)."""
+    return _penalised(logits, params, previous_tokens, generated_tokens) / params.temperature
 
 
 def _penalised(
